@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: Apache-2.0
+//! JSON bodies of the local API. Peer names travel as `aa:bb:cc:dd:ee:ff`
+//! strings and addresses as `ip:port` strings so that the format is readable
+//! with `jq` and stable across Rust versions.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /report`: everything the agent knows, as `weave report` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Version of the agent binary.
+    pub version: String,
+    /// Wire protocol versions this agent speaks, as `min..max`.
+    pub protocol: String,
+    /// The local peer.
+    pub peer: LocalPeer,
+    /// Every peer in the local view of the topology, the local one included.
+    pub peers: Vec<PeerReport>,
+    /// The local peer's connections and connection attempts.
+    pub connections: Vec<ConnectionReport>,
+    /// Addresses the agent keeps connecting to (command line and `weave connect`).
+    pub targets: Vec<String>,
+    /// Next hop for every peer reachable over established links in both directions.
+    pub routes: Vec<RouteReport>,
+    /// Counters of the control plane.
+    pub stats: MeshStats,
+}
+
+/// Identity of the local peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalPeer {
+    /// 48-bit peer name, `aa:bb:cc:dd:ee:ff`.
+    pub name: String,
+    /// Human-friendly name, by default the host name.
+    pub nickname: String,
+    /// Random identifier of this incarnation (changes on every start).
+    pub uid: u64,
+    /// Version of the local peer's gossiped record.
+    pub version: u64,
+}
+
+/// One peer of the topology and the connections it announces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// 48-bit peer name.
+    pub name: String,
+    /// Nickname the peer announced.
+    pub nickname: String,
+    /// Incarnation identifier.
+    pub uid: u64,
+    /// Version of its record.
+    pub version: u64,
+    /// Whether the local peer can reach it through recorded connections; an
+    /// unreachable peer is removed after a short grace time.
+    pub reachable: bool,
+    /// The connections this peer announces.
+    pub connections: Vec<PeerConnection>,
+}
+
+/// A connection as announced by a peer in gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConnection {
+    /// Name of the peer at the other end.
+    pub name: String,
+    /// Nickname of that peer, when known.
+    pub nickname: String,
+    /// Address at which the other end listens.
+    pub address: String,
+    /// Whether the announcing peer dialled it.
+    pub outbound: bool,
+    /// Whether it is established.
+    pub established: bool,
+}
+
+/// State of one of the local peer's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    /// Handshake done; carries gossip.
+    Established,
+    /// Dialling or handshaking.
+    Pending,
+    /// The last attempt failed; another follows after a back-off.
+    Failed,
+}
+
+impl ConnectionState {
+    /// Lowercase name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Established => "established",
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One of the local peer's connections or connection attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionReport {
+    /// Name of the remote peer, once the handshake told it.
+    pub peer: Option<String>,
+    /// Nickname of the remote peer, once known.
+    pub nickname: Option<String>,
+    /// Remote address (`ip:port`).
+    pub address: String,
+    /// `established`, `pending` or `failed`.
+    pub state: ConnectionState,
+    /// Whether the local peer dialled it.
+    pub outbound: bool,
+    /// Data-plane mode once an overlay runs on it (`sleeve`, `fastdp`).
+    pub mode: Option<String>,
+    /// Whether the connection is encrypted.
+    pub encrypted: bool,
+    /// Free text: the last error, or when the next attempt is due.
+    pub info: String,
+    /// Control bytes received on this connection.
+    pub bytes_in: u64,
+    /// Control bytes sent on this connection.
+    pub bytes_out: u64,
+}
+
+/// A unicast route of the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// Destination peer.
+    pub destination: String,
+    /// Neighbour to send to; equal to the destination when it is adjacent.
+    pub via: String,
+}
+
+/// Counters of the mesh control plane since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStats {
+    /// Bytes received on all control connections.
+    pub bytes_in: u64,
+    /// Bytes sent on all control connections.
+    pub bytes_out: u64,
+    /// Gossip messages received.
+    pub gossip_in: u64,
+    /// Gossip messages sent.
+    pub gossip_out: u64,
+    /// Connections closed because of a protocol error by the remote side.
+    pub protocol_errors: u64,
+}
+
+/// `POST /connect`: add connection targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// `ip[:port]` addresses; the port defaults to the agent's own.
+    pub peers: Vec<String>,
+    /// Replace the whole target set instead of adding to it.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// `POST /forget`: stop connecting to targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest {
+    /// `ip[:port]` addresses to forget.
+    pub peers: Vec<String>,
+}
+
+/// Reply to `POST /connect` and `POST /forget`: the target set afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetsReply {
+    /// The addresses the agent now keeps connecting to.
+    pub targets: Vec<String>,
+}
+
+/// `GET /version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionReply {
+    /// Version of the agent binary.
+    pub version: String,
+    /// Wire protocol versions, `min..max`.
+    pub protocol: String,
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong, for a human.
+    pub error: String,
+}
