@@ -2,7 +2,88 @@
 //! `weaver`, the per-node agent of the weave network, as a library: the
 //! binaries only parse flags and call [`run`]; tests drive the same code.
 
+pub mod api;
+pub mod config;
+mod error;
 pub mod mesh;
+pub mod router;
+pub mod state;
+
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use config::Config;
+pub use error::{Error, Result};
+use mesh::{Mesh, MeshConfig, PeerUid};
+
+/// Runs the agent until `cancel` fires or a subsystem fails; a failing
+/// subsystem cancels the others and its error is returned.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
+    let mut rng = rand::thread_rng();
+    let name = state::load_or_create_peer_name(&config.state_dir, config.name, &mut rng)?;
+    let uid = PeerUid::random(&mut rng);
+    let peer_addr = std::net::SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(peer_addr).await.map_err(|source| Error::Bind {
+        what: "peers",
+        addr: peer_addr,
+        source,
+    })?;
+    let http = match config.http_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+            what: "the HTTP API",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+    let socket = match &config.api_socket {
+        Some(path) => Some((api::bind_socket(path)?, path.clone())),
+        None => None,
+    };
+    info!(%name, %uid, nickname = %config.nickname, %peer_addr, http = ?config.http_addr, socket = ?config.api_socket, "weaver starting");
+
+    let mut mesh_cfg = MeshConfig::new(name, config.nickname.clone(), config.port);
+    mesh_cfg.conn_limit = config.conn_limit;
+    mesh_cfg.heartbeat_interval = config.heartbeat;
+    mesh_cfg.read_timeout = config.read_timeout;
+    mesh_cfg.gossip_interval = config.gossip_interval;
+    let now = Instant::now();
+    let mut mesh = Mesh::new(mesh_cfg, uid, rng.gen(), now);
+    if !config.peers.is_empty() {
+        mesh.connect(&config.peers, false, now);
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let router = router::Router::new(mesh, listener, cmd_rx);
+
+    let mut tasks = JoinSet::new();
+    let c = cancel.clone();
+    tasks.spawn(async move { ("router", router.run(c).await) });
+    let c = cancel.clone();
+    let port = config.port;
+    tasks.spawn(async move { ("api", api::serve(http, socket, cmd_tx, port, c).await) });
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((what, Err(e))) => {
+                error!(subsystem = what, error = %e, "subsystem failed; stopping");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => error!(error = %e, "subsystem panicked; stopping"),
+        }
+        cancel.cancel();
+    }
+    info!("weaver stopped");
+    result
+}
 
 /// Fuzzing entry points: each takes arbitrary bytes and must never panic.
 pub mod fuzz {

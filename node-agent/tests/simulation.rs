@@ -53,6 +53,8 @@ struct Sim {
     restarts: u64,
 }
 
+thread_local!(static STATS: std::cell::RefCell<[u64; 8]> = const { std::cell::RefCell::new([0; 8]) });
+
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 1) as u8], 6783))
 }
@@ -119,6 +121,10 @@ impl Sim {
     fn start_peer(&mut self, i: usize) {
         let mut cfg = MeshConfig::new(name(i), format!("p{i}"), 6783);
         cfg.conn_limit = 100;
+        // Links fail by explicit cuts here, so slower heartbeats lose nothing
+        // and keep the event count (and the test's run time) down.
+        cfg.heartbeat_interval = Duration::from_secs(3);
+        cfg.read_timeout = Duration::from_secs(15);
         self.restarts += 1;
         let uid = PeerUid::random(&mut self.rng);
         let seed = self.rng.gen();
@@ -132,9 +138,10 @@ impl Sim {
             .filter_map(|&(a, b)| if a == i { Some(b) } else if b == i { Some(a) } else { None })
             .collect();
         let running: Vec<usize> = neighbours.iter().copied().filter(|&j| self.meshes[j].is_some()).collect();
-        let options = if running.is_empty() { neighbours } else { running };
-        let via = options[self.rng.gen_range(0..options.len())];
-        mesh.connect(&[addr(via)], false, now);
+        if !running.is_empty() {
+            let via = running[self.rng.gen_range(0..running.len())];
+            mesh.connect(&[addr(via)], false, now);
+        }
         self.meshes[i] = Some(mesh);
         self.drain(i);
     }
@@ -242,10 +249,28 @@ impl Sim {
                 break;
             }
             let Reverse((t, _, ev)) = self.queue.pop().expect("peeked");
+            if std::env::var_os("SIM_STATS").is_some() {
+                let k = match &ev { Ev::Start(_) => 0, Ev::Tick(_) => 1, Ev::Dialled{..} => 2, Ev::Deliver{..} => 3, Ev::Closed{..} => 4, Ev::Chaos => 5, Ev::Restart(_) => 6 };
+                STATS.with(|s| s.borrow_mut()[k] += 1);
+                if let Ev::Deliver { data, .. } = &ev { STATS.with(|s| s.borrow_mut()[7] += data.len() as u64); }
+            }
             self.now = t;
             let now = self.t0 + t;
             match ev {
-                Ev::Start(i) => self.start_peer(i),
+                Ev::Start(i) => {
+                    // A peer joins once a host it can reach runs (the first
+                    // one founds the mesh), so the join graph is connected.
+                    let founded = self.meshes.iter().any(Option::is_some);
+                    let reachable_running = self
+                        .allowed
+                        .iter()
+                        .any(|&(a, b)| (a == i && self.meshes[b].is_some()) || (b == i && self.meshes[a].is_some()));
+                    if founded && !reachable_running {
+                        self.at(t + Duration::from_secs(1), Ev::Start(i));
+                    } else {
+                        self.start_peer(i);
+                    }
+                }
                 Ev::Restart(i) => self.restart(i),
                 Ev::Tick(p) => {
                     if self.next_tick[p] != Some(t) {
@@ -362,6 +387,9 @@ fn hundred_peers_converge_after_chaos() {
         // (60 s, jittered up to 90 s) and a few anti-entropy rounds.
         sim.run_until(Duration::from_secs(60 + 240));
         assert!(sim.restarts > N as u64);
+        if std::env::var_os("SIM_STATS").is_some() {
+            STATS.with(|s| eprintln!("seed {seed}: start/tick/dialled/deliver/closed/chaos/restart/bytes {:?}", s.borrow()));
+        }
         assert_converged(&sim, N);
     }
 }
@@ -398,4 +426,5 @@ fn a_partition_heals() {
     sim.run_until(Duration::from_secs(90 + 200));
     assert_converged(&sim, N);
 }
+
 

@@ -33,6 +33,9 @@ use super::wire::{self, Decoder, Frame, Hello, Message, WireError};
 
 /// Gossip channel of the topology.
 pub const CHANNEL_TOPOLOGY: u8 = 0;
+/// Topology changes are batched for this long before reachability, routes
+/// and targets are recomputed (a burst of gossip costs one computation).
+const REFRESH_DELAY: Duration = Duration::from_millis(20);
 
 /// Tunables of the mesh; [`MeshConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -170,6 +173,7 @@ pub struct Mesh {
     maker: ConnectionMaker,
     unreachable: BTreeMap<PeerName, Instant>,
     next_digest: Instant,
+    refresh_at: Option<Instant>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -198,6 +202,7 @@ impl Mesh {
             maker,
             unreachable: BTreeMap::new(),
             next_digest,
+            refresh_at: None,
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -241,6 +246,11 @@ impl Mesh {
     /// The connection maker's targets.
     pub fn maker(&self) -> &ConnectionMaker {
         &self.maker
+    }
+
+    /// Whether the mesh still tracks this connection.
+    pub fn has_conn(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id)
     }
 
     /// Next queued action.
@@ -352,18 +362,24 @@ impl Mesh {
         for (id, reason) in expired {
             self.close(id, &reason, now);
         }
+        if self.refresh_at.is_some_and(|at| now >= at) {
+            self.refresh(now);
+        }
         if now >= self.next_digest {
             let jitter = self.cfg.gossip_interval.mul_f64(self.rng.gen_range(0.9..1.1));
             self.next_digest = now + jitter;
             self.send_digest(now);
         }
         self.collect_unreachable(now);
-        self.run_maker(now);
+        self.dial_due(now);
     }
 
     /// When `tick` must next be called.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_digest;
+        if let Some(at) = self.refresh_at {
+            t = t.min(at);
+        }
         for c in self.conns.values() {
             let at = match c.state {
                 ConnState::Established(_) => c.next_heartbeat.min(c.last_recv + self.cfg.read_timeout),
@@ -371,8 +387,12 @@ impl Mesh {
             };
             t = t.min(at);
         }
-        if let Some(at) = self.maker.next_deadline() {
-            t = t.min(at);
+        // With no room for another connection, a due target waits for a
+        // connection to end (which runs the maker) rather than spinning here.
+        if self.conns.len() < self.cfg.conn_limit {
+            if let Some(at) = self.maker.next_deadline() {
+                t = t.min(at);
+            }
         }
         for since in self.unreachable.values() {
             t = t.min(*since + self.cfg.peer_gc_grace);
@@ -627,8 +647,14 @@ impl Mesh {
         }
     }
 
-    /// After any change of the topology: reachability, routes, targets.
+    /// After any change of the topology: schedules [`Self::refresh`].
     fn topology_changed(&mut self, now: Instant) {
+        self.refresh_at.get_or_insert(now + REFRESH_DELAY);
+    }
+
+    /// Recomputes reachability, routes and targets from the topology.
+    fn refresh(&mut self, now: Instant) {
+        self.refresh_at = None;
         let reachable = self.topo.reachable();
         for rec in self.topo.records() {
             if reachable.contains(&rec.name) {
@@ -697,11 +723,17 @@ impl Mesh {
         out
     }
 
+    /// Brings the targets up to date with connections and topology, then dials.
     fn run_maker(&mut self, now: Instant) {
         let covered = self.covered();
         self.maker.sync_connected(&covered, now, &mut self.rng);
         let discovered = self.discovered();
         self.maker.set_discovered(&discovered, now);
+        self.dial_due(now);
+    }
+
+    /// Dials the targets that are due, within the connection limit.
+    fn dial_due(&mut self, now: Instant) {
         let budget = self.cfg.conn_limit.saturating_sub(self.conns.len());
         for addr in self.maker.due(now, budget) {
             let id = self.new_conn(addr, true, Some(addr), ConnState::Dialing, now);
@@ -739,6 +771,7 @@ impl Mesh {
         } else {
             debug!(remote = %c.remote, %reason, "connection attempt ended");
         }
+        let was_established = matches!(c.state, ConnState::Established(_));
         if let Some(target) = c.target {
             if !self.covered().contains(&target)
                 && self
@@ -750,7 +783,11 @@ impl Mesh {
                 self.maker.attempt_failed(target, reason.to_string(), now, &mut self.rng);
             }
         }
-        self.run_maker(now);
+        if was_established {
+            self.run_maker(now);
+        } else {
+            self.dial_due(now);
+        }
     }
 
     /// A snapshot for the local API.

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The local HTTP API, served on TCP (default 127.0.0.1:6784) and on a Unix
+//! socket (default `/run/weave/weave.sock`, mode 0600).
+//!
+//! Handlers only translate between JSON and router [`Command`]s. Bodies are
+//! parsed here rather than by axum's extractor so that every bad request
+//! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
+//! changes nothing.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use weave_api::{ConnectRequest, ErrorReply, ForgetRequest, TargetsReply, VersionReply};
+
+use crate::config::parse_peer_addr;
+use crate::router::Command;
+use crate::{Error, Result};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+struct Api {
+    commands: mpsc::Sender<Command>,
+    port: u16,
+}
+
+/// The API's routes.
+fn routes(commands: mpsc::Sender<Command>, port: u16) -> axum::Router {
+    axum::Router::new()
+        .route("/report", get(report))
+        .route("/version", get(version))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
+        .fallback(not_found)
+        .with_state(Api { commands, port })
+}
+
+/// Serves the API on `http` and `socket` until `cancel` fires.
+pub async fn serve(
+    http: Option<TcpListener>,
+    socket: Option<(UnixListener, std::path::PathBuf)>,
+    commands: mpsc::Sender<Command>,
+    port: u16,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let app = routes(commands, port);
+    let tcp = {
+        let app = app.clone();
+        let cancel = cancel.clone();
+        async move {
+            match http {
+                Some(l) => axum::serve(l, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+                    .map_err(|source| Error::Serve { what: "HTTP API", source }),
+                None => Ok(()),
+            }
+        }
+    };
+    let unix = {
+        let cancel = cancel.clone();
+        async move {
+            match socket {
+                Some((l, path)) => {
+                    let res = axum::serve(l, app)
+                        .with_graceful_shutdown(cancel.cancelled_owned())
+                        .await
+                        .map_err(|source| Error::Serve { what: "API socket", source });
+                    let _ = std::fs::remove_file(&path);
+                    res
+                }
+                None => Ok(()),
+            }
+        }
+    };
+    let (a, b) = tokio::join!(tcp, unix);
+    a.and(b)
+}
+
+/// Binds the API Unix socket at `path` with mode 0600. A stale socket file
+/// (nobody listening) is replaced; a live one means another agent runs, and
+/// is an error.
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    let fail = |reason: String| Error::ApiSocket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("create directory: {e}")))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another agent is listening on it".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| fail(format!("remove stale socket: {e}")))?;
+        }
+        Ok(_) => return Err(fail("exists and is not a socket".into())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(format!("chmod 0600: {e}")))?;
+    info!(path = %path.display(), "API listening on Unix socket");
+    Ok(listener)
+}
+
+/// A JSON error reply.
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    let error = msg.into();
+    warn!(status = status.as_u16(), %error, "API request refused");
+    (status, Json(ErrorReply { error })).into_response()
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, Response> {
+    if peers.is_empty() {
+        return Err(error(StatusCode::BAD_REQUEST, "no peers given"));
+    }
+    peers
+        .iter()
+        .map(|p| parse_peer_addr(p, port).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
+        .collect()
+}
+
+async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "router is shutting down");
+    api.commands.send(make(tx)).await.map_err(|_| unavailable())?;
+    rx.await.map_err(|_| unavailable())
+}
+
+fn targets_reply(targets: Vec<SocketAddr>) -> Response {
+    Json(TargetsReply {
+        targets: targets.iter().map(ToString::to_string).collect(),
+    })
+    .into_response()
+}
+
+async fn report(State(api): State<Api>) -> Response {
+    match ask(&api, Command::Report).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
+async fn version() -> Json<VersionReply> {
+    Json(VersionReply {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: format!("{}..{}", crate::mesh::wire::MIN_VERSION, crate::mesh::wire::MAX_VERSION),
+    })
+}
+
+async fn connect(State(api): State<Api>, body: Bytes) -> Response {
+    let run = async {
+        let req: ConnectRequest = parse(&body)?;
+        let addrs = parse_addrs(&req.peers, api.port)?;
+        ask(&api, |reply| Command::Connect {
+            addrs,
+            replace: req.replace,
+            reply,
+        })
+        .await
+    };
+    match run.await {
+        Ok(t) => targets_reply(t),
+        Err(e) => e,
+    }
+}
+
+async fn forget(State(api): State<Api>, body: Bytes) -> Response {
+    let run = async {
+        let req: ForgetRequest = parse(&body)?;
+        let addrs = parse_addrs(&req.peers, api.port)?;
+        ask(&api, |reply| Command::Forget { addrs, reply }).await
+    };
+    match run.await {
+        Ok(t) => targets_reply(t),
+        Err(e) => e,
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Validated configuration of the agent, built from flags by the binary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::mesh::PeerName;
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Peer name to use instead of the persisted or generated one.
+    pub name: Option<PeerName>,
+    /// Nickname.
+    pub nickname: String,
+    /// Address to listen on for peers.
+    pub host: IpAddr,
+    /// TCP port for peers.
+    pub port: u16,
+    /// Where state is kept.
+    pub state_dir: PathBuf,
+    /// Most simultaneous connections.
+    pub conn_limit: usize,
+    /// Local HTTP API address; `None` disables it.
+    pub http_addr: Option<SocketAddr>,
+    /// API Unix socket; `None` disables it.
+    pub api_socket: Option<PathBuf>,
+    /// Initial targets.
+    pub peers: Vec<SocketAddr>,
+    /// Heartbeat interval on connections.
+    pub heartbeat: Duration,
+    /// Close a connection after this long without input.
+    pub read_timeout: Duration,
+    /// Interval of anti-entropy gossip.
+    pub gossip_interval: Duration,
+}
+
+/// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.
+pub fn parse_peer_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("invalid peer address {s:?}: port 0"));
+        }
+        return Ok(a);
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| format!("invalid peer address {s:?}: expected IP, IP:PORT or [IPv6]:PORT"))
+}
+
+/// Parses durations like `500ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses() {
+        assert_eq!(parse_peer_addr("10.0.0.1", 6783).unwrap(), "10.0.0.1:6783".parse().unwrap());
+        assert_eq!(parse_peer_addr("10.0.0.1:7000", 6783).unwrap(), "10.0.0.1:7000".parse().unwrap());
+        assert_eq!(parse_peer_addr("[fd00::1]:7000", 6783).unwrap(), "[fd00::1]:7000".parse().unwrap());
+        assert_eq!(parse_peer_addr("fd00::1", 6783).unwrap(), "[fd00::1]:6783".parse().unwrap());
+        for bad in ["", "host.example", "10.0.0.1:x", "10.0.0.1:0", "10.0.0.300"] {
+            assert!(parse_peer_addr(bad, 6783).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        for bad in ["", "0s", "s", "1h", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The socket layer of the mesh: a TCP listener, one reader and one writer
+//! task per connection, and an actor task that owns the [`Mesh`] and is the
+//! only one to touch it.
+//!
+//! Everything the actor learns (accepted sockets, dial results, bytes,
+//! closes, API commands) arrives on channels; everything the mesh decides
+//! comes back as [`Action`]s that the actor carries out. The actor never
+//! blocks: writes go through a bounded queue per connection, and a peer that
+//! lets its queue fill up is disconnected rather than allowed to stall
+//! everybody else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::mesh::{Action, ConnId, Mesh};
+
+/// Frames queued per connection before the peer counts as stuck.
+const SEND_QUEUE: usize = 1024;
+/// How long a dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer per connection.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A request from the local API to the router.
+#[derive(Debug)]
+pub enum Command {
+    /// Send back a report.
+    Report(oneshot::Sender<weave_api::Report>),
+    /// Add targets (optionally replacing the direct set); replies with the targets after.
+    Connect {
+        /// Addresses to connect to.
+        addrs: Vec<SocketAddr>,
+        /// Replace the direct target set.
+        replace: bool,
+        /// Reply channel.
+        reply: oneshot::Sender<Vec<SocketAddr>>,
+    },
+    /// Forget targets; replies with the targets after.
+    Forget {
+        /// Addresses to forget.
+        addrs: Vec<SocketAddr>,
+        /// Reply channel.
+        reply: oneshot::Sender<Vec<SocketAddr>>,
+    },
+}
+
+/// What connection tasks tell the actor.
+#[derive(Debug)]
+enum Event {
+    Accepted(TcpStream, SocketAddr),
+    Dialled(ConnId, std::io::Result<TcpStream>),
+    Bytes(ConnId, Vec<u8>),
+    Closed(ConnId, String),
+}
+
+/// The live half of a connection as the actor sees it.
+struct Link {
+    tx: mpsc::Sender<Vec<u8>>,
+    reader: AbortHandle,
+}
+
+/// The router: owns the mesh and its sockets.
+pub struct Router {
+    mesh: Mesh,
+    listener: TcpListener,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Router {
+    /// A router around `mesh`, listening on `listener`, taking API commands
+    /// from `commands`.
+    pub fn new(mesh: Mesh, listener: TcpListener, commands: mpsc::Receiver<Command>) -> Self {
+        Self {
+            mesh,
+            listener,
+            commands,
+        }
+    }
+
+    /// Runs until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> crate::Result<()> {
+        let Self {
+            mut mesh,
+            listener,
+            mut commands,
+        } = self;
+        let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+        let accept_tx = events_tx.clone();
+        let accept_cancel = cancel.clone();
+        let acceptor = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = accept_cancel.cancelled() => return,
+                    res = listener.accept() => match res {
+                        Ok((stream, addr)) => {
+                            if accept_tx.send(Event::Accepted(stream, addr)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                }
+            }
+        });
+        let mut links: HashMap<ConnId, Link> = HashMap::new();
+        apply(&mut mesh, &mut links, &events_tx);
+        loop {
+            let deadline = mesh.poll_timeout();
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep_until(deadline) => mesh.tick(Instant::now()),
+                Some(cmd) = commands.recv() => on_command(&mut mesh, cmd),
+                Some(ev) = events.recv() => {
+                    let now = Instant::now();
+                    match ev {
+                        Event::Accepted(stream, addr) => {
+                            if let Some(id) = mesh.accepted(addr, now) {
+                                links.insert(id, start_link(id, stream, &events_tx));
+                            }
+                        }
+                        Event::Dialled(id, res) => {
+                            match res {
+                                // The mesh may have given up on this attempt
+                                // meanwhile (handshake timeout): then the socket
+                                // is dropped here.
+                                Ok(stream) if mesh.has_conn(id) => {
+                                    links.insert(id, start_link(id, stream, &events_tx));
+                                    mesh.dialled(id, now);
+                                }
+                                Ok(_) => {}
+                                Err(e) => mesh.dial_failed(id, &e.to_string(), now),
+                            }
+                        }
+                        Event::Bytes(id, data) => mesh.received(id, &data, now),
+                        Event::Closed(id, reason) => {
+                            if let Some(link) = links.remove(&id) {
+                                link.reader.abort();
+                            }
+                            mesh.closed(id, &reason, now);
+                        }
+                    }
+                }
+            }
+            apply(&mut mesh, &mut links, &events_tx);
+        }
+        acceptor.abort();
+        for (_, link) in links.drain() {
+            link.reader.abort();
+        }
+        info!("router stopped");
+        Ok(())
+    }
+}
+
+fn on_command(mesh: &mut Mesh, cmd: Command) {
+    let now = Instant::now();
+    match cmd {
+        Command::Report(reply) => {
+            let _ = reply.send(mesh.report(now));
+        }
+        Command::Connect {
+            addrs,
+            replace,
+            reply,
+        } => {
+            mesh.connect(&addrs, replace, now);
+            let _ = reply.send(mesh.maker().direct());
+        }
+        Command::Forget { addrs, reply } => {
+            mesh.forget(&addrs, now);
+            let _ = reply.send(mesh.maker().direct());
+        }
+    }
+}
+
+/// Carries out everything the mesh queued.
+fn apply(
+    mesh: &mut Mesh,
+    links: &mut HashMap<ConnId, Link>,
+    events: &mpsc::Sender<Event>,
+) {
+    let mut stuck = Vec::new();
+    while let Some(action) = mesh.poll_action() {
+        match action {
+            Action::Dial { conn, addr } => {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    let res = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+                        Ok(res) => res,
+                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+                    };
+                    let _ = events.send(Event::Dialled(conn, res)).await;
+                });
+            }
+            Action::Send { conn, data } => {
+                if let Some(link) = links.get(&conn) {
+                    if link.tx.try_send(data).is_err() {
+                        stuck.push(conn);
+                    }
+                }
+            }
+            Action::Close { conn } => {
+                // Dropping the sender lets the writer flush what is queued
+                // (the Close message) and then shut the socket.
+                if let Some(link) = links.remove(&conn) {
+                    link.reader.abort();
+                }
+            }
+        }
+    }
+    for conn in stuck {
+        warn!(conn = conn.0, "peer is not reading; closing connection");
+        if let Some(link) = links.remove(&conn) {
+            link.reader.abort();
+        }
+        mesh.closed(conn, "send queue full", Instant::now());
+    }
+    if mesh.poll_action().is_some() {
+        // Closing may have queued more work (gossip about the lost link).
+        apply(mesh, links, events);
+    }
+}
+
+fn start_link(id: ConnId, stream: TcpStream, events: &mpsc::Sender<Event>) -> Link {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let reader = tokio::spawn(read_loop(id, rd, events.clone())).abort_handle();
+    tokio::spawn(write_loop(id, wr, rx, events.clone()));
+    Link { tx, reader }
+}
+
+async fn read_loop(id: ConnId, mut rd: OwnedReadHalf, events: mpsc::Sender<Event>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        match rd.read(&mut buf).await {
+            Ok(0) => break "connection closed by peer".to_string(),
+            Ok(n) => {
+                if events.send(Event::Bytes(id, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => break format!("read: {e}"),
+        }
+    };
+    let _ = events.send(Event::Closed(id, reason)).await;
+}
+
+async fn write_loop(
+    id: ConnId,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<Event>,
+) {
+    while let Some(data) = rx.recv().await {
+        if let Err(e) = wr.write_all(&data).await {
+            debug!(conn = id.0, error = %e, "write failed");
+            let _ = events.send(Event::Closed(id, format!("write: {e}"))).await;
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
