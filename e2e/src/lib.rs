@@ -15,6 +15,7 @@ mod teardown;
 mod testbed;
 mod topology;
 mod wait;
+pub mod weave;
 
 pub use binaries::{bin, bin_dir, BIN_DIR_ENV};
 pub use host::Host;

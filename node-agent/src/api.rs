@@ -63,7 +63,10 @@ pub async fn serve(
                 Some(l) => axum::serve(l, app)
                     .with_graceful_shutdown(cancel.cancelled_owned())
                     .await
-                    .map_err(|source| Error::Serve { what: "HTTP API", source }),
+                    .map_err(|source| Error::Serve {
+                        what: "HTTP API",
+                        source,
+                    }),
                 None => Ok(()),
             }
         }
@@ -76,7 +79,10 @@ pub async fn serve(
                     let res = axum::serve(l, app)
                         .with_graceful_shutdown(cancel.cancelled_owned())
                         .await
-                        .map_err(|source| Error::Serve { what: "API socket", source });
+                        .map_err(|source| Error::Serve {
+                            what: "API socket",
+                            source,
+                        });
                     let _ = std::fs::remove_file(&path);
                     res
                 }
@@ -124,7 +130,12 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, Response> {
@@ -137,10 +148,16 @@ fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, Response>
         .collect()
 }
 
-async fn ask<T>(api: &Api, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+async fn ask<T>(
+    api: &Api,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "router is shutting down");
-    api.commands.send(make(tx)).await.map_err(|_| unavailable())?;
+    api.commands
+        .send(make(tx))
+        .await
+        .map_err(|_| unavailable())?;
     rx.await.map_err(|_| unavailable())
 }
 
@@ -161,7 +178,11 @@ async fn report(State(api): State<Api>) -> Response {
 async fn version() -> Json<VersionReply> {
     Json(VersionReply {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        protocol: format!("{}..{}", crate::mesh::wire::MIN_VERSION, crate::mesh::wire::MAX_VERSION),
+        protocol: format!(
+            "{}..{}",
+            crate::mesh::wire::MIN_VERSION,
+            crate::mesh::wire::MAX_VERSION
+        ),
     })
 }
 

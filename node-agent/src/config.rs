@@ -56,7 +56,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
@@ -75,10 +77,22 @@ mod tests {
 
     #[test]
     fn peer_addresses() {
-        assert_eq!(parse_peer_addr("10.0.0.1", 6783).unwrap(), "10.0.0.1:6783".parse().unwrap());
-        assert_eq!(parse_peer_addr("10.0.0.1:7000", 6783).unwrap(), "10.0.0.1:7000".parse().unwrap());
-        assert_eq!(parse_peer_addr("[fd00::1]:7000", 6783).unwrap(), "[fd00::1]:7000".parse().unwrap());
-        assert_eq!(parse_peer_addr("fd00::1", 6783).unwrap(), "[fd00::1]:6783".parse().unwrap());
+        assert_eq!(
+            parse_peer_addr("10.0.0.1", 6783).unwrap(),
+            "10.0.0.1:6783".parse().unwrap()
+        );
+        assert_eq!(
+            parse_peer_addr("10.0.0.1:7000", 6783).unwrap(),
+            "10.0.0.1:7000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_peer_addr("[fd00::1]:7000", 6783).unwrap(),
+            "[fd00::1]:7000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_peer_addr("fd00::1", 6783).unwrap(),
+            "[fd00::1]:6783".parse().unwrap()
+        );
         for bad in ["", "host.example", "10.0.0.1:x", "10.0.0.1:0", "10.0.0.300"] {
             assert!(parse_peer_addr(bad, 6783).is_err(), "{bad}");
         }

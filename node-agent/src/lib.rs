@@ -3,6 +3,7 @@
 //! binaries only parse flags and call [`run`]; tests drive the same code.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 mod error;
 pub mod mesh;
@@ -28,17 +29,23 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let name = state::load_or_create_peer_name(&config.state_dir, config.name, &mut rng)?;
     let uid = PeerUid::random(&mut rng);
     let peer_addr = std::net::SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(peer_addr).await.map_err(|source| Error::Bind {
-        what: "peers",
-        addr: peer_addr,
-        source,
-    })?;
-    let http = match config.http_addr {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            what: "the HTTP API",
-            addr,
+    let listener = TcpListener::bind(peer_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "peers",
+            addr: peer_addr,
             source,
-        })?),
+        })?;
+    let http = match config.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "the HTTP API",
+                    addr,
+                    source,
+                })?,
+        ),
         None => None,
     };
     let socket = match &config.api_socket {

@@ -189,21 +189,21 @@ fn on_command(mesh: &mut Mesh, cmd: Command) {
 }
 
 /// Carries out everything the mesh queued.
-fn apply(
-    mesh: &mut Mesh,
-    links: &mut HashMap<ConnId, Link>,
-    events: &mpsc::Sender<Event>,
-) {
+fn apply(mesh: &mut Mesh, links: &mut HashMap<ConnId, Link>, events: &mpsc::Sender<Event>) {
     let mut stuck = Vec::new();
     while let Some(action) = mesh.poll_action() {
         match action {
             Action::Dial { conn, addr } => {
                 let events = events.clone();
                 tokio::spawn(async move {
-                    let res = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-                        Ok(res) => res,
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
-                    };
+                    let res =
+                        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+                            Ok(res) => res,
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "connect timed out",
+                            )),
+                        };
                     let _ = events.send(Event::Dialled(conn, res)).await;
                 });
             }
@@ -251,7 +251,11 @@ async fn read_loop(id: ConnId, mut rd: OwnedReadHalf, events: mpsc::Sender<Event
         match rd.read(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_string(),
             Ok(n) => {
-                if events.send(Event::Bytes(id, buf[..n].to_vec())).await.is_err() {
+                if events
+                    .send(Event::Bytes(id, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

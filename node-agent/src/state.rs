@@ -19,7 +19,11 @@ pub const PEER_NAME_FILE: &str = "peer-name";
 
 /// The peer name: `explicit` if given (and then persisted), else the
 /// persisted one, else a fresh random one (persisted).
-pub fn load_or_create_peer_name(dir: &Path, explicit: Option<PeerName>, rng: &mut impl Rng) -> Result<PeerName> {
+pub fn load_or_create_peer_name(
+    dir: &Path,
+    explicit: Option<PeerName>,
+    rng: &mut impl Rng,
+) -> Result<PeerName> {
     let err = |source| Error::StateDir {
         path: dir.to_path_buf(),
         source,
@@ -27,10 +31,14 @@ pub fn load_or_create_peer_name(dir: &Path, explicit: Option<PeerName>, rng: &mu
     fs::create_dir_all(dir).map_err(err)?;
     let path = dir.join(PEER_NAME_FILE);
     let stored = match fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().parse::<PeerName>().map_err(|_| Error::PeerNameFile {
-            path: path.clone(),
-            content: text.trim().chars().take(64).collect(),
-        })?),
+        Ok(text) => Some(
+            text.trim()
+                .parse::<PeerName>()
+                .map_err(|_| Error::PeerNameFile {
+                    path: path.clone(),
+                    content: text.trim().chars().take(64).collect(),
+                })?,
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(err(e)),
     };
@@ -80,8 +88,14 @@ mod tests {
         let b = load_or_create_peer_name(&dir, None, &mut rng).unwrap();
         assert_eq!(a, b);
         let explicit: PeerName = "02:00:00:00:00:42".parse().unwrap();
-        assert_eq!(load_or_create_peer_name(&dir, Some(explicit), &mut rng).unwrap(), explicit);
-        assert_eq!(load_or_create_peer_name(&dir, None, &mut rng).unwrap(), explicit);
+        assert_eq!(
+            load_or_create_peer_name(&dir, Some(explicit), &mut rng).unwrap(),
+            explicit
+        );
+        assert_eq!(
+            load_or_create_peer_name(&dir, None, &mut rng).unwrap(),
+            explicit
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,9 +21,20 @@ use weave_node_agent::mesh::{Action, ConnId, Mesh, MeshConfig, PeerName, PeerUid
 enum Ev {
     Start(usize),
     Tick(usize),
-    Dialled { peer: usize, conn: ConnId, ok: bool },
-    Deliver { peer: usize, conn: ConnId, data: Vec<u8> },
-    Closed { peer: usize, conn: ConnId },
+    Dialled {
+        peer: usize,
+        conn: ConnId,
+        ok: bool,
+    },
+    Deliver {
+        peer: usize,
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    Closed {
+        peer: usize,
+        conn: ConnId,
+    },
     Chaos,
     Restart(usize),
 }
@@ -60,7 +71,9 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn peer_of(a: SocketAddr) -> usize {
-    let SocketAddr::V4(v4) = a else { unreachable!() };
+    let SocketAddr::V4(v4) = a else {
+        unreachable!()
+    };
     let o = v4.ip().octets();
     usize::from(o[2]) * 250 + usize::from(o[3]) - 1
 }
@@ -115,7 +128,11 @@ impl Sim {
     }
 
     fn link_up(&self, a: usize, b: usize) -> bool {
-        self.allowed.contains(&key(a, b)) && self.down.get(&key(a, b)).is_none_or(|until| *until <= self.now)
+        self.allowed.contains(&key(a, b))
+            && self
+                .down
+                .get(&key(a, b))
+                .is_none_or(|until| *until <= self.now)
     }
 
     fn start_peer(&mut self, i: usize) {
@@ -135,9 +152,21 @@ impl Sim {
         let neighbours: Vec<usize> = self
             .allowed
             .iter()
-            .filter_map(|&(a, b)| if a == i { Some(b) } else if b == i { Some(a) } else { None })
+            .filter_map(|&(a, b)| {
+                if a == i {
+                    Some(b)
+                } else if b == i {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
             .collect();
-        let running: Vec<usize> = neighbours.iter().copied().filter(|&j| self.meshes[j].is_some()).collect();
+        let running: Vec<usize> = neighbours
+            .iter()
+            .copied()
+            .filter(|&j| self.meshes[j].is_some())
+            .collect();
         if !running.is_empty() {
             let via = running[self.rng.gen_range(0..running.len())];
             mesh.connect(&[addr(via)], false, now);
@@ -149,8 +178,12 @@ impl Sim {
     /// Carries out the actions of peer `p` and schedules its next tick.
     fn drain(&mut self, p: usize) {
         loop {
-            let Some(mesh) = self.meshes[p].as_mut() else { return };
-            let Some(action) = mesh.poll_action() else { break };
+            let Some(mesh) = self.meshes[p].as_mut() else {
+                return;
+            };
+            let Some(action) = mesh.poll_action() else {
+                break;
+            };
             match action {
                 Action::Dial { conn, addr } => {
                     let q = peer_of(addr);
@@ -165,23 +198,52 @@ impl Sim {
                                 self.pairs.insert((p, conn), (q, qc));
                                 self.pairs.insert((q, qc), (p, conn));
                                 self.ready_at.insert((p, conn), self.now + lat);
-                                self.at(self.now + lat, Ev::Dialled { peer: p, conn, ok: true });
+                                self.at(
+                                    self.now + lat,
+                                    Ev::Dialled {
+                                        peer: p,
+                                        conn,
+                                        ok: true,
+                                    },
+                                );
                                 self.drain(q);
                             }
-                            None => self.at(self.now + lat, Ev::Dialled { peer: p, conn, ok: false }),
+                            None => self.at(
+                                self.now + lat,
+                                Ev::Dialled {
+                                    peer: p,
+                                    conn,
+                                    ok: false,
+                                },
+                            ),
                         }
                     } else {
-                        self.at(self.now + lat, Ev::Dialled { peer: p, conn, ok: false });
+                        self.at(
+                            self.now + lat,
+                            Ev::Dialled {
+                                peer: p,
+                                conn,
+                                ok: false,
+                            },
+                        );
                     }
                 }
                 Action::Send { conn, data } => {
-                    let Some(&(q, qc)) = self.pairs.get(&(p, conn)) else { continue };
+                    let Some(&(q, qc)) = self.pairs.get(&(p, conn)) else {
+                        continue;
+                    };
                     let is_gossip = data.len() > 4 && data[4] == 3 && &data[..5] != b"weave";
-                    if is_gossip && self.now < self.chaos_until && self.rng.gen_bool(self.gossip_loss) {
+                    if is_gossip
+                        && self.now < self.chaos_until
+                        && self.rng.gen_bool(self.gossip_loss)
+                    {
                         continue;
                     }
                     let lat = self.latency();
-                    let ready = self.ready_at.get(&(q, qc)).map_or(Duration::ZERO, |r| *r + Duration::from_micros(1));
+                    let ready = self
+                        .ready_at
+                        .get(&(q, qc))
+                        .map_or(Duration::ZERO, |r| *r + Duration::from_micros(1));
                     let t = match self.intro_at.get(&(p, conn)) {
                         Some(intro) => (self.now + lat).max(*intro + Duration::from_micros(1)),
                         None => {
@@ -189,7 +251,14 @@ impl Sim {
                             (self.now + lat).max(ready)
                         }
                     };
-                    self.at(t, Ev::Deliver { peer: q, conn: qc, data });
+                    self.at(
+                        t,
+                        Ev::Deliver {
+                            peer: q,
+                            conn: qc,
+                            data,
+                        },
+                    );
                 }
                 Action::Close { conn } => {
                     if let Some((q, qc)) = self.pairs.remove(&(p, conn)) {
@@ -200,7 +269,9 @@ impl Sim {
                 }
             }
         }
-        let Some(mesh) = self.meshes[p].as_ref() else { return };
+        let Some(mesh) = self.meshes[p].as_ref() else {
+            return;
+        };
         let t = mesh.poll_timeout().saturating_duration_since(self.t0);
         let t = t.max(self.now);
         if self.next_tick[p] != Some(t) {
@@ -231,7 +302,12 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         // Every connection of the old incarnation dies with it.
-        let mine: Vec<(usize, ConnId)> = self.pairs.keys().filter(|(p, _)| *p == i).copied().collect();
+        let mine: Vec<(usize, ConnId)> = self
+            .pairs
+            .keys()
+            .filter(|(p, _)| *p == i)
+            .copied()
+            .collect();
         for k in mine {
             if let Some((q, qc)) = self.pairs.remove(&k) {
                 self.pairs.remove(&(q, qc));
@@ -250,9 +326,19 @@ impl Sim {
             }
             let Reverse((t, _, ev)) = self.queue.pop().expect("peeked");
             if std::env::var_os("SIM_STATS").is_some() {
-                let k = match &ev { Ev::Start(_) => 0, Ev::Tick(_) => 1, Ev::Dialled{..} => 2, Ev::Deliver{..} => 3, Ev::Closed{..} => 4, Ev::Chaos => 5, Ev::Restart(_) => 6 };
+                let k = match &ev {
+                    Ev::Start(_) => 0,
+                    Ev::Tick(_) => 1,
+                    Ev::Dialled { .. } => 2,
+                    Ev::Deliver { .. } => 3,
+                    Ev::Closed { .. } => 4,
+                    Ev::Chaos => 5,
+                    Ev::Restart(_) => 6,
+                };
                 STATS.with(|s| s.borrow_mut()[k] += 1);
-                if let Ev::Deliver { data, .. } = &ev { STATS.with(|s| s.borrow_mut()[7] += data.len() as u64); }
+                if let Ev::Deliver { data, .. } = &ev {
+                    STATS.with(|s| s.borrow_mut()[7] += data.len() as u64);
+                }
             }
             self.now = t;
             let now = self.t0 + t;
@@ -261,10 +347,9 @@ impl Sim {
                     // A peer joins once a host it can reach runs (the first
                     // one founds the mesh), so the join graph is connected.
                     let founded = self.meshes.iter().any(Option::is_some);
-                    let reachable_running = self
-                        .allowed
-                        .iter()
-                        .any(|&(a, b)| (a == i && self.meshes[b].is_some()) || (b == i && self.meshes[a].is_some()));
+                    let reachable_running = self.allowed.iter().any(|&(a, b)| {
+                        (a == i && self.meshes[b].is_some()) || (b == i && self.meshes[a].is_some())
+                    });
                     if founded && !reachable_running {
                         self.at(t + Duration::from_secs(1), Ev::Start(i));
                     } else {
@@ -328,12 +413,18 @@ fn addr_ip(i: usize) -> std::net::IpAddr {
 /// Asserts that every peer holds the same records, equal to what each peer
 /// says of itself, and routes equal to those computed from that common view.
 fn assert_converged(sim: &Sim, n: usize) {
-    let truth: Vec<_> = (0..n).map(|i| sim.mesh(i).topology().local().clone()).collect();
+    let truth: Vec<_> = (0..n)
+        .map(|i| sim.mesh(i).topology().local().clone())
+        .collect();
     for i in 0..n {
         let t = sim.mesh(i).topology();
         assert_eq!(t.len(), n, "peer {i} knows {} peers, expected {n}", t.len());
         for (j, rec) in truth.iter().enumerate() {
-            assert_eq!(t.get(&rec.name), Some(rec), "peer {i}'s record of peer {j} differs");
+            assert_eq!(
+                t.get(&rec.name),
+                Some(rec),
+                "peer {i}'s record of peer {j} differs"
+            );
         }
     }
     // every live link is announced by both ends as established
@@ -341,7 +432,10 @@ fn assert_converged(sim: &Sim, n: usize) {
         for (other, c) in &rec.conns {
             assert!(c.established);
             let j = (other.as_u64() - 0x0200_0000_0000) as usize;
-            assert!(truth[j].conns.contains_key(&name(i)), "link {i}-{j} announced by {i} only");
+            assert!(
+                truth[j].conns.contains_key(&name(i)),
+                "link {i}-{j} announced by {i} only"
+            );
         }
     }
     for i in 0..n {
@@ -349,7 +443,11 @@ fn assert_converged(sim: &Sim, n: usize) {
         view.merge(truth.clone());
         let expected = Routes::compute(&view, Graph::Symmetric);
         assert_eq!(sim.mesh(i).routes(), &expected, "routes of peer {i}");
-        assert_eq!(expected.unicast.len(), n - 1, "peer {i} cannot route to everyone");
+        assert_eq!(
+            expected.unicast.len(),
+            n - 1,
+            "peer {i} cannot route to everyone"
+        );
     }
     // following next hops from anywhere reaches the destination without loops
     for src in 0..n {
@@ -357,7 +455,11 @@ fn assert_converged(sim: &Sim, n: usize) {
             let mut at = src;
             let mut hops = 0;
             while at != dst {
-                let via = sim.mesh(at).routes().next_hop(&name(dst)).expect("route exists");
+                let via = sim
+                    .mesh(at)
+                    .routes()
+                    .next_hop(&name(dst))
+                    .expect("route exists");
                 at = (via.as_u64() - 0x0200_0000_0000) as usize;
                 hops += 1;
                 assert!(hops <= n, "routing loop from {src} to {dst}");
@@ -388,7 +490,12 @@ fn hundred_peers_converge_after_chaos() {
         sim.run_until(Duration::from_secs(60 + 240));
         assert!(sim.restarts > N as u64);
         if std::env::var_os("SIM_STATS").is_some() {
-            STATS.with(|s| eprintln!("seed {seed}: start/tick/dialled/deliver/closed/chaos/restart/bytes {:?}", s.borrow()));
+            STATS.with(|s| {
+                eprintln!(
+                    "seed {seed}: start/tick/dialled/deliver/closed/chaos/restart/bytes {:?}",
+                    s.borrow()
+                )
+            });
         }
         assert_converged(&sim, N);
     }
@@ -405,11 +512,21 @@ fn a_partition_heals() {
     assert_converged(&sim, N);
     // cut every link between the two halves for a while
     let half = |i: usize| i < N / 2;
-    let across: Vec<_> = sim.allowed.iter().copied().filter(|&(a, b)| half(a) != half(b)).collect();
+    let across: Vec<_> = sim
+        .allowed
+        .iter()
+        .copied()
+        .filter(|&(a, b)| half(a) != half(b))
+        .collect();
     for &(a, b) in &across {
         sim.down.insert((a, b), Duration::from_secs(90));
     }
-    let crossing: Vec<_> = sim.pairs.iter().filter(|(k, v)| half(k.0) != half(v.0)).map(|(k, _)| *k).collect();
+    let crossing: Vec<_> = sim
+        .pairs
+        .iter()
+        .filter(|(k, v)| half(k.0) != half(v.0))
+        .map(|(k, _)| *k)
+        .collect();
     let now = sim.t0 + sim.now;
     for (p, c) in crossing {
         sim.pairs.remove(&(p, c));
@@ -426,5 +543,3 @@ fn a_partition_heals() {
     sim.run_until(Duration::from_secs(90 + 200));
     assert_converged(&sim, N);
 }
-
-

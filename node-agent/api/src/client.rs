@@ -142,7 +142,12 @@ impl Client {
     }
 
     /// Sends one raw request and returns the status and body, whatever the status.
-    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, Error> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, Error> {
         let (mut stream, endpoint) = self.connect()?;
         let io = |source| Error::Io {
             endpoint: endpoint.to_string(),
@@ -173,11 +178,13 @@ impl Client {
                     s.set_write_timeout(Some(self.timeout))?;
                     Ok(Stream::Unix(s))
                 }),
-                Endpoint::Tcp(addr) => TcpStream::connect_timeout(addr, self.timeout).and_then(|s| {
-                    s.set_read_timeout(Some(self.timeout))?;
-                    s.set_write_timeout(Some(self.timeout))?;
-                    Ok(Stream::Tcp(s))
-                }),
+                Endpoint::Tcp(addr) => {
+                    TcpStream::connect_timeout(addr, self.timeout).and_then(|s| {
+                        s.set_read_timeout(Some(self.timeout))?;
+                        s.set_write_timeout(Some(self.timeout))?;
+                        Ok(Stream::Tcp(s))
+                    })
+                }
             };
             match attempt {
                 Ok(stream) => return Ok((stream, endpoint)),
@@ -240,7 +247,8 @@ pub(crate) fn parse_response(raw: &[u8]) -> Result<Response, Error> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| malformed("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| malformed("headers are not UTF-8"))?;
+    let head =
+        std::str::from_utf8(&raw[..split]).map_err(|_| malformed("headers are not UTF-8"))?;
     let rest = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -290,10 +298,10 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, Error> {
             .windows(2)
             .position(|w| w == b"\r\n")
             .ok_or_else(|| malformed("chunk size line not terminated"))?;
-        let line = std::str::from_utf8(&data[..eol]).map_err(|_| malformed("chunk size not UTF-8"))?;
+        let line =
+            std::str::from_utf8(&data[..eol]).map_err(|_| malformed("chunk size not UTF-8"))?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| malformed("bad chunk size"))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| malformed("bad chunk size"))?;
         data = &data[eol + 2..];
         if size == 0 {
             return Ok(out);
@@ -333,7 +341,9 @@ mod tests {
         assert!(parse_response(b"SMTP 220 hello\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
     }
 
     #[test]

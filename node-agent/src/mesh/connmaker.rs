@@ -165,11 +165,14 @@ impl ConnectionMaker {
         }
     }
 
-
-
     /// Marks covered targets connected; a connected target that lost its
     /// connection is retried soon, with its back-off reset.
-    pub fn sync_connected(&mut self, covered: &BTreeSet<SocketAddr>, now: Instant, rng: &mut impl Rng) {
+    pub fn sync_connected(
+        &mut self,
+        covered: &BTreeSet<SocketAddr>,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
         let initial = self.initial;
         for (addr, t) in &mut self.targets {
             if covered.contains(addr) {
@@ -198,7 +201,13 @@ impl ConnectionMaker {
     }
 
     /// An attempt failed: back off.
-    pub fn attempt_failed(&mut self, addr: SocketAddr, error: String, now: Instant, rng: &mut impl Rng) {
+    pub fn attempt_failed(
+        &mut self,
+        addr: SocketAddr,
+        error: String,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
         let max = self.max;
         if let Some(t) = self.targets.get_mut(&addr) {
             let wait = jitter(t.interval, rng);
@@ -261,7 +270,10 @@ mod tests {
             now = at;
         }
         assert!(waits[0] >= Duration::from_millis(500) && waits[0] < Duration::from_millis(1500));
-        assert!(waits.iter().all(|w| *w < Duration::from_secs(6)), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w < Duration::from_secs(6)),
+            "{waits:?}"
+        );
         assert!(waits[7] >= Duration::from_secs(2), "{waits:?}");
     }
 

@@ -279,14 +279,22 @@ impl Mesh {
             warn!(%remote, limit = self.cfg.conn_limit, "refusing connection: connection limit reached");
             return None;
         }
-        let id = self.new_conn(remote, false, None, ConnState::Handshaking { version: None }, now);
+        let id = self.new_conn(
+            remote,
+            false,
+            None,
+            ConnState::Handshaking { version: None },
+            now,
+        );
         self.send_intro(id);
         Some(id)
     }
 
     /// An outbound dial succeeded.
     pub fn dialled(&mut self, id: ConnId, now: Instant) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         if !matches!(c.state, ConnState::Dialing) {
             return;
         }
@@ -311,13 +319,17 @@ impl Mesh {
 
     /// Bytes arrived on a connection.
     pub fn received(&mut self, id: ConnId, data: &[u8], now: Instant) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         c.last_recv = now;
         c.bytes_in += data.len() as u64;
         self.stats.bytes_in += data.len() as u64;
         c.decoder.push(data);
         loop {
-            let Some(c) = self.conns.get_mut(&id) else { return };
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
             match c.decoder.next_frame() {
                 Ok(None) => return,
                 Ok(Some(frame)) => {
@@ -342,7 +354,10 @@ impl Mesh {
             match c.state {
                 ConnState::Established(_) => {
                     if now >= c.last_recv + self.cfg.read_timeout {
-                        expired.push((*id, format!("nothing received for {:?}", self.cfg.read_timeout)));
+                        expired.push((
+                            *id,
+                            format!("nothing received for {:?}", self.cfg.read_timeout),
+                        ));
                     } else if now >= c.next_heartbeat {
                         c.next_heartbeat = now + self.cfg.heartbeat_interval;
                         beat.push(*id);
@@ -366,7 +381,10 @@ impl Mesh {
             self.refresh(now);
         }
         if now >= self.next_digest {
-            let jitter = self.cfg.gossip_interval.mul_f64(self.rng.gen_range(0.9..1.1));
+            let jitter = self
+                .cfg
+                .gossip_interval
+                .mul_f64(self.rng.gen_range(0.9..1.1));
             self.next_digest = now + jitter;
             self.send_digest(now);
         }
@@ -382,7 +400,9 @@ impl Mesh {
         }
         for c in self.conns.values() {
             let at = match c.state {
-                ConnState::Established(_) => c.next_heartbeat.min(c.last_recv + self.cfg.read_timeout),
+                ConnState::Established(_) => {
+                    c.next_heartbeat.min(c.last_recv + self.cfg.read_timeout)
+                }
                 _ => c.opened + self.cfg.handshake_timeout,
             };
             t = t.min(at);
@@ -465,7 +485,10 @@ impl Mesh {
     }
 
     fn on_frame(&mut self, id: ConnId, frame: Frame, now: Instant) -> Result<(), WireError> {
-        let c = self.conns.get_mut(&id).expect("caller checked the connection exists");
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("caller checked the connection exists");
         match (&mut c.state, frame) {
             (ConnState::Handshaking { version: v @ None }, Frame::Header(version)) => {
                 *v = Some(version);
@@ -517,7 +540,9 @@ impl Mesh {
         // and keep the lower, so they agree on the survivor. A connection of an
         // older incarnation of the same peer always gives way.
         let existing = self.conns.iter().find_map(|(other, oc)| match &oc.state {
-            ConnState::Established(r) if r.name == h.name && *other != id => Some((*other, r.uid, r.conn_uid)),
+            ConnState::Established(r) if r.name == h.name && *other != id => {
+                Some((*other, r.uid, r.conn_uid))
+            }
             _ => None,
         });
         if let Some((other, other_uid, other_conn_uid)) = existing {
@@ -526,10 +551,18 @@ impl Mesh {
                 self.close(id, "duplicate connection", now);
                 return;
             }
-            let why = if other_uid == h.uid { "duplicate connection" } else { "peer restarted" };
+            let why = if other_uid == h.uid {
+                "duplicate connection"
+            } else {
+                "peer restarted"
+            };
             self.close(other, why, now);
         }
-        let established = self.conns.values().filter(|c| matches!(c.state, ConnState::Established(_))).count();
+        let established = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.state, ConnState::Established(_)))
+            .count();
         if established >= self.cfg.conn_limit {
             warn!(peer = %h.name, %remote, limit = self.cfg.conn_limit, "refusing connection: connection limit reached");
             self.close(id, "connection limit reached", now);
@@ -573,7 +606,10 @@ impl Mesh {
             TopologyGossip::Update(records) => {
                 let out = self.topo.merge(records);
                 if out.local_bumped {
-                    info!(version = self.topo.local().version, "heard of an older incarnation of ourselves; version raised");
+                    info!(
+                        version = self.topo.local().version,
+                        "heard of an older incarnation of ourselves; version raised"
+                    );
                 }
                 if out.improved.is_empty() && !out.local_bumped {
                     return;
@@ -629,7 +665,11 @@ impl Mesh {
         if records.is_empty() {
             return;
         }
-        let mut ids: Vec<ConnId> = self.established_ids().into_iter().filter(|id| Some(*id) != exclude).collect();
+        let mut ids: Vec<ConnId> = self
+            .established_ids()
+            .into_iter()
+            .filter(|id| Some(*id) != exclude)
+            .collect();
         let fanout = fanout(self.topo.len());
         ids.shuffle(&mut self.rng);
         ids.truncate(fanout);
@@ -715,7 +755,10 @@ impl Mesh {
                 continue;
             }
             for (peer, c) in &rec.conns {
-                if *peer != local && !connected.contains(peer) && !self.unreachable.contains_key(peer) {
+                if *peer != local
+                    && !connected.contains(peer)
+                    && !self.unreachable.contains_key(peer)
+                {
                     out.insert(c.addr);
                 }
             }
@@ -753,14 +796,22 @@ impl Mesh {
     fn close(&mut self, id: ConnId, reason: &str, now: Instant) {
         let Some(c) = self.conns.get(&id) else { return };
         if !matches!(c.state, ConnState::Dialing) {
-            self.send(id, Message::Close { reason: reason.to_string() }.encode());
+            self.send(
+                id,
+                Message::Close {
+                    reason: reason.to_string(),
+                }
+                .encode(),
+            );
         }
         self.actions.push_back(Action::Close { conn: id });
         self.remove_conn(id, reason, now);
     }
 
     fn remove_conn(&mut self, id: ConnId, reason: &str, now: Instant) {
-        let Some(c) = self.conns.remove(&id) else { return };
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
         if let ConnState::Established(r) = &c.state {
             info!(peer = %r.name, nickname = %r.nickname, remote = %c.remote, %reason, "connection closed");
             self.topo.update_local(|rec| {
@@ -780,7 +831,8 @@ impl Mesh {
                     .get(&target)
                     .is_some_and(|t| t.state == TargetState::Attempting)
             {
-                self.maker.attempt_failed(target, reason.to_string(), now, &mut self.rng);
+                self.maker
+                    .attempt_failed(target, reason.to_string(), now, &mut self.rng);
             }
         }
         if was_established {
@@ -792,9 +844,16 @@ impl Mesh {
 
     /// A snapshot for the local API.
     pub fn report(&self, now: Instant) -> weave_api::Report {
-        use weave_api::{ConnectionReport, ConnectionState, PeerConnection, PeerReport, RouteReport};
+        use weave_api::{
+            ConnectionReport, ConnectionState, PeerConnection, PeerReport, RouteReport,
+        };
         let local = self.topo.local();
-        let nick = |n: &PeerName| self.topo.get(n).map(|r| r.nickname.clone()).unwrap_or_default();
+        let nick = |n: &PeerName| {
+            self.topo
+                .get(n)
+                .map(|r| r.nickname.clone())
+                .unwrap_or_default()
+        };
         let peers = self
             .topo
             .records()
@@ -828,8 +887,12 @@ impl Mesh {
                         ConnectionState::Established,
                         String::new(),
                     ),
-                    ConnState::Dialing => (None, None, ConnectionState::Pending, "connecting".into()),
-                    ConnState::Handshaking { .. } => (None, None, ConnectionState::Pending, "handshaking".into()),
+                    ConnState::Dialing => {
+                        (None, None, ConnectionState::Pending, "connecting".into())
+                    }
+                    ConnState::Handshaking { .. } => {
+                        (None, None, ConnectionState::Pending, "handshaking".into())
+                    }
                 };
                 ConnectionReport {
                     peer,
@@ -856,7 +919,10 @@ impl Mesh {
                     outbound: true,
                     mode: None,
                     encrypted: false,
-                    info: format!("{err}, retry in {:.1}s", at.saturating_duration_since(now).as_secs_f64()),
+                    info: format!(
+                        "{err}, retry in {:.1}s",
+                        at.saturating_duration_since(now).as_secs_f64()
+                    ),
                     bytes_in: 0,
                     bytes_out: 0,
                 });
@@ -873,7 +939,12 @@ impl Mesh {
             },
             peers,
             connections,
-            targets: self.maker.direct().iter().map(ToString::to_string).collect(),
+            targets: self
+                .maker
+                .direct()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             routes: self
                 .routes
                 .unicast
@@ -906,7 +977,12 @@ mod tests {
 
     fn mesh(i: u8, now: Instant) -> Mesh {
         let name = PeerName::from_bytes([2, 0, 0, 0, 0, i]);
-        Mesh::new(MeshConfig::new(name, format!("h{i}"), 6783), PeerUid::new(u64::from(i)), u64::from(i), now)
+        Mesh::new(
+            MeshConfig::new(name, format!("h{i}"), 6783),
+            PeerUid::new(u64::from(i)),
+            u64::from(i),
+            now,
+        )
     }
 
     /// Runs two meshes against each other over one in-memory connection.
@@ -944,7 +1020,9 @@ mod tests {
             panic!("expected a dial");
         };
         assert_eq!(addr, b_addr);
-        let b_id = b.accepted(SocketAddr::from(([10, 0, 0, 1], 40000)), now).unwrap();
+        let b_id = b
+            .accepted(SocketAddr::from(([10, 0, 0, 1], 40000)), now)
+            .unwrap();
         a.dialled(a_id, now);
         pump(&mut a, a_id, &mut b, b_id, now);
         assert_eq!(a.topology().len(), 2);
@@ -956,14 +1034,19 @@ mod tests {
         assert_eq!(rec.addr, SocketAddr::from(([10, 0, 0, 1], 6783)));
         let report = a.report(now);
         assert_eq!(report.connections.len(), 1);
-        assert_eq!(report.connections[0].state, weave_api::ConnectionState::Established);
+        assert_eq!(
+            report.connections[0].state,
+            weave_api::ConnectionState::Established
+        );
     }
 
     #[test]
     fn garbage_closes_the_connection_and_counts() {
         let now = Instant::now();
         let mut a = mesh(1, now);
-        let id = a.accepted(SocketAddr::from(([10, 0, 0, 9], 1)), now).unwrap();
+        let id = a
+            .accepted(SocketAddr::from(([10, 0, 0, 9], 1)), now)
+            .unwrap();
         a.received(id, b"GET / HTTP/1.1\r\n\r\n", now);
         assert_eq!(a.stats().protocol_errors, 1);
         let actions: Vec<_> = std::iter::from_fn(|| a.poll_action()).collect();
@@ -975,7 +1058,9 @@ mod tests {
     fn silent_connections_time_out() {
         let now = Instant::now();
         let mut a = mesh(1, now);
-        let id = a.accepted(SocketAddr::from(([10, 0, 0, 9], 1)), now).unwrap();
+        let id = a
+            .accepted(SocketAddr::from(([10, 0, 0, 9], 1)), now)
+            .unwrap();
         let later = now + a.config().handshake_timeout;
         assert!(a.poll_timeout() <= later);
         a.tick(later);
@@ -989,8 +1074,12 @@ mod tests {
         let mut a = mesh(1, now);
         let self_addr = SocketAddr::from(([10, 0, 0, 1], 6783));
         a.connect(&[self_addr], false, now);
-        let Some(Action::Dial { conn: out_id, .. }) = a.poll_action() else { panic!() };
-        let in_id = a.accepted(SocketAddr::from(([10, 0, 0, 1], 5555)), now).unwrap();
+        let Some(Action::Dial { conn: out_id, .. }) = a.poll_action() else {
+            panic!()
+        };
+        let in_id = a
+            .accepted(SocketAddr::from(([10, 0, 0, 1], 5555)), now)
+            .unwrap();
         a.dialled(out_id, now);
         let mut sends = Vec::new();
         while let Some(act) = a.poll_action() {

@@ -127,12 +127,22 @@ mod tests {
         assert_eq!(n.to_string(), "0a:bb:0c:dd:ee:ff");
         assert_eq!(n.to_bytes(), [0x0a, 0xbb, 0x0c, 0xdd, 0xee, 0xff]);
         assert_eq!(PeerName::from_bytes(n.to_bytes()), n);
-        assert_eq!("a:b:c:d:e:f".parse::<PeerName>().unwrap().to_string(), "0a:0b:0c:0d:0e:0f");
+        assert_eq!(
+            "a:b:c:d:e:f".parse::<PeerName>().unwrap().to_string(),
+            "0a:0b:0c:0d:0e:0f"
+        );
     }
 
     #[test]
     fn bad_names_are_rejected() {
-        for bad in ["", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:ff:00", "aa:bb:cc:dd:ee:gg", "aaa:bb:cc:dd:ee:f", "aa::cc:dd:ee:ff"] {
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:gg",
+            "aaa:bb:cc:dd:ee:f",
+            "aa::cc:dd:ee:ff",
+        ] {
             assert!(bad.parse::<PeerName>().is_err(), "{bad} accepted");
         }
     }

@@ -162,15 +162,24 @@ mod tests {
     #[test]
     fn one_way_links_carry_no_data_but_carry_gossip() {
         let t = topo(1, 2, &[], &[(1, 2)]);
-        assert_eq!(Routes::compute(&t, Graph::Symmetric).next_hop(&name(2)), None);
-        assert_eq!(Routes::compute(&t, Graph::Announced).next_hop(&name(2)), Some(name(2)));
+        assert_eq!(
+            Routes::compute(&t, Graph::Symmetric).next_hop(&name(2)),
+            None
+        );
+        assert_eq!(
+            Routes::compute(&t, Graph::Announced).next_hop(&name(2)),
+            Some(name(2))
+        );
     }
 
     #[test]
     fn ties_break_by_name() {
         // square 1-2-4, 1-3-4: peer 4 is reached via the lower name, 2
         let t = topo(1, 4, &[(1, 3), (1, 2), (3, 4), (2, 4)], &[]);
-        assert_eq!(Routes::compute(&t, Graph::Symmetric).next_hop(&name(4)), Some(name(2)));
+        assert_eq!(
+            Routes::compute(&t, Graph::Symmetric).next_hop(&name(4)),
+            Some(name(2))
+        );
     }
 
     #[test]
@@ -188,7 +197,10 @@ mod tests {
                 }
             }
             assert_eq!(received.len(), 6, "source {source}: {received:?}");
-            assert!(received.values().all(|&n| n == 1), "source {source}: {received:?}");
+            assert!(
+                received.values().all(|&n| n == 1),
+                "source {source}: {received:?}"
+            );
         }
     }
 }

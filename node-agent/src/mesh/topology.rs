@@ -100,7 +100,9 @@ impl PeerRecord {
                 return Err(WireError::Invalid("connection flags"));
             }
             if peer == name {
-                return Err(WireError::Invalid("peer record lists a connection to itself"));
+                return Err(WireError::Invalid(
+                    "peer record lists a connection to itself",
+                ));
             }
             let rec = ConnRecord {
                 addr,
@@ -240,7 +242,10 @@ impl Topology {
 
     /// Changes the local record through `f` and bumps its version.
     pub fn update_local(&mut self, f: impl FnOnce(&mut PeerRecord)) {
-        let rec = self.peers.get_mut(&self.local).expect("the local record is never removed");
+        let rec = self
+            .peers
+            .get_mut(&self.local)
+            .expect("the local record is never removed");
         f(rec);
         rec.version += 1;
     }
@@ -270,7 +275,10 @@ impl Topology {
         let mut out = MergeOutcome::default();
         for rec in records {
             if rec.name == self.local {
-                let local = self.peers.get_mut(&self.local).expect("local record present");
+                let local = self
+                    .peers
+                    .get_mut(&self.local)
+                    .expect("local record present");
                 if rec.uid != local.uid && rec.version >= local.version {
                     local.version = rec.version + 1;
                     out.local_bumped = true;
@@ -332,7 +340,9 @@ impl Topology {
         let mut seen = BTreeSet::from([self.local]);
         let mut queue = VecDeque::from([self.local]);
         while let Some(p) = queue.pop_front() {
-            let Some(rec) = self.peers.get(&p) else { continue };
+            let Some(rec) = self.peers.get(&p) else {
+                continue;
+            };
             for next in rec.conns.keys() {
                 if self.peers.contains_key(next) && seen.insert(*next) {
                     queue.push_back(*next);
@@ -401,7 +411,10 @@ mod tests {
             0b11,                 // outbound, established
         ];
         assert_eq!(body, expected);
-        assert_eq!(TopologyGossip::decode(&body).unwrap(), TopologyGossip::Update(vec![rec]));
+        assert_eq!(
+            TopologyGossip::decode(&body).unwrap(),
+            TopologyGossip::Update(vec![rec])
+        );
     }
 
     #[test]
@@ -438,7 +451,12 @@ mod tests {
         let base = Topology::new(record(1, 1, 1, &[]));
         let mut results = Vec::new();
         // every order of application gives the same state
-        for perm in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 1, 0, 3, 2]] {
+        for perm in [
+            [0, 1, 2, 3, 4],
+            [4, 3, 2, 1, 0],
+            [2, 0, 4, 1, 3],
+            [1, 1, 0, 3, 2],
+        ] {
             let mut t = base.clone();
             for i in perm {
                 t.merge(vec![updates[i].clone()]);
@@ -464,7 +482,11 @@ mod tests {
     #[test]
     fn reachability_follows_recorded_connections() {
         let mut t = Topology::new(record(1, 1, 1, &[2]));
-        t.merge(vec![record(2, 1, 1, &[1, 3]), record(3, 1, 1, &[2]), record(4, 1, 1, &[5])]);
+        t.merge(vec![
+            record(2, 1, 1, &[1, 3]),
+            record(3, 1, 1, &[2]),
+            record(4, 1, 1, &[5]),
+        ]);
         let r = t.reachable();
         assert_eq!(r, BTreeSet::from([name(1), name(2), name(3)]));
     }

@@ -421,7 +421,10 @@ mod tests {
             2, b'h', b'1',                            // nickname
         ];
         assert_eq!(bytes, expected);
-        assert_eq!(Message::decode(&bytes[4..]).unwrap(), Message::Hello(hello()));
+        assert_eq!(
+            Message::decode(&bytes[4..]).unwrap(),
+            Message::Hello(hello())
+        );
     }
 
     #[test]
@@ -484,11 +487,20 @@ mod tests {
     #[test]
     fn refuses_malformed_messages() {
         assert_eq!(Message::decode(&[9]), Err(WireError::UnknownTag(9)));
-        assert_eq!(Message::decode(&[2, 0]), Err(WireError::Trailing("heartbeat", 1)));
+        assert_eq!(
+            Message::decode(&[2, 0]),
+            Err(WireError::Trailing("heartbeat", 1))
+        );
         let mut h = Message::Hello(hello()).encode();
         h.push(0);
-        assert_eq!(Message::decode(&h[4..]), Err(WireError::Trailing("hello", 1)));
-        assert_eq!(Message::decode(&h[4..10]), Err(WireError::Truncated("hello")));
+        assert_eq!(
+            Message::decode(&h[4..]),
+            Err(WireError::Trailing("hello", 1))
+        );
+        assert_eq!(
+            Message::decode(&h[4..10]),
+            Err(WireError::Truncated("hello"))
+        );
     }
 
     #[test]

@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Running the real `weaver` in a test-bed host and asking it questions
+//! through the real `weave` CLI.
+//!
+//! Each host keeps its state directory and API socket under its own run
+//! directory, so agents on different hosts never share files even though the
+//! hosts share one file system.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use weave_api::{ConnectionState, Report};
+
+use crate::{bin, wait_until, Host};
+
+/// Process name of the agent in the test bed.
+pub const WEAVER: &str = "weaver";
+
+/// The API socket of the agent on `host`.
+pub fn api_socket(host: &Host) -> PathBuf {
+    host.dir().join("weave.sock")
+}
+
+/// The state directory of the agent on `host`.
+pub fn state_dir(host: &Host) -> PathBuf {
+    host.dir().join("state")
+}
+
+/// Starts `weaver` on `host`, connecting to `peers`, with `extra` flags;
+/// waits until its API answers.
+pub fn start_weaver(host: &Host, peers: &[String], extra: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "--nickname".to_string(),
+        host.name().to_string(),
+        "--state-dir".to_string(),
+        state_dir(host).display().to_string(),
+        "--api-socket".to_string(),
+        api_socket(host).display().to_string(),
+        "--log-level".to_string(),
+        "info,weave_node_agent=debug".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(peers.iter().cloned());
+    host.spawn(WEAVER, &bin("weaver")?, &args, &[])?;
+    wait_until(
+        Duration::from_secs(20),
+        &format!("weaver API on {}", host.name()),
+        || {
+            if !host.is_running(WEAVER) {
+                bail!("weaver on {} exited:\n{}", host.name(), host.log(WEAVER));
+            }
+            Ok(report(host).ok())
+        },
+    )?;
+    Ok(())
+}
+
+/// Runs the `weave` CLI on `host` against its agent; returns stdout.
+pub fn weave(host: &Host, args: &[&str]) -> Result<String> {
+    let socket = api_socket(host);
+    let mut all = vec![
+        "--api-socket",
+        socket.to_str().context("socket path is UTF-8")?,
+    ];
+    all.extend_from_slice(args);
+    host.run(
+        bin("weave")?.to_str().context("binary path is UTF-8")?,
+        &all,
+    )
+}
+
+/// `weave report` on `host`, parsed.
+pub fn report(host: &Host) -> Result<Report> {
+    let out = weave(host, &["report"])?;
+    serde_json::from_str(&out).with_context(|| format!("parse weave report of {}", host.name()))
+}
+
+/// Nicknames of the reachable peers in `r`.
+pub fn peer_nicknames(r: &Report) -> BTreeSet<String> {
+    r.peers
+        .iter()
+        .filter(|p| p.reachable)
+        .map(|p| p.nickname.clone())
+        .collect()
+}
+
+/// Number of established connections in `r`.
+pub fn established(r: &Report) -> usize {
+    r.connections
+        .iter()
+        .filter(|c| c.state == ConnectionState::Established)
+        .count()
+}
+
+/// Waits until `host` reports exactly the peers named in `nicknames` (the
+/// unreachable ones no longer listed) and `conns` established connections.
+pub fn wait_for_mesh(
+    host: &Host,
+    nicknames: &[&str],
+    conns: usize,
+    timeout: Duration,
+) -> Result<Report> {
+    let want: BTreeSet<String> = nicknames.iter().map(|s| s.to_string()).collect();
+    let what = format!(
+        "{} to see peers {want:?} with {conns} established connections",
+        host.name()
+    );
+    wait_until(timeout, &what, || {
+        let r = report(host)?;
+        let all: BTreeSet<String> = r.peers.iter().map(|p| p.nickname.clone()).collect();
+        Ok((all == want && established(&r) == conns).then_some(r))
+    })
+    .with_context(|| {
+        format!(
+            "agent log of {}:\n{}",
+            host.name(),
+            tail(&host.log(WEAVER), 40)
+        )
+    })
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `IP:6783` of `host`'s first underlay address.
+pub fn peer_addr(host: &Host) -> String {
+    format!("{}:6783", host.addr())
+}

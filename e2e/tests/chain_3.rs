@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Chain h1-h2-h3 with no direct h1-h3 path: all three know each other and
+//! h1's route to h3 goes through h2.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use weave_e2e::weave::{report, start_weaver, wait_for_mesh};
+use weave_e2e::{wait_until, TestBed, Topology};
+
+#[test]
+fn chain_routes_through_the_middle() -> Result<()> {
+    let bed = TestBed::new(Topology::Links {
+        hosts: 3,
+        links: vec![(1, 2), (2, 3)],
+    })?;
+    let (h1, h2, h3) = (bed.host(1), bed.host(2), bed.host(3));
+    // h2's address on each link: link 0 is 1-2, link 1 is 2-3
+    start_weaver(h2, &[], &[])?;
+    start_weaver(h1, &["10.251.0.2".into()], &[])?;
+    start_weaver(h3, &["10.251.1.2".into()], &[])?;
+    let all = ["h1", "h2", "h3"];
+    wait_for_mesh(h1, &all, 1, Duration::from_secs(20))?;
+    wait_for_mesh(h2, &all, 2, Duration::from_secs(20))?;
+    wait_for_mesh(h3, &all, 1, Duration::from_secs(20))?;
+    let name = |h| -> Result<String> { Ok(report(h)?.peer.name) };
+    let (n2, n3) = (name(h2)?, name(h3)?);
+    let r1 = wait_until(Duration::from_secs(10), "h1 to route to h3", || {
+        let r = report(h1)?;
+        Ok(r.routes.iter().any(|x| x.destination == n3).then_some(r))
+    })?;
+    let via = r1
+        .routes
+        .iter()
+        .find(|x| x.destination == n3)
+        .map(|x| x.via.clone());
+    assert_eq!(via, Some(n2.clone()), "h1's route to h3");
+    // h1 learned h3's address from h2 and tries it, but cannot reach it: the
+    // attempt shows as pending or failed, never established
+    let r1 = report(h1)?;
+    assert!(r1
+        .connections
+        .iter()
+        .all(|c| c.peer.as_deref() != Some(n3.as_str())));
+    Ok(())
+}

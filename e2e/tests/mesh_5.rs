@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Five hosts on one segment, each agent told only h1's address: everyone
+//! learns everyone through gossip and connects to all.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use weave_e2e::weave::{peer_addr, start_weaver, wait_for_mesh, weave};
+use weave_e2e::{TestBed, Topology};
+
+#[test]
+fn five_hosts_form_a_full_mesh_from_one_address() -> Result<()> {
+    let bed = TestBed::new(Topology::Segment(5))?;
+    let h1 = bed.host(1);
+    start_weaver(h1, &[], &[])?;
+    for i in 2..=5 {
+        start_weaver(bed.host(i), &[peer_addr(h1)], &[])?;
+    }
+    let all = ["h1", "h2", "h3", "h4", "h5"];
+    for h in bed.hosts() {
+        let r = wait_for_mesh(h, &all, 4, Duration::from_secs(20))?;
+        // every peer announces four established connections
+        for p in &r.peers {
+            assert_eq!(
+                p.connections.iter().filter(|c| c.established).count(),
+                4,
+                "{p:?}"
+            );
+        }
+        assert_eq!(r.routes.len(), 4);
+        assert!(r.routes.iter().all(|route| route.destination == route.via));
+    }
+    let status = weave(h1, &["status"])?;
+    assert!(
+        status.contains("Peers:        5 (with 20 established connections)"),
+        "{status}"
+    );
+    let conns = weave(h1, &["status", "connections"])?;
+    assert_eq!(
+        conns.lines().filter(|l| l.contains("established")).count(),
+        4,
+        "{conns}"
+    );
+    let peers = weave(h1, &["status", "peers"])?;
+    assert_eq!(
+        peers
+            .lines()
+            .filter(|l| l.contains("(h") && !l.starts_with(' '))
+            .count(),
+        5,
+        "{peers}"
+    );
+    Ok(())
+}

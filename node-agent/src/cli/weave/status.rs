@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Human-readable renderings of a [`Report`], as aligned tables.
+
+use std::fmt::Write;
+
+use weave_api::{ConnectionState, Report};
+
+/// Lays out rows in columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn peer_label(report: &Report, name: &str) -> String {
+    match report.peers.iter().find(|p| p.name == name) {
+        Some(p) if !p.nickname.is_empty() => format!("{name}({})", p.nickname),
+        _ => name.to_string(),
+    }
+}
+
+/// `weave status`: a summary of the local peer.
+pub fn render_status(r: &Report) -> String {
+    let count = |s: ConnectionState| r.connections.iter().filter(|c| c.state == s).count();
+    let links: usize = r
+        .peers
+        .iter()
+        .map(|p| p.connections.iter().filter(|c| c.established).count())
+        .sum();
+    let unreachable = r.peers.iter().filter(|p| !p.reachable).count();
+    let mut peers = format!("{} (with {} established connections)", r.peers.len(), links);
+    if unreachable > 0 {
+        let _ = write!(peers, ", {unreachable} unreachable");
+    }
+    let rows = vec![
+        vec![
+            "Version:".into(),
+            format!("{} (protocol {})", r.version, r.protocol),
+        ],
+        vec![
+            "Name:".into(),
+            format!("{}({})", r.peer.name, r.peer.nickname),
+        ],
+        vec!["UID:".into(), r.peer.uid.to_string()],
+        vec!["Peers:".into(), peers],
+        vec![
+            "Connections:".into(),
+            format!(
+                "{} ({} established, {} pending, {} failed)",
+                r.connections.len(),
+                count(ConnectionState::Established),
+                count(ConnectionState::Pending),
+                count(ConnectionState::Failed)
+            ),
+        ],
+        vec!["Targets:".into(), r.targets.len().to_string()],
+        vec!["Encryption:".into(), "disabled".into()],
+    ];
+    table(&rows)
+}
+
+/// `weave status peers`: every peer and the connections it announces.
+pub fn render_peers(r: &Report) -> String {
+    let mut out = String::new();
+    for p in &r.peers {
+        let reach = if p.reachable { "" } else { " (unreachable)" };
+        let _ = writeln!(out, "{}({}){reach}", p.name, p.nickname);
+        let rows: Vec<Vec<String>> = p
+            .connections
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("   {}", if c.outbound { "->" } else { "<-" }),
+                    c.address.clone(),
+                    peer_label(r, &c.name),
+                    if c.established {
+                        "established"
+                    } else {
+                        "pending"
+                    }
+                    .into(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+/// `weave status connections`: the local peer's connections and attempts.
+pub fn render_connections(r: &Report) -> String {
+    if r.connections.is_empty() {
+        return "no connections\n".into();
+    }
+    let mut rows = vec![vec![
+        "".into(),
+        "ADDRESS".into(),
+        "STATE".into(),
+        "PEER".into(),
+        "INFO".into(),
+    ]];
+    for c in &r.connections {
+        rows.push(vec![
+            if c.outbound { "->" } else { "<-" }.into(),
+            c.address.clone(),
+            c.state.as_str().into(),
+            c.peer
+                .as_deref()
+                .map(|n| peer_label(r, n))
+                .unwrap_or_default(),
+            c.info.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// `weave status routes`: next hop towards each peer.
+pub fn render_routes(r: &Report) -> String {
+    if r.routes.is_empty() {
+        return "no routes\n".into();
+    }
+    let mut rows = vec![vec!["DESTINATION".into(), "VIA".into()]];
+    for route in &r.routes {
+        rows.push(vec![
+            peer_label(r, &route.destination),
+            peer_label(r, &route.via),
+        ]);
+    }
+    table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_api::*;
+
+    fn report() -> Report {
+        Report {
+            version: "0.1.0".into(),
+            protocol: "1..1".into(),
+            peer: LocalPeer {
+                name: "02:00:00:00:00:01".into(),
+                nickname: "h1".into(),
+                uid: 7,
+                version: 3,
+            },
+            peers: vec![
+                PeerReport {
+                    name: "02:00:00:00:00:01".into(),
+                    nickname: "h1".into(),
+                    uid: 7,
+                    version: 3,
+                    reachable: true,
+                    connections: vec![PeerConnection {
+                        name: "02:00:00:00:00:02".into(),
+                        nickname: "h2".into(),
+                        address: "10.0.0.2:6783".into(),
+                        outbound: true,
+                        established: true,
+                    }],
+                },
+                PeerReport {
+                    name: "02:00:00:00:00:02".into(),
+                    nickname: "h2".into(),
+                    uid: 8,
+                    version: 2,
+                    reachable: true,
+                    connections: vec![],
+                },
+            ],
+            connections: vec![ConnectionReport {
+                peer: Some("02:00:00:00:00:02".into()),
+                nickname: Some("h2".into()),
+                address: "10.0.0.2:6783".into(),
+                state: ConnectionState::Established,
+                outbound: true,
+                mode: None,
+                encrypted: false,
+                info: String::new(),
+                bytes_in: 1,
+                bytes_out: 2,
+            }],
+            targets: vec!["10.0.0.2:6783".into()],
+            routes: vec![RouteReport {
+                destination: "02:00:00:00:00:02".into(),
+                via: "02:00:00:00:00:02".into(),
+            }],
+            stats: MeshStats::default(),
+        }
+    }
+
+    #[test]
+    fn status_summary() {
+        let s = render_status(&report());
+        assert!(
+            s.contains("Peers:        2 (with 1 established connections)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Connections:  1 (1 established, 0 pending, 0 failed)"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let s = render_connections(&report());
+        assert_eq!(
+            s,
+            "    ADDRESS        STATE        PEER                  INFO\n\
+             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)\n"
+        );
+        let p = render_peers(&report());
+        assert!(
+            p.starts_with(
+                "02:00:00:00:00:01(h1)\n   ->  10.0.0.2:6783  02:00:00:00:00:02(h2)  established\n"
+            ),
+            "{p}"
+        );
+        assert!(render_routes(&report()).contains("02:00:00:00:00:02(h2)  02:00:00:00:00:02(h2)"));
+    }
+}

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Flags of the `weaver` daemon. Every flag also reads `WEAVE_<FLAG>` from
+//! the environment, because Kubernetes manifests configure us through env.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::LogFormat;
+use crate::config::{parse_duration, parse_peer_addr, Config};
+use crate::mesh::PeerName;
+
+/// weaver: the per-node agent of the weave network.
+#[derive(Debug, Parser)]
+#[command(name = "weaver", version, about)]
+pub struct Cli {
+    /// Peers to connect to: IP, IP:PORT or [IPv6]:PORT (port defaults to --port).
+    #[arg(env = "WEAVE_PEERS", value_delimiter = ' ')]
+    pub peers: Vec<String>,
+    /// Peer name (aa:bb:cc:dd:ee:ff); default: the one persisted in --state-dir, else random.
+    #[arg(long, env = "WEAVE_NAME")]
+    pub name: Option<PeerName>,
+    /// Nickname shown to other peers; default: the host name.
+    #[arg(long, env = "WEAVE_NICKNAME")]
+    pub nickname: Option<String>,
+    /// Address to accept peer connections on.
+    #[arg(long, env = "WEAVE_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// TCP port for peer connections.
+    #[arg(long, env = "WEAVE_PORT", default_value_t = 6783, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Directory for persistent state (peer name, later IPAM data).
+    #[arg(long, env = "WEAVE_STATE_DIR", default_value = "/var/lib/weave")]
+    pub state_dir: PathBuf,
+    /// Most simultaneous peer connections.
+    #[arg(long, env = "WEAVE_CONN_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub conn_limit: u32,
+    /// Local HTTP API address ("off" disables it).
+    #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = weave_api::DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
+    /// Local API Unix socket ("off" disables it).
+    #[arg(long, env = "WEAVE_API_SOCKET", default_value = weave_api::DEFAULT_API_SOCKET)]
+    pub api_socket: String,
+    /// Heartbeat interval on peer connections (e.g. 500ms, 1s).
+    #[arg(long, env = "WEAVE_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Close a peer connection after this long without input.
+    #[arg(long, env = "WEAVE_READ_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// Interval of anti-entropy gossip.
+    #[arg(long, env = "WEAVE_GOSSIP_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub gossip_interval: Duration,
+    /// Log level or filter (RUST_LOG overrides).
+    #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "WEAVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// Validates the flags into a [`Config`].
+    pub fn into_config(self) -> Result<Config, String> {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| parse_peer_addr(p, self.port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http_addr =
+            match self.http_addr.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                    format!("invalid --http-addr {a:?}: expected IP:PORT or \"off\"")
+                })?),
+            };
+        let api_socket = match self.api_socket.as_str() {
+            "off" | "" => None,
+            p => Some(PathBuf::from(p)),
+        };
+        if self.read_timeout <= self.heartbeat {
+            return Err(format!(
+                "--read-timeout ({:?}) must be longer than --heartbeat ({:?})",
+                self.read_timeout, self.heartbeat
+            ));
+        }
+        let nickname = self.nickname.unwrap_or_else(hostname);
+        Ok(Config {
+            name: self.name,
+            nickname,
+            host: self.host,
+            port: self.port,
+            state_dir: self.state_dir,
+            conn_limit: self.conn_limit as usize,
+            http_addr,
+            api_socket,
+            peers,
+            heartbeat: self.heartbeat,
+            read_timeout: self.read_timeout,
+            gossip_interval: self.gossip_interval,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_config() {
+        let cli = Cli::try_parse_from([
+            "weaver",
+            "10.0.0.1",
+            "10.0.0.2:7000",
+            "--port",
+            "6790",
+            "--http-addr",
+            "off",
+            "--nickname",
+            "n1",
+        ])
+        .unwrap();
+        let cfg = cli.into_config().unwrap();
+        assert_eq!(
+            cfg.peers,
+            vec![
+                "10.0.0.1:6790".parse().unwrap(),
+                "10.0.0.2:7000".parse().unwrap()
+            ]
+        );
+        assert_eq!(cfg.http_addr, None);
+        assert_eq!(cfg.nickname, "n1");
+        assert_eq!(cfg.conn_limit, 100);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(Cli::try_parse_from(["weaver", "--port", "0"]).is_err());
+        assert!(Cli::try_parse_from(["weaver", "--name", "zz"]).is_err());
+        let bad_peer = Cli::try_parse_from(["weaver", "nonsense"]).unwrap();
+        assert!(bad_peer
+            .into_config()
+            .unwrap_err()
+            .contains("invalid peer address"));
+        let bad_http = Cli::try_parse_from(["weaver", "--http-addr", "x"]).unwrap();
+        assert!(bad_http.into_config().is_err());
+        let bad_timeout =
+            Cli::try_parse_from(["weaver", "--heartbeat", "5s", "--read-timeout", "2s"]).unwrap();
+        assert!(bad_timeout.into_config().is_err());
+    }
+}
