@@ -95,7 +95,8 @@ pub fn established(r: &Report) -> usize {
 }
 
 /// Waits until `host` reports exactly the peers named in `nicknames` (the
-/// unreachable ones no longer listed) and `conns` established connections.
+/// unreachable ones no longer listed), `conns` established connections, and
+/// a data-plane route to every other peer.
 pub fn wait_for_mesh(
     host: &Host,
     nicknames: &[&str],
@@ -110,7 +111,8 @@ pub fn wait_for_mesh(
     wait_until(timeout, &what, || {
         let r = report(host)?;
         let all: BTreeSet<String> = r.peers.iter().map(|p| p.nickname.clone()).collect();
-        Ok((all == want && established(&r) == conns).then_some(r))
+        let routed = r.routes.len() + 1 == want.len();
+        Ok((all == want && established(&r) == conns && routed).then_some(r))
     })
     .with_context(|| {
         format!(

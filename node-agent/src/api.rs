@@ -122,14 +122,22 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// A JSON error reply.
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    let error = msg.into();
-    warn!(status = status.as_u16(), %error, "API request refused");
-    (status, Json(ErrorReply { error })).into_response()
+/// A refused request: status and message, sent as `{"error": ...}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        warn!(status = self.0.as_u16(), error = %self.1, "API request refused");
+        (self.0, Json(ErrorReply { error: self.1 })).into_response()
+    }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(status, msg.into())
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -138,7 +146,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
-fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, Response> {
+fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, ApiError> {
     if peers.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "no peers given"));
     }
@@ -151,7 +159,7 @@ fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, Response>
 async fn ask<T>(
     api: &Api,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "router is shutting down");
     api.commands
@@ -168,11 +176,8 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
     .into_response()
 }
 
-async fn report(State(api): State<Api>) -> Response {
-    match ask(&api, Command::Report).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => e,
-    }
+async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
+    ask(&api, Command::Report).await.map(Json)
 }
 
 async fn version() -> Json<VersionReply> {
@@ -186,35 +191,25 @@ async fn version() -> Json<VersionReply> {
     })
 }
 
-async fn connect(State(api): State<Api>, body: Bytes) -> Response {
-    let run = async {
-        let req: ConnectRequest = parse(&body)?;
-        let addrs = parse_addrs(&req.peers, api.port)?;
-        ask(&api, |reply| Command::Connect {
-            addrs,
-            replace: req.replace,
-            reply,
-        })
-        .await
-    };
-    match run.await {
-        Ok(t) => targets_reply(t),
-        Err(e) => e,
-    }
+async fn connect(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ConnectRequest = parse(&body)?;
+    let addrs = parse_addrs(&req.peers, api.port)?;
+    let targets = ask(&api, |reply| Command::Connect {
+        addrs,
+        replace: req.replace,
+        reply,
+    })
+    .await?;
+    Ok(targets_reply(targets))
 }
 
-async fn forget(State(api): State<Api>, body: Bytes) -> Response {
-    let run = async {
-        let req: ForgetRequest = parse(&body)?;
-        let addrs = parse_addrs(&req.peers, api.port)?;
-        ask(&api, |reply| Command::Forget { addrs, reply }).await
-    };
-    match run.await {
-        Ok(t) => targets_reply(t),
-        Err(e) => e,
-    }
+async fn forget(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ForgetRequest = parse(&body)?;
+    let addrs = parse_addrs(&req.peers, api.port)?;
+    let targets = ask(&api, |reply| Command::Forget { addrs, reply }).await?;
+    Ok(targets_reply(targets))
 }
 
-async fn not_found() -> Response {
+async fn not_found() -> ApiError {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }

@@ -113,3 +113,93 @@ pub mod fuzz {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::mesh::topology::{ConnRecord, DigestEntry, PeerRecord, TopologyGossip};
+    use crate::mesh::wire::{header, Hello, Message};
+    use crate::mesh::{PeerName, PeerUid};
+
+    /// Valid inputs to mutate: a full handshake and gossip bodies.
+    fn seeds() -> Vec<Vec<u8>> {
+        let name: PeerName = "02:00:00:00:00:01".parse().expect("valid name");
+        let rec = PeerRecord {
+            name,
+            uid: PeerUid::new(5),
+            version: 3,
+            nickname: "h1".into(),
+            conns: [(
+                "02:00:00:00:00:02".parse().expect("valid name"),
+                ConnRecord {
+                    addr: "10.0.0.2:6783".parse().expect("valid addr"),
+                    outbound: true,
+                    established: true,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let update = TopologyGossip::Update(vec![rec]).encode();
+        let digest = TopologyGossip::Digest(vec![DigestEntry {
+            name,
+            uid: PeerUid::new(5),
+            version: 3,
+        }])
+        .encode();
+        let mut stream = header().to_vec();
+        stream.extend(
+            Message::Hello(Hello {
+                name,
+                uid: PeerUid::new(5),
+                conn_id: 9,
+                listen_port: 6783,
+                nickname: "h1".into(),
+            })
+            .encode(),
+        );
+        stream.extend(Message::Heartbeat.encode());
+        stream.extend(Message::Gossip { channel: 0, body: update.clone() }.encode());
+        vec![stream, update, digest]
+    }
+
+    /// The fuzz entry points over many seeded mutations (flips, cuts,
+    /// insertions) of valid input: a cheap, deterministic stand-in for the
+    /// coverage-guided fuzzers in `node-agent/fuzz`, run on every test.
+    #[test]
+    fn decoders_survive_mutated_input() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let seeds = seeds();
+        for _ in 0..20_000 {
+            let mut data = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(1..6) {
+                match rng.gen_range(0..4) {
+                    0 if !data.is_empty() => {
+                        let i = rng.gen_range(0..data.len());
+                        data[i] ^= 1 << rng.gen_range(0..8);
+                    }
+                    1 if !data.is_empty() => {
+                        let i = rng.gen_range(0..data.len());
+                        data.truncate(i);
+                    }
+                    2 => {
+                        let i = rng.gen_range(0..=data.len());
+                        data.insert(i, rng.gen());
+                    }
+                    _ if !data.is_empty() => {
+                        let i = rng.gen_range(0..data.len());
+                        data[i] = rng.gen();
+                    }
+                    _ => {}
+                }
+            }
+            crate::fuzz::handshake(&data);
+            crate::fuzz::gossip(&data);
+            if data.len() > 8 {
+                crate::fuzz::gossip(&data[8..]);
+            }
+        }
+    }
+}

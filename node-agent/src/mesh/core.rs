@@ -965,10 +965,10 @@ impl Mesh {
     }
 }
 
-/// How many neighbours a change is pushed to: about 2·log2(N), at least 3.
+/// How many neighbours a change is pushed to: 2·⌈log2 N⌉, at least 3.
 fn fanout(peers: usize) -> usize {
-    let n = peers.max(2) as f64;
-    ((2.0 * n.log2()).ceil() as usize).max(3)
+    let log2_ceil = (usize::BITS - (peers.max(2) - 1).leading_zeros()) as usize;
+    (2 * log2_ceil).max(3)
 }
 
 #[cfg(test)]
@@ -1099,7 +1099,8 @@ mod tests {
     #[test]
     fn fanout_is_logarithmic() {
         assert_eq!(fanout(1), 3);
-        assert_eq!(fanout(5), 5);
+        assert_eq!(fanout(5), 6);
+        assert_eq!(fanout(2), 3);
         assert_eq!(fanout(100), 14);
         assert_eq!(fanout(1000), 20);
     }

@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: Apache-2.0
+# Entry points for people and CI. `make test` is exactly what CI runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Debian packages the tests, demo and benchmarks need.
+DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: deps build build-release lint test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build:
+	$(CARGO) build --workspace --bins
+
+build-release:
+	$(CARGO) build --release --workspace --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+
+# Unit, wire, simulation and API tests: no root needed.
+unit:
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --exclude weave-e2e --no-fail-fast
+else
+	$(CARGO) test --workspace --exclude weave-e2e --no-fail-fast
+endif
+
+# Test bed self-tests and multi-host end-to-end tests: need root, run the
+# real binaries in network namespaces.
+e2e: deps build
+ifeq ($(NEXTEST),yes)
+	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) nextest run -p weave-e2e --no-fail-fast
+else
+	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test -p weave-e2e --no-fail-fast
+endif
+
+# Builds the libFuzzer targets (stable toolchain: no coverage instrumentation,
+# `cargo fuzz run` on a nightly toolchain gives guided fuzzing) and runs each
+# briefly on random input.
+fuzz-build:
+	cd node-agent/fuzz && $(CARGO) build --quiet
+
+fuzz-smoke: fuzz-build
+	@for t in handshake gossip; do \
+	  node-agent/fuzz/target/debug/$$t -max_total_time=5 -print_final_stats=0 2>&1 | tail -1; \
+	done
+
+test: deps lint unit e2e fuzz-smoke
+
+demo: deps build
+	./target/debug/weave-demo
+
+bench: deps build-release
+	E2E_BIN_DIR=$(CURDIR)/target/release ./target/release/weave-bench
+
+# Removes namespaces left by an interrupted run (only ours: the wv prefix).
+clean-netns:
+	@for ns in $$(ip netns list | awk '{print $$1}' | grep -E '^wv[0-9a-f]{6}-'); do ip netns del $$ns; done
