@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use std::os::unix::fs::PermissionsExt;
+
 use anyhow::Result;
-use weave_e2e::weave::{peer_addr, start_weaver, wait_for_mesh, weave};
+use weave_e2e::weave::{api_socket, peer_addr, start_weaver, wait_for_mesh, weave};
 use weave_e2e::{TestBed, Topology};
 
 #[test]
@@ -30,6 +32,8 @@ fn five_hosts_form_a_full_mesh_from_one_address() -> Result<()> {
         assert_eq!(r.routes.len(), 4);
         assert!(r.routes.iter().all(|route| route.destination == route.via));
     }
+    let mode = std::fs::metadata(api_socket(h1))?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "API socket is private to root");
     let status = weave(h1, &["status"])?;
     assert!(
         status.contains("Peers:        5 (with 20 established connections)"),

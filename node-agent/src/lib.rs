@@ -161,7 +161,13 @@ mod tests {
             .encode(),
         );
         stream.extend(Message::Heartbeat.encode());
-        stream.extend(Message::Gossip { channel: 0, body: update.clone() }.encode());
+        stream.extend(
+            Message::Gossip {
+                channel: 0,
+                body: update.clone(),
+            }
+            .encode(),
+        );
         vec![stream, update, digest]
     }
 

@@ -11,7 +11,11 @@
 //!   hosts), over a 20 s window: heartbeats plus anti-entropy gossip.
 
 // A benchmark prints its results, and measures wall-clock time.
-#![allow(clippy::print_stdout, clippy::disallowed_types, clippy::disallowed_methods)]
+#![allow(
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +32,14 @@ fn client(h: &Host) -> Client {
 
 fn full(r: &Report, n: usize) -> bool {
     r.peers.len() == n
-        && r.connections.iter().filter(|c| c.state == ConnectionState::Established).count() == n - 1
-        && r.peers.iter().all(|p| p.connections.iter().filter(|c| c.established).count() == n - 1)
+        && r.connections
+            .iter()
+            .filter(|c| c.state == ConnectionState::Established)
+            .count()
+            == n - 1
+        && r.peers
+            .iter()
+            .all(|p| p.connections.iter().filter(|c| c.established).count() == n - 1)
 }
 
 struct Run {
@@ -63,22 +73,37 @@ fn form_mesh(n: usize) -> Result<Run> {
     let clients: Vec<Client> = bed.hosts().iter().map(client).collect();
     let deadline = t0 + Duration::from_secs(60);
     loop {
-        let done = clients
-            .iter()
-            .all(|c| c.get_json::<Report>("/report").map(|r| full(&r, n)).unwrap_or(false));
+        let done = clients.iter().all(|c| {
+            c.get_json::<Report>("/report")
+                .map(|r| full(&r, n))
+                .unwrap_or(false)
+        });
         if done {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "{n} hosts did not converge within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{n} hosts did not converge within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(Run { converge: t0.elapsed(), bed })
+    Ok(Run {
+        converge: t0.elapsed(),
+        bed,
+    })
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS in /proc status")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS in /proc status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
 }
 
 fn bytes_out(bed: &TestBed) -> Result<u64> {
@@ -95,7 +120,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
-    println!("# weave bench: mesh control plane ({} binaries)", weave_e2e::bin_dir().display());
+    println!(
+        "# weave bench: mesh control plane ({} binaries)",
+        weave_e2e::bin_dir().display()
+    );
     println!();
     println!("| hosts | convergence median | max | goal (25 hosts) |");
     println!("|---|---|---|---|");
@@ -116,7 +144,11 @@ fn main() -> Result<()> {
         } else {
             String::new()
         };
-        println!("| {n} | {:.0} ms | {:.0} ms | {goal} |", med.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3);
+        println!(
+            "| {n} | {:.0} ms | {:.0} ms | {goal} |",
+            med.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
     }
     println!();
     for (n, bed) in &kept {
@@ -140,7 +172,9 @@ fn main() -> Result<()> {
         std::thread::sleep(window);
         let after = bytes_out(bed)?;
         let per_peer = (after - before) as f64 / *n as f64 / window.as_secs_f64();
-        println!("steady-state control bytes sent per peer per second, {n} hosts: {per_peer:.0} B/s");
+        println!(
+            "steady-state control bytes sent per peer per second, {n} hosts: {per_peer:.0} B/s"
+        );
     }
     Ok(())
 }

@@ -21,12 +21,21 @@ fn main() -> Result<()> {
         links: vec![(1, 2), (1, 3), (2, 3), (3, 4)],
     })?;
     for h in bed.hosts() {
-        println!("   {} = netns {} addresses {:?}", h.name(), h.netns(), h.addrs());
+        println!(
+            "   {} = netns {} addresses {:?}",
+            h.name(),
+            h.netns(),
+            h.addrs()
+        );
     }
     // h1 founds the mesh; h2 knows h1 and h3, h3 knows h1, h4 knows only h3
     // (link k has addresses 10.251.k.<host>).
     start_weaver(bed.host(1), &[], &[])?;
-    start_weaver(bed.host(2), &["10.251.0.1".into(), "10.251.2.3".into()], &[])?;
+    start_weaver(
+        bed.host(2),
+        &["10.251.0.1".into(), "10.251.2.3".into()],
+        &[],
+    )?;
     start_weaver(bed.host(3), &["10.251.1.1".into()], &[])?;
     start_weaver(bed.host(4), &["10.251.3.3".into()], &[])?;
     let all = ["h1", "h2", "h3", "h4"];
@@ -49,8 +58,12 @@ fn main() -> Result<()> {
     show(h1, &["status", "routes"])?;
 
     if hold {
-        println!("== holding; try: ip netns exec {} {} --api-socket {} status", h1.netns(),
-            weave_e2e::bin("weave")?.display(), weave_e2e::weave::api_socket(h1).display());
+        println!(
+            "== holding; try: ip netns exec {} {} --api-socket {} status",
+            h1.netns(),
+            weave_e2e::bin("weave")?.display(),
+            weave_e2e::weave::api_socket(h1).display()
+        );
         println!("== press Ctrl-C to clean up");
         loop {
             std::thread::park();

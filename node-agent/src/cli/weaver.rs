@@ -16,7 +16,7 @@ use crate::mesh::PeerName;
 #[derive(Debug, Parser)]
 #[command(name = "weaver", version, about)]
 pub struct Cli {
-    /// Peers to connect to: IP, IP:PORT or [IPv6]:PORT (port defaults to --port).
+    /// Peers to connect to: IP, IP:PORT or `[IPv6]:PORT` (port defaults to --port).
     #[arg(env = "WEAVE_PEERS", value_delimiter = ' ')]
     pub peers: Vec<String>,
     /// Peer name (aa:bb:cc:dd:ee:ff); default: the one persisted in --state-dir, else random.

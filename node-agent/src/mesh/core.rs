@@ -1097,6 +1097,22 @@ mod tests {
     }
 
     #[test]
+    fn connection_limit_refuses_extra_peers() {
+        let now = Instant::now();
+        let name = PeerName::from_bytes([2, 0, 0, 0, 0, 1]);
+        let mut cfg = MeshConfig::new(name, "h1".into(), 6783);
+        cfg.conn_limit = 2;
+        let mut a = Mesh::new(cfg, PeerUid::new(1), 1, now);
+        let from = |i: u8| SocketAddr::from(([10, 0, 0, i], 40000));
+        assert!(a.accepted(from(2), now).is_some());
+        assert!(a.accepted(from(3), now).is_some());
+        assert_eq!(a.accepted(from(4), now), None);
+        // and no dials either while full
+        a.connect(&[SocketAddr::from(([10, 0, 0, 5], 6783))], false, now);
+        assert!(!std::iter::from_fn(|| a.poll_action()).any(|x| matches!(x, Action::Dial { .. })));
+    }
+
+    #[test]
     fn fanout_is_logarithmic() {
         assert_eq!(fanout(1), 3);
         assert_eq!(fanout(5), 6);

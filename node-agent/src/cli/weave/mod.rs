@@ -42,7 +42,7 @@ pub enum Command {
     },
     /// Everything the agent knows, as JSON.
     Report,
-    /// Connect to more peers (IP, IP:PORT or [IPv6]:PORT).
+    /// Connect to more peers (IP, IP:PORT or `[IPv6]:PORT`).
     Connect {
         /// Replace the whole set of targets instead of adding to it.
         #[arg(long)]
