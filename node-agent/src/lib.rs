@@ -8,6 +8,7 @@ pub mod config;
 mod error;
 pub mod mesh;
 pub mod router;
+pub mod sleeve;
 pub mod state;
 
 use rand::Rng;

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -26,8 +27,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::connmaker::{ConnectionMaker, TargetState};
+use super::overlay::{Neighbour, OverlayView};
 use super::peer::{PeerName, PeerUid};
-use super::routes::{Graph, Routes};
+use super::routes::{broadcast_children, Graph, Routes};
 use super::topology::{ConnRecord, PeerRecord, Topology, TopologyGossip};
 use super::wire::{self, Decoder, Frame, Hello, Message, WireError};
 
@@ -62,6 +64,9 @@ pub struct MeshConfig {
     pub backoff_initial: Duration,
     /// Largest reconnect back-off.
     pub backoff_max: Duration,
+    /// A data plane confirms each connection (UDP path verified) before it
+    /// counts as established; without one, the handshake alone does.
+    pub overlay: bool,
 }
 
 impl MeshConfig {
@@ -80,6 +85,7 @@ impl MeshConfig {
             peer_gc_grace: Duration::from_secs(3),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            overlay: false,
         }
     }
 }
@@ -121,6 +127,8 @@ struct Remote {
     nickname: String,
     conn_uid: u64,
     listen_addr: SocketAddr,
+    /// The data plane confirmed the path (always true without overlay).
+    confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -174,6 +182,7 @@ pub struct Mesh {
     unreachable: BTreeMap<PeerName, Instant>,
     next_digest: Instant,
     refresh_at: Option<Instant>,
+    overlay_view: Arc<OverlayView>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -190,6 +199,7 @@ impl Mesh {
             conns: BTreeMap::new(),
         };
         let maker = ConnectionMaker::new(cfg.backoff_initial, cfg.backoff_max);
+        let local_name = cfg.name;
         let next_digest = now + cfg.gossip_interval;
         Self {
             cfg,
@@ -203,6 +213,10 @@ impl Mesh {
             unreachable: BTreeMap::new(),
             next_digest,
             refresh_at: None,
+            overlay_view: Arc::new(OverlayView {
+                local: local_name,
+                ..OverlayView::default()
+            }),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -246,6 +260,47 @@ impl Mesh {
     /// The connection maker's targets.
     pub fn maker(&self) -> &ConnectionMaker {
         &self.maker
+    }
+
+    /// The latest snapshot for the data plane.
+    pub fn overlay_view(&self) -> &Arc<OverlayView> {
+        &self.overlay_view
+    }
+
+    /// The data plane verified the path to `peer` on connection `conn_uid`:
+    /// the connection now counts as established and carries data.
+    pub fn overlay_established(&mut self, peer: PeerName, conn_uid: u64, now: Instant) {
+        self.set_confirmed(peer, conn_uid, true, now);
+    }
+
+    /// The data plane lost the path to `peer`: routes avoid the link (other
+    /// peers may relay) until it is verified again.
+    pub fn overlay_failed(&mut self, peer: PeerName, conn_uid: u64, now: Instant) {
+        self.set_confirmed(peer, conn_uid, false, now);
+    }
+
+    fn set_confirmed(&mut self, peer: PeerName, conn_uid: u64, ok: bool, now: Instant) {
+        let found = self.conns.values_mut().find_map(|c| match &mut c.state {
+            ConnState::Established(r) if r.name == peer && r.conn_uid == conn_uid => Some(r),
+            _ => None,
+        });
+        let Some(r) = found else { return };
+        if r.confirmed == ok {
+            return;
+        }
+        r.confirmed = ok;
+        if ok {
+            info!(%peer, "data path established");
+        } else {
+            warn!(%peer, "data path lost; traffic is relayed through other peers where possible");
+        }
+        self.topology_changed(now);
+        self.topo.update_local(|rec| {
+            if let Some(c) = rec.conns.get_mut(&peer) {
+                c.established = ok;
+            }
+        });
+        self.push_records(&[self.cfg.name], None);
     }
 
     /// Whether the mesh still tracks this connection.
@@ -581,6 +636,7 @@ impl Mesh {
             nickname: h.nickname,
             conn_uid,
             listen_addr,
+            confirmed: !self.cfg.overlay,
         });
         c.next_heartbeat = now + self.cfg.heartbeat_interval;
         self.topo.update_local(|rec| {
@@ -589,7 +645,7 @@ impl Mesh {
                 ConnRecord {
                     addr: listen_addr,
                     outbound,
-                    established: true,
+                    established: !self.cfg.overlay,
                 },
             );
         });
@@ -705,6 +761,7 @@ impl Mesh {
         }
         self.collect_unreachable(now);
         self.routes = Routes::compute(&self.topo, Graph::Symmetric);
+        self.update_overlay_view();
         self.run_maker(now);
     }
 
@@ -721,6 +778,45 @@ impl Mesh {
             if let Some(rec) = self.topo.remove(&name) {
                 info!(peer = %name, nickname = %rec.nickname, "removed unreachable peer");
             }
+        }
+    }
+
+    fn update_overlay_view(&mut self) {
+        let mut broadcast = BTreeMap::new();
+        for rec in self.topo.records() {
+            if !self.unreachable.contains_key(&rec.name) {
+                broadcast.insert(
+                    rec.name,
+                    broadcast_children(&self.topo, Graph::Symmetric, rec.name),
+                );
+            }
+        }
+        let neighbours = self
+            .conns
+            .values()
+            .filter_map(|c| match &c.state {
+                ConnState::Established(r) => Some((
+                    r.name,
+                    Neighbour {
+                        addr: r.listen_addr,
+                        conn_uid: r.conn_uid,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let view = OverlayView {
+            local: self.cfg.name,
+            version: self.overlay_view.version + 1,
+            unicast: self.routes.unicast.clone(),
+            broadcast,
+            neighbours,
+        };
+        let same = view.unicast == self.overlay_view.unicast
+            && view.broadcast == self.overlay_view.broadcast
+            && view.neighbours == self.overlay_view.neighbours;
+        if !same {
+            self.overlay_view = Arc::new(view);
         }
     }
 
@@ -881,11 +977,17 @@ impl Mesh {
             .values()
             .map(|c| {
                 let (peer, nickname, state, info) = match &c.state {
-                    ConnState::Established(r) => (
+                    ConnState::Established(r) if r.confirmed => (
                         Some(r.name.to_string()),
                         Some(r.nickname.clone()),
                         ConnectionState::Established,
                         String::new(),
+                    ),
+                    ConnState::Established(r) => (
+                        Some(r.name.to_string()),
+                        Some(r.nickname.clone()),
+                        ConnectionState::Pending,
+                        "waiting for the UDP path".to_string(),
                     ),
                     ConnState::Dialing => {
                         (None, None, ConnectionState::Pending, "connecting".into())
@@ -900,7 +1002,7 @@ impl Mesh {
                     address: c.remote.to_string(),
                     state,
                     outbound: c.outbound,
-                    mode: None,
+                    mode: self.cfg.overlay.then(|| "sleeve".to_string()),
                     encrypted: false,
                     info,
                     bytes_in: c.bytes_in,
@@ -1025,6 +1127,11 @@ mod tests {
             .unwrap();
         a.dialled(a_id, now);
         pump(&mut a, a_id, &mut b, b_id, now);
+        // routes are recomputed once a burst of changes has settled
+        let later = now + REFRESH_DELAY;
+        assert!(a.poll_timeout() <= later);
+        a.tick(later);
+        b.tick(later);
         assert_eq!(a.topology().len(), 2);
         assert_eq!(b.topology().len(), 2);
         assert_eq!(a.routes().next_hop(&b.name()), Some(b.name()));

@@ -6,6 +6,7 @@
 
 pub mod connmaker;
 pub mod core;
+pub mod overlay;
 pub mod peer;
 pub mod routes;
 pub mod topology;

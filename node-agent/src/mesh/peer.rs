@@ -11,13 +11,17 @@ use std::str::FromStr;
 use rand::Rng;
 
 /// A 48-bit peer name, `aa:bb:cc:dd:ee:ff` in text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerName(u64);
 
 /// Names are 48 bits wide.
 const NAME_MASK: u64 = 0xffff_ffff_ffff;
 
 impl PeerName {
+    /// `ff:ff:ff:ff:ff:ff`: never a real peer (real names are unicast MACs);
+    /// the sleeve uses it as the destination of flooded frames.
+    pub const BROADCAST: PeerName = PeerName(NAME_MASK);
+
     /// A name from its 6 bytes, most significant first.
     pub fn from_bytes(b: [u8; 6]) -> Self {
         let mut v = 0u64;

@@ -228,7 +228,7 @@ mod tests {
         let s = render_connections(&report());
         assert_eq!(
             s,
-            "    ADDRESS        STATE        PEER                  INFO\n\
+            "    ADDRESS        STATE        PEER                   INFO\n\
              ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)\n"
         );
         let p = render_peers(&report());
