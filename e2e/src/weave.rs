@@ -133,3 +133,35 @@ pub fn tail(text: &str, n: usize) -> String {
 pub fn peer_addr(host: &Host) -> String {
     format!("{}:6783", host.addr())
 }
+
+/// Creates a pod namespace `name` on host `h` of `bed` and attaches it to
+/// the bridge with `cidr` through `weave attach`; returns the namespace name.
+pub fn attach_pod(bed: &crate::TestBed, h: usize, name: &str, cidr: &str) -> Result<String> {
+    let ns = bed.add_pod_netns(h, name)?;
+    weave(bed.host(h), &["attach", cidr, &ns])?;
+    Ok(ns)
+}
+
+/// Runs `program args` inside the pod namespace `ns` (from the root
+/// namespace, through `ip netns exec`).
+pub fn in_pod(ns: &str, program: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program} in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} in {ns} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `ns` gets an answer from `ip` within about a second.
+pub fn pings(ns: &str, ip: &str) -> bool {
+    in_pod(ns, "ping", &["-c", "1", "-W", "1", ip]).is_ok()
+}

@@ -22,7 +22,12 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weave_api::{ConnectRequest, ErrorReply, ForgetRequest, TargetsReply, VersionReply};
+use weave_api::{
+    AttachReply, AttachRequest, ConnectRequest, DetachRequest, ErrorReply, ForgetRequest,
+    TargetsReply, VersionReply,
+};
+
+use crate::attach::{self, AttachError, Cidr};
 
 use crate::config::parse_peer_addr;
 use crate::router::Command;
@@ -33,17 +38,33 @@ use crate::{Error, Result};
 struct Api {
     commands: mpsc::Sender<Command>,
     port: u16,
+    bridge: Option<BridgeInfo>,
+}
+
+/// What attach needs to know of the data plane.
+#[derive(Debug, Clone)]
+pub struct BridgeInfo {
+    /// Bridge name.
+    pub name: String,
+    /// Overlay MTU.
+    pub mtu: u32,
 }
 
 /// The API's routes.
-fn routes(commands: mpsc::Sender<Command>, port: u16) -> axum::Router {
+fn routes(commands: mpsc::Sender<Command>, port: u16, bridge: Option<BridgeInfo>) -> axum::Router {
     axum::Router::new()
         .route("/report", get(report))
         .route("/version", get(version))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .route("/attach", post(attach_netns))
+        .route("/detach", post(detach_netns))
         .fallback(not_found)
-        .with_state(Api { commands, port })
+        .with_state(Api {
+            commands,
+            port,
+            bridge,
+        })
 }
 
 /// Serves the API on `http` and `socket` until `cancel` fires.
@@ -52,9 +73,10 @@ pub async fn serve(
     socket: Option<(UnixListener, std::path::PathBuf)>,
     commands: mpsc::Sender<Command>,
     port: u16,
+    bridge: Option<BridgeInfo>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let app = routes(commands, port);
+    let app = routes(commands, port, bridge);
     let tcp = {
         let app = app.clone();
         let cancel = cancel.clone();
@@ -208,6 +230,85 @@ async fn forget(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErro
     let addrs = parse_addrs(&req.peers, api.port)?;
     let targets = ask(&api, |reply| Command::Forget { addrs, reply }).await?;
     Ok(targets_reply(targets))
+}
+
+fn attach_error(e: AttachError) -> ApiError {
+    match e {
+        AttachError::NoNetns(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        AttachError::NoBridge(_) => error(StatusCode::CONFLICT, e.to_string()),
+        AttachError::Platform(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{:#}", anyhow_chain(&e)),
+        ),
+    }
+}
+
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn bridge(api: &Api) -> Result<&BridgeInfo, ApiError> {
+    api.bridge.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::CONFLICT,
+            "weaver runs without a bridge (--bridge off)",
+        )
+    })
+}
+
+fn host_netlink() -> Result<weave_platform::LinuxNetlink, ApiError> {
+    weave_platform::LinuxNetlink::new()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, anyhow_chain(&e)))
+}
+
+async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<AttachReply>, ApiError> {
+    let req: AttachRequest = parse(&body)?;
+    let cidrs = req
+        .cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if cidrs.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "no addresses given (IPAM is not available yet)",
+        ));
+    }
+    let b = bridge(&api)?;
+    let netns = std::path::PathBuf::from(&req.netns);
+    let host = host_netlink()?;
+    let ifname = attach::attach(&host, &b.name, b.mtu, &netns, &cidrs)
+        .await
+        .map_err(attach_error)?;
+    info!(netns = %req.netns, cidrs = ?req.cidrs, "attached");
+    Ok(Json(AttachReply {
+        ifname,
+        cidrs: cidrs.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+async fn detach_netns(
+    State(api): State<Api>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: DetachRequest = parse(&body)?;
+    bridge(&api)?;
+    let host = host_netlink()?;
+    attach::detach(&host, std::path::Path::new(&req.netns))
+        .await
+        .map_err(attach_error)?;
+    info!(netns = %req.netns, "detached");
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn not_found() -> ApiError {

@@ -34,6 +34,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Interval of anti-entropy gossip.
     pub gossip_interval: Duration,
+    /// Bridge for the sleeve data plane; `None` runs the control plane only.
+    pub bridge: Option<String>,
+    /// Overlay MTU; derived from the underlay when `None`.
+    pub mtu: Option<u32>,
 }
 
 /// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.

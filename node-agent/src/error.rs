@@ -43,6 +43,12 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The sleeve data plane could not be set up.
+    #[error(transparent)]
+    Sleeve(#[from] crate::router::sleeve::SleeveError),
+    /// A kernel operation failed.
+    #[error(transparent)]
+    Platform(#[from] weave_platform::Error),
     /// A server task failed.
     #[error("serve {what}")]
     Serve {

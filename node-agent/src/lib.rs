@@ -3,6 +3,7 @@
 //! binaries only parse flags and call [`run`]; tests drive the same code.
 
 pub mod api;
+pub mod attach;
 pub mod cli;
 pub mod config;
 mod error;
@@ -55,7 +56,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     };
     info!(%name, %uid, nickname = %config.nickname, %peer_addr, http = ?config.http_addr, socket = ?config.api_socket, "weaver starting");
 
+    let sleeve = match &config.bridge {
+        Some(bridge) => {
+            let netlink = weave_platform::LinuxNetlink::new()?;
+            let cfg = router::sleeve::SleeveConfig {
+                bridge: bridge.clone(),
+                mtu: config.mtu,
+                addr: peer_addr,
+            };
+            Some(router::sleeve::setup(&cfg, name, &netlink).await?)
+        }
+        None => None,
+    };
+
     let mut mesh_cfg = MeshConfig::new(name, config.nickname.clone(), config.port);
+    mesh_cfg.overlay = sleeve.is_some();
     mesh_cfg.conn_limit = config.conn_limit;
     mesh_cfg.heartbeat_interval = config.heartbeat;
     mesh_cfg.read_timeout = config.read_timeout;
@@ -65,15 +80,37 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     if !config.peers.is_empty() {
         mesh.connect(&config.peers, false, now);
     }
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let router = router::Router::new(mesh, listener, cmd_rx);
-
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let mut router = router::Router::new(mesh, listener, cmd_rx);
     let mut tasks = JoinSet::new();
+    let bridge_info = sleeve.as_ref().map(|s| api::BridgeInfo {
+        name: s.bridge().to_string(),
+        mtu: s.mtu(),
+    });
+    if let Some(shared) = sleeve {
+        let (views_tx, views_rx) =
+            tokio::sync::watch::channel(std::sync::Arc::new(mesh::overlay::OverlayView::default()));
+        router = router.with_sleeve(views_tx, shared.clone());
+        let c = cancel.clone();
+        let commands = cmd_tx.clone();
+        tasks.spawn(async move {
+            (
+                "sleeve",
+                router::sleeve::run(shared, views_rx, commands, c).await,
+            )
+        });
+    }
+
     let c = cancel.clone();
     tasks.spawn(async move { ("router", router.run(c).await) });
     let c = cancel.clone();
     let port = config.port;
-    tasks.spawn(async move { ("api", api::serve(http, socket, cmd_tx, port, c).await) });
+    tasks.spawn(async move {
+        (
+            "api",
+            api::serve(http, socket, cmd_tx, port, bridge_info, c).await,
+        )
+    });
 
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -10,20 +10,25 @@
 //! lets its queue fill up is disconnected rather than allowed to stall
 //! everybody else.
 
+pub mod sleeve;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::mesh::{Action, ConnId, Mesh};
+use crate::mesh::overlay::OverlayView;
+use crate::mesh::{Action, ConnId, Mesh, PeerName};
+use crate::sleeve::path::PathEvent;
 
 /// Frames queued per connection before the peer counts as stuck.
 const SEND_QUEUE: usize = 1024;
@@ -53,6 +58,8 @@ pub enum Command {
         /// Reply channel.
         reply: oneshot::Sender<Vec<SocketAddr>>,
     },
+    /// The data plane verified or lost the path to a neighbour.
+    Path(PathEvent),
 }
 
 /// What connection tasks tell the actor.
@@ -75,6 +82,8 @@ pub struct Router {
     mesh: Mesh,
     listener: TcpListener,
     commands: mpsc::Receiver<Command>,
+    views: Option<watch::Sender<Arc<OverlayView>>>,
+    sleeve: Option<Arc<sleeve::Shared>>,
 }
 
 impl Router {
@@ -85,7 +94,21 @@ impl Router {
             mesh,
             listener,
             commands,
+            views: None,
+            sleeve: None,
         }
+    }
+
+    /// Publishes the mesh's overlay views to the sleeve on `views`, and adds
+    /// the sleeve's figures to reports.
+    pub fn with_sleeve(
+        mut self,
+        views: watch::Sender<Arc<OverlayView>>,
+        sleeve: Arc<sleeve::Shared>,
+    ) -> Self {
+        self.views = Some(views);
+        self.sleeve = Some(sleeve);
+        self
     }
 
     /// Runs until `cancel` fires.
@@ -94,6 +117,8 @@ impl Router {
             mut mesh,
             listener,
             mut commands,
+            views,
+            sleeve,
         } = self;
         let (events_tx, mut events) = mpsc::channel::<Event>(1024);
         let accept_tx = events_tx.clone();
@@ -124,7 +149,7 @@ impl Router {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => mesh.tick(Instant::now()),
-                Some(cmd) = commands.recv() => on_command(&mut mesh, cmd),
+                Some(cmd) = commands.recv() => on_command(&mut mesh, cmd, sleeve.as_deref()),
                 Some(ev) = events.recv() => {
                     let now = Instant::now();
                     match ev {
@@ -157,6 +182,12 @@ impl Router {
                 }
             }
             apply(&mut mesh, &mut links, &events_tx);
+            if let Some(views) = &views {
+                let view = mesh.overlay_view();
+                if !Arc::ptr_eq(view, &views.borrow()) {
+                    views.send_replace(view.clone());
+                }
+            }
         }
         acceptor.abort();
         for (_, link) in links.drain() {
@@ -167,12 +198,20 @@ impl Router {
     }
 }
 
-fn on_command(mesh: &mut Mesh, cmd: Command) {
+fn on_command(mesh: &mut Mesh, cmd: Command, sleeve: Option<&sleeve::Shared>) {
     let now = Instant::now();
     match cmd {
         Command::Report(reply) => {
-            let _ = reply.send(mesh.report(now));
+            let mut report = mesh.report(now);
+            if let Some(s) = sleeve {
+                add_sleeve_figures(&mut report, s);
+            }
+            let _ = reply.send(report);
         }
+        Command::Path(PathEvent::Established(peer, uid)) => {
+            mesh.overlay_established(peer, uid, now)
+        }
+        Command::Path(PathEvent::Failed(peer, uid)) => mesh.overlay_failed(peer, uid, now),
         Command::Connect {
             addrs,
             replace,
@@ -186,6 +225,30 @@ fn on_command(mesh: &mut Mesh, cmd: Command) {
             let _ = reply.send(mesh.maker().direct());
         }
     }
+}
+
+fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Shared) {
+    for c in &mut report.connections {
+        let Some(peer) = c.peer.as_deref().and_then(|p| p.parse::<PeerName>().ok()) else {
+            continue;
+        };
+        let counters = s.peer_counters(&peer);
+        c.mtu = Some(s.mtu());
+        c.frames_in = counters.frames_in;
+        c.frames_out = counters.frames_out;
+        c.data_bytes_in = counters.bytes_in;
+        c.data_bytes_out = counters.bytes_out;
+    }
+    report.sleeve = Some(weave_api::SleeveReport {
+        bridge: s.bridge().to_string(),
+        mtu: s.mtu(),
+        injected: s.injected(),
+        drops: s
+            .drops()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    });
 }
 
 /// Carries out everything the mesh queued.

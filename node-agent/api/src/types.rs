@@ -24,6 +24,22 @@ pub struct Report {
     pub routes: Vec<RouteReport>,
     /// Counters of the control plane.
     pub stats: MeshStats,
+    /// The sleeve data plane, when it runs.
+    #[serde(default)]
+    pub sleeve: Option<SleeveReport>,
+}
+
+/// State of the sleeve data plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleeveReport {
+    /// Bridge the pods attach to.
+    pub bridge: String,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// Frames from peers handed to the local bridge.
+    pub injected: u64,
+    /// Dropped frames and datagrams by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// Identity of the local peer.
@@ -118,6 +134,21 @@ pub struct ConnectionReport {
     pub bytes_in: u64,
     /// Control bytes sent on this connection.
     pub bytes_out: u64,
+    /// Overlay MTU on this connection, when a data plane runs.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Frames received from this peer.
+    #[serde(default)]
+    pub frames_in: u64,
+    /// Frames sent to this peer.
+    #[serde(default)]
+    pub frames_out: u64,
+    /// Data-plane bytes received from this peer.
+    #[serde(default)]
+    pub data_bytes_in: u64,
+    /// Data-plane bytes sent to this peer.
+    #[serde(default)]
+    pub data_bytes_out: u64,
 }
 
 /// A unicast route of the data plane.
@@ -168,6 +199,33 @@ pub struct ForgetRequest {
 pub struct TargetsReply {
     /// The addresses the agent now keeps connecting to.
     pub targets: Vec<String>,
+}
+
+/// `POST /attach`: wire a network namespace to the bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// Path of the network namespace (e.g. `/run/netns/pod1`, `/proc/PID/ns/net`).
+    pub netns: String,
+    /// Addresses with prefix, `10.2.1.4/24`.
+    pub cidrs: Vec<String>,
+}
+
+/// Reply to `POST /attach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachReply {
+    /// Interface inside the namespace.
+    pub ifname: String,
+    /// Addresses configured on it.
+    pub cidrs: Vec<String>,
+}
+
+/// `POST /detach`: undo an attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    /// Path of the network namespace.
+    pub netns: String,
 }
 
 /// `GET /version`.

@@ -52,6 +52,12 @@ pub struct Cli {
     /// Interval of anti-entropy gossip.
     #[arg(long, env = "WEAVE_GOSSIP_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub gossip_interval: Duration,
+    /// Bridge the pods attach to ("off" runs the control plane only).
+    #[arg(long, env = "WEAVE_BRIDGE", default_value = "weave")]
+    pub bridge: String,
+    /// Overlay MTU; default: the underlay MTU minus the encapsulation overhead.
+    #[arg(long, env = "WEAVE_MTU", value_parser = clap::value_parser!(u32).range(576..=65000))]
+    pub mtu: Option<u32>,
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -100,6 +106,16 @@ impl Cli {
             heartbeat: self.heartbeat,
             read_timeout: self.read_timeout,
             gossip_interval: self.gossip_interval,
+            bridge: match self.bridge.as_str() {
+                "off" | "" => None,
+                b if b.len() > 15 => {
+                    return Err(format!(
+                        "invalid --bridge {b:?}: interface names have at most 15 bytes"
+                    ))
+                }
+                b => Some(b.to_string()),
+            },
+            mtu: self.mtu,
         })
     }
 }

@@ -1007,6 +1007,11 @@ impl Mesh {
                     info,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
+                    mtu: None,
+                    frames_in: 0,
+                    frames_out: 0,
+                    data_bytes_in: 0,
+                    data_bytes_out: 0,
                 }
             })
             .collect();
@@ -1027,6 +1032,11 @@ impl Mesh {
                     ),
                     bytes_in: 0,
                     bytes_out: 0,
+                    mtu: None,
+                    frames_in: 0,
+                    frames_out: 0,
+                    data_bytes_in: 0,
+                    data_bytes_out: 0,
                 });
             }
         }
@@ -1063,6 +1073,7 @@ impl Mesh {
                 gossip_out: self.stats.gossip_out,
                 protocol_errors: self.stats.protocol_errors,
             },
+            sleeve: None,
         }
     }
 }

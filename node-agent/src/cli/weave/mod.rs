@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use weave_api::{
-    Client, ConnectRequest, Endpoint, ForgetRequest, Report, TargetsReply, VersionReply,
+    AttachReply, AttachRequest, Client, ConnectRequest, DetachRequest, Endpoint, ForgetRequest,
+    Report, TargetsReply, VersionReply,
 };
 
 pub use status::{render_connections, render_peers, render_routes, render_status};
@@ -57,8 +58,29 @@ pub enum Command {
         #[arg(required = true)]
         peers: Vec<String>,
     },
+    /// Wire a network namespace to the weave bridge: `weave attach CIDR... NETNS`
+    /// (NETNS is a path, or a name under /run/netns).
+    Attach {
+        /// Addresses with prefix (10.2.1.4/24), then the namespace.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+    },
+    /// Undo `weave attach`.
+    Detach {
+        /// The namespace (path or name under /run/netns).
+        netns: String,
+    },
     /// Versions of this command and of the agent.
     Version,
+}
+
+/// A namespace argument: a path as given, or a name under /run/netns.
+fn netns_path(arg: &str) -> String {
+    if arg.contains('/') {
+        arg.to_string()
+    } else {
+        format!("/run/netns/{arg}")
+    }
 }
 
 /// Parts of `weave status`.
@@ -102,6 +124,20 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Forget { peers } => {
             let reply: TargetsReply = client.post_json("/forget", &ForgetRequest { peers })?;
             writeln!(out, "targets: {}", reply.targets.join(" "))?;
+        }
+        Command::Attach { mut args } => {
+            let netns = netns_path(&args.pop().unwrap_or_default());
+            let reply: AttachReply =
+                client.post_json("/attach", &AttachRequest { netns, cidrs: args })?;
+            writeln!(out, "{}", reply.cidrs.join(" "))?;
+        }
+        Command::Detach { netns } => {
+            let _: serde_json::Value = client.post_json(
+                "/detach",
+                &DetachRequest {
+                    netns: netns_path(&netns),
+                },
+            )?;
         }
         Command::Version => {
             writeln!(out, "weave {}", env!("CARGO_PKG_VERSION"))?;

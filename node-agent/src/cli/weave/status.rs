@@ -200,6 +200,11 @@ mod tests {
                 info: String::new(),
                 bytes_in: 1,
                 bytes_out: 2,
+                mtu: None,
+                frames_in: 0,
+                frames_out: 0,
+                data_bytes_in: 0,
+                data_bytes_out: 0,
             }],
             targets: vec!["10.0.0.2:6783".into()],
             routes: vec![RouteReport {
@@ -207,6 +212,7 @@ mod tests {
                 via: "02:00:00:00:00:02".into(),
             }],
             stats: MeshStats::default(),
+            sleeve: None,
         }
     }
 

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The OS seam of weave (STYLE §2): every kernel side effect of the data plane
+//! and the CNI plugin goes through this crate.
+//!
+//! - [`netlink`]: the [`Netlink`] trait (links, addresses, routes) and
+//!   [`LinuxNetlink`], its rtnetlink implementation;
+//! - [`netns`]: [`open_in`] runs a closure on a thread inside another network
+//!   namespace, so sockets can be opened there;
+//! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
+//!   driven by the tokio reactor;
+//! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
+//! - `fake` (feature `fake`): `FakeNetlink`, an in-memory [`Netlink`] with the
+//!   same idempotency rules, for unit tests that must not need root.
+//!
+//! This is the only crate of the workspace allowed `unsafe`, and only in
+//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration).
+
+mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
+pub mod tap;
+
+pub use error::{Error, Result};
+#[cfg(feature = "fake")]
+pub use fake::FakeNetlink;
+pub use netlink::{LinuxNetlink, Netlink, Route};
+pub use netns::open_in;
+pub use sysctl::{read_sysctl, write_sysctl};
+pub use tap::{AsyncTap, Tap};

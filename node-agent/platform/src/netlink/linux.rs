@@ -1,0 +1,596 @@
+// SPDX-License-Identifier: Apache-2.0
+//! [`LinuxNetlink`]: the [`Netlink`] seam over a real rtnetlink socket.
+//!
+//! Requests are built with rtnetlink's builders; replies are read from the
+//! raw message stream so dumps can see `NLM_F_DUMP_INTR` (set when the
+//! kernel's tables changed mid-dump) and be retried a bounded number of times,
+//! as containernetworking/plugins' `netlinksafe` does. The connection task is
+//! spawned on the tokio runtime that was current when the handle was made and
+//! ends when the last clone of the handle is dropped.
+
+use std::{fs::File, net::IpAddr, os::fd::AsRawFd, path::Path};
+
+use futures_util::StreamExt;
+use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST},
+    packet_route::{
+        address::{AddressAttribute, AddressMessage},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType},
+        AddressFamily, RouteNetlinkMessage,
+    },
+    proto::Connection,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
+use tracing::debug;
+
+use super::{check_addr, check_route, validate_ifname, Netlink, Route};
+use crate::{
+    error::{netlink_errno, Error, Result},
+    netns,
+};
+
+/// How many times a dump interrupted by `NLM_F_DUMP_INTR` is retried before
+/// giving up (the same bound as containernetworking/plugins' `netlinksafe`).
+const DUMP_ATTEMPTS: u32 = 10;
+
+/// A [`Netlink`] handle bound to the network namespace its socket was opened
+/// in. Cheap to clone; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct LinuxNetlink {
+    handle: Handle,
+}
+
+impl LinuxNetlink {
+    /// A handle for the current thread's namespace. Call from within a tokio
+    /// runtime with IO enabled: the connection is spawned on it.
+    pub fn new() -> Result<LinuxNetlink> {
+        let op = "open netlink socket";
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime { op: op.into() })?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::io(op, e))?;
+        Ok(Self::spawn(&runtime, conn, handle))
+    }
+
+    /// A handle whose netlink socket lives in the namespace at `path`. The
+    /// socket is opened on a thread that entered the namespace
+    /// ([`netns::open_in`]) and then driven on the current tokio runtime, so
+    /// no runtime thread ever changes namespace.
+    pub fn in_netns(path: &Path) -> Result<LinuxNetlink> {
+        let op = || {
+            format!(
+                "open netlink socket in network namespace {}",
+                path.display()
+            )
+        };
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime { op: op() })?;
+        let reactor = runtime.clone();
+        let (conn, handle, _) = netns::open_in(path, move || {
+            // Register the socket with the caller's runtime from the netns
+            // thread: the socket keeps the namespace, the runtime drives it.
+            let _entered = reactor.enter();
+            rtnetlink::new_connection()
+        })?;
+        Ok(Self::spawn(&runtime, conn, handle))
+    }
+
+    fn spawn(
+        runtime: &tokio::runtime::Handle,
+        mut conn: Connection<RouteNetlinkMessage>,
+        handle: Handle,
+    ) -> LinuxNetlink {
+        // Forward NLMSG_DONE so `dump` can see NLM_F_DUMP_INTR on it too.
+        conn.set_forward_done(true);
+        runtime.spawn(conn);
+        LinuxNetlink { handle }
+    }
+
+    /// Sends a request expecting one reply (`RTM_GETLINK` by name or index).
+    async fn get_one(
+        &self,
+        msg: RouteNetlinkMessage,
+    ) -> Result<RouteNetlinkMessage, rtnetlink::Error> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST;
+        let mut stream = self.handle.clone().request(req)?;
+        let mut reply = None;
+        while let Some(msg) = stream.next().await {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => reply = Some(inner),
+                NetlinkPayload::Error(err) if err.code.is_some() => {
+                    return Err(rtnetlink::Error::NetlinkError(err));
+                }
+                _ => {}
+            }
+        }
+        reply.ok_or(rtnetlink::Error::RequestFailed)
+    }
+
+    /// Dumps a table, retrying while the kernel flags the dump as
+    /// inconsistent.
+    async fn dump(&self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        for attempt in 1..=DUMP_ATTEMPTS {
+            let mut req = NetlinkMessage::from(msg.clone());
+            req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            let mut stream = self
+                .handle
+                .clone()
+                .request(req)
+                .map_err(|e| Error::netlink(op, e))?;
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            while let Some(msg) = stream.next().await {
+                if msg.header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                    NetlinkPayload::Error(err) if err.code.is_some() => {
+                        return Err(Error::netlink(op, rtnetlink::Error::NetlinkError(err)));
+                    }
+                    // Lost messages: the result would be incomplete.
+                    NetlinkPayload::Overrun(_) => interrupted = true,
+                    _ => {}
+                }
+            }
+            if !interrupted {
+                return Ok(out);
+            }
+            debug!(op, attempt, "netlink dump interrupted, retrying");
+        }
+        Err(Error::DumpInterrupted {
+            op: op.into(),
+            attempts: DUMP_ATTEMPTS,
+        })
+    }
+
+    /// The link called `name`, or `None`.
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
+        validate_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.get_link(msg, || format!("get link {name}")).await
+    }
+
+    /// The link with ifindex `index`, or `None`.
+    async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(msg, || format!("get link {index}")).await
+    }
+
+    async fn get_link(
+        &self,
+        msg: LinkMessage,
+        op: impl FnOnce() -> String,
+    ) -> Result<Option<LinkMessage>> {
+        match self.get_one(RouteNetlinkMessage::GetLink(msg)).await {
+            Ok(RouteNetlinkMessage::NewLink(link)) => Ok(Some(link)),
+            Ok(other) => Err(Error::netlink(
+                op(),
+                rtnetlink::Error::UnexpectedMessage(NetlinkMessage::from(other)),
+            )),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(Error::netlink(op(), e)),
+        }
+    }
+
+    /// Applies an `ip link set`-style change to link `index`.
+    async fn change_link(&self, msg: LinkMessage, op: impl FnOnce() -> String) -> Result<()> {
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(op(), e))
+    }
+}
+
+impl Netlink for LinuxNetlink {
+    async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+        validate_ifname(name)?;
+        let op = || format!("ensure bridge {name}");
+        // LinkBridge::new asks for the bridge to start up.
+        let create = LinkBridge::new(name).mtu(mtu).build();
+        match self.handle.link().add(create).execute().await {
+            Ok(()) => debug!(bridge = name, mtu, "created bridge"),
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {
+                debug!(bridge = name, "bridge exists");
+            }
+            Err(e) => return Err(Error::netlink(op(), e)),
+        }
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| Error::LinkNotFound {
+                op: op(),
+                name: name.to_owned(),
+            })?;
+        let kind = link_kind(&link);
+        if kind.as_ref() != Some(&InfoKind::Bridge) {
+            return Err(Error::LinkKindMismatch {
+                op: op(),
+                name: name.to_owned(),
+                expected: "bridge",
+                found: kind_name(kind.as_ref()),
+            });
+        }
+        let index = link.header.index;
+        if link_attr_mtu(&link) != Some(mtu) {
+            self.set_mtu(index, mtu).await?;
+        }
+        if !link.header.flags.contains(LinkFlags::Up) {
+            self.set_up(index).await?;
+        }
+        Ok(index)
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link_by_name(name).await?.map(|l| l.header.index))
+    }
+
+    async fn link_mtu(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self
+            .link_by_name(name)
+            .await?
+            .and_then(|l| link_attr_mtu(&l)))
+    }
+
+    async fn set_up(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.change_link(msg, || format!("set link {index} up"))
+            .await
+    }
+
+    async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.change_link(msg, || format!("set mtu {mtu} on link {index}"))
+            .await
+    }
+
+    async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).controller(master).build();
+        self.change_link(msg, || format!("attach link {index} to bridge {master}"))
+            .await
+    }
+
+    async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        // Bridge-port options travel as IFLA_INFO_SLAVE_DATA in an
+        // RTM_NEWLINK without NLM_F_CREATE (what `ip link set ... type
+        // bridge_slave` sends); RTM_SETLINK does not carry them.
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("set hairpin {on} on bridge port {index}"), e))
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<()> {
+        validate_ifname(name)?;
+        let msg = LinkUnspec::new_with_name(name).build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => {
+                debug!(link = name, "deleted link");
+                Ok(())
+            }
+            Err(e) if is_missing(&e) => {
+                debug!(link = name, "link already gone");
+                Ok(())
+            }
+            Err(e) => Err(Error::netlink(format!("delete link {name}"), e)),
+        }
+    }
+
+    async fn create_veth(
+        &self,
+        host_if: &str,
+        peer_if: &str,
+        netns_path: &Path,
+        mtu: u32,
+    ) -> Result<u32> {
+        validate_ifname(host_if)?;
+        validate_ifname(peer_if)?;
+        let op = || {
+            format!(
+                "create veth {host_if} with peer {peer_if} in network namespace {}",
+                netns_path.display()
+            )
+        };
+        // The descriptor must stay open until the kernel has answered: it
+        // names the namespace by IFLA_NET_NS_FD.
+        let ns = File::open(netns_path).map_err(|e| Error::io(op(), e))?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_if)
+            .mtu(mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_if)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        let created = self.handle.link().add(msg).execute().await;
+        drop(ns);
+        match created {
+            Ok(()) => debug!(host_if, peer_if, mtu, "created veth pair"),
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {
+                // A retried ADD finds its own host end; anything else by that
+                // name (or a clash on the peer's name) is an error.
+                let Some(link) = self.link_by_name(host_if).await? else {
+                    return Err(Error::netlink(op(), e));
+                };
+                let kind = link_kind(&link);
+                if kind.as_ref() != Some(&InfoKind::Veth) {
+                    return Err(Error::LinkKindMismatch {
+                        op: op(),
+                        name: host_if.to_owned(),
+                        expected: "veth",
+                        found: kind_name(kind.as_ref()),
+                    });
+                }
+                debug!(host_if, "veth exists");
+                return Ok(link.header.index);
+            }
+            Err(e) => return Err(Error::netlink(op(), e)),
+        }
+        self.link_index(host_if)
+            .await?
+            .ok_or_else(|| Error::LinkNotFound {
+                op: op(),
+                name: host_if.to_owned(),
+            })
+    }
+
+    async fn add_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        check_addr(addr, prefix_len)?;
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+        {
+            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(
+                format!("add address {addr}/{prefix_len} to link {index}"),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        let mut req = AddressMessage::default();
+        req.header.index = index;
+        let op = format!("list addresses of link {index}");
+        let replies = self.dump(&op, RouteNetlinkMessage::GetAddress(req)).await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|msg| match msg {
+                // Without strict checking the kernel dumps every link's
+                // addresses, so filter here.
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    address_of(&a).map(|ip| (ip, a.header.prefix_len))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn add_route(
+        &self,
+        dst: IpAddr,
+        prefix_len: u8,
+        gateway: Option<IpAddr>,
+        index: u32,
+    ) -> Result<()> {
+        check_route(dst, prefix_len, gateway)?;
+        let mut msg = match dst {
+            IpAddr::V4(d) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d, prefix_len)
+                    .output_interface(index);
+                if let Some(IpAddr::V4(gw)) = gateway {
+                    b = b.gateway(gw);
+                }
+                b.build()
+            }
+            IpAddr::V6(d) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(d, prefix_len)
+                    .output_interface(index);
+                if let Some(IpAddr::V6(gw)) = gateway {
+                    b = b.gateway(gw);
+                }
+                b.build()
+            }
+        };
+        if gateway.is_none() {
+            // Like iproute2: a route without a gateway is on-link.
+            msg.header.scope = RouteScope::Link;
+        }
+        match self.handle.route().add(msg).execute().await {
+            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => {
+                let via = gateway.map(|gw| format!(" via {gw}")).unwrap_or_default();
+                Err(Error::netlink(
+                    format!("add route {dst}/{prefix_len}{via} dev {index}"),
+                    e,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn routes_v4(&self) -> Result<Vec<Route>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let replies = self
+            .dump("list ipv4 routes", RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|msg| match msg {
+                RouteNetlinkMessage::NewRoute(r) => main_table_route(&r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.change_link(msg, || format!("set mac {} on link {index}", fmt_mac(mac)))
+            .await
+    }
+
+    async fn link_mac(&self, index: u32) -> Result<Option<[u8; 6]>> {
+        Ok(self.link_by_index(index).await?.and_then(|link| {
+            link.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            })
+        }))
+    }
+}
+
+/// Whether a netlink error means "no such link/object" (ENODEV, ENOENT).
+fn is_missing(err: &rtnetlink::Error) -> bool {
+    matches!(netlink_errno(err), Some(libc::ENODEV | libc::ENOENT))
+}
+
+/// The `IFLA_INFO_KIND` of a link (`None` for devices without one, such as
+/// `lo` or physical NICs).
+fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn kind_name(kind: Option<&InfoKind>) -> String {
+    kind.map_or_else(|| "device".to_owned(), ToString::to_string)
+}
+
+fn link_attr_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
+/// An address message's address: `IFA_LOCAL` when present (on
+/// point-to-point links `IFA_ADDRESS` is the peer's), else `IFA_ADDRESS`.
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    let local = msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+/// Converts a dumped route into a [`Route`] if it is an IPv4 unicast route
+/// of the main table.
+fn main_table_route(r: &RouteMessage) -> Option<Route> {
+    // Tables above 255 only appear in RTA_TABLE; the header then says 252
+    // (RT_TABLE_COMPAT), so the attribute wins when present.
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or_else(|| u32::from(r.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+        || r.header.kind != RouteType::Unicast
+        || r.header.address_family != AddressFamily::Inet
+    {
+        return None;
+    }
+    let mut route = Route {
+        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        prefix_len: r.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+    };
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = IpAddr::V4(*d),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+fn fmt_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn main_table_routes_are_parsed_and_others_skipped() {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Unicast;
+        r.header.destination_prefix_length = 12;
+        r.attributes = vec![
+            RouteAttribute::Table(254),
+            RouteAttribute::Destination(RouteAddress::Inet("10.32.0.0".parse().expect("ip"))),
+            RouteAttribute::Gateway(RouteAddress::Inet("192.168.1.1".parse().expect("ip"))),
+            RouteAttribute::Oif(3),
+        ];
+        assert_eq!(
+            main_table_route(&r),
+            Some(Route {
+                dst: "10.32.0.0".parse().expect("ip"),
+                prefix_len: 12,
+                gateway: Some("192.168.1.1".parse().expect("ip")),
+                oif: Some(3),
+            })
+        );
+
+        let mut local = r.clone();
+        local.header.table = 255;
+        local.attributes[0] = RouteAttribute::Table(255);
+        assert_eq!(main_table_route(&local), None);
+
+        let mut default = r.clone();
+        default.header.destination_prefix_length = 0;
+        default.attributes.remove(1);
+        let parsed = main_table_route(&default).expect("default route");
+        assert_eq!(parsed.dst, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        assert_eq!(parsed.prefix_len, 0);
+    }
+
+    #[test]
+    fn handles_need_a_runtime() {
+        let err = LinuxNetlink::new().expect_err("no runtime on this thread");
+        assert!(matches!(err, Error::NoRuntime { .. }), "{err}");
+        let err = LinuxNetlink::in_netns(Path::new("/proc/self/ns/net")).expect_err("no runtime");
+        assert!(matches!(err, Error::NoRuntime { .. }), "{err}");
+    }
+
+    #[test]
+    fn mac_is_formatted_like_iproute2() {
+        assert_eq!(fmt_mac([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
+    }
+}

@@ -1,0 +1,507 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Privileged tests of `weave-platform` against the real kernel.
+//!
+//! Every test makes its own network namespaces ([`TestNetns`]: a parked
+//! thread that called `unshare(CLONE_NEWNET)`, named by its
+//! `/proc/PID/task/TID/ns/net`) and works only inside them through `open_in`
+//! and `LinuxNetlink::in_netns`; nothing touches the host's links, addresses,
+//! routes or sysctls. A namespace dies with its thread, so nothing is left
+//! behind even when a test panics or the process is killed, and nothing ever
+//! appears in `ip netns list`. Without root (CAP_SYS_ADMIN + CAP_NET_ADMIN)
+//! every test fails loudly; none is skipped.
+
+use std::{
+    io,
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use nix::{
+    sched::{unshare, CloneFlags},
+    unistd::gettid,
+};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use weave_platform::{
+    open_in, read_sysctl, write_sysctl, AsyncTap, Error, LinuxNetlink, Netlink, Route, Tap,
+};
+
+/// Upper bound for waiting on the kernel (frames, replies).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A fresh network namespace, alive while this guard is.
+struct TestNetns {
+    path: PathBuf,
+    stop: Option<mpsc::Sender<()>>,
+    holder: Option<JoinHandle<()>>,
+}
+
+impl TestNetns {
+    fn new() -> TestNetns {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let holder = thread::Builder::new()
+            .name("test-netns".into())
+            .spawn(move || {
+                let entered = unshare(CloneFlags::CLONE_NEWNET).map(|()| gettid());
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    // Park until the guard drops the sender.
+                    let _ = stop_rx.recv();
+                }
+            })
+            .expect("spawn namespace holder thread");
+        let tid = ready_rx
+            .recv()
+            .expect("namespace holder reports back")
+            .unwrap_or_else(|errno| {
+                panic!(
+                    "privileged tests need root (CAP_SYS_ADMIN and CAP_NET_ADMIN): \
+                     unshare(CLONE_NEWNET) failed: {errno}"
+                )
+            });
+        let path = PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
+        TestNetns {
+            path,
+            stop: Some(stop_tx),
+            holder: Some(holder),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn netlink(&self) -> LinuxNetlink {
+        LinuxNetlink::in_netns(&self.path).expect("netlink handle in test namespace")
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.join();
+        }
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Reads a link's full netlink description inside `ns` with a plain
+/// rtnetlink connection, to check what `LinuxNetlink` set.
+async fn raw_link(ns: &TestNetns, name: &str) -> LinkMessage {
+    use futures_util::TryStreamExt;
+    let rt = tokio::runtime::Handle::current();
+    let (conn, handle, _) = open_in(ns.path(), move || {
+        let _entered = rt.enter();
+        rtnetlink::new_connection()
+    })
+    .expect("raw netlink connection in test namespace");
+    tokio::spawn(conn);
+    handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .expect("get link")
+        .expect("link exists")
+}
+
+fn master_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(m) => Some(*m),
+        _ => None,
+    })
+}
+
+fn hairpin_of(link: &LinkMessage) -> Option<bool> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
+                opts.iter().find_map(|o| match o {
+                    InfoBridgePort::HairpinMode(on) => Some(*on),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn ensure_bridge_is_idempotent_and_sets_mtu_and_up() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+
+    let first = nl
+        .ensure_bridge("wvbr0", 1400)
+        .await
+        .expect("create bridge");
+    let again = nl
+        .ensure_bridge("wvbr0", 1376)
+        .await
+        .expect("bridge exists");
+    assert_eq!(first, again);
+    assert_eq!(nl.link_index("wvbr0").await.expect("lookup"), Some(first));
+    assert_eq!(nl.link_mtu("wvbr0").await.expect("lookup"), Some(1376));
+    assert_eq!(nl.link_index("wvnone").await.expect("lookup"), None);
+    assert_eq!(nl.link_mtu("wvnone").await.expect("lookup"), None);
+    let link = raw_link(&ns, "wvbr0").await;
+    assert!(link.header.flags.contains(LinkFlags::Up), "bridge is up");
+
+    // A link of another kind under the bridge's name is not reused.
+    nl.create_veth("wvveth0", "wvveth1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    let err = nl
+        .ensure_bridge("wvveth0", 1500)
+        .await
+        .expect_err("veth is not a bridge");
+    assert!(matches!(err, Error::LinkKindMismatch { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn veth_peer_is_created_in_the_other_namespace() {
+    let host = TestNetns::new();
+    let pod = TestNetns::new();
+    let (host_nl, pod_nl) = (host.netlink(), pod.netlink());
+
+    let idx = host_nl
+        .create_veth("wvh0", "wvp0", pod.path(), 1400)
+        .await
+        .expect("create veth");
+    assert_eq!(host_nl.link_index("wvh0").await.expect("lookup"), Some(idx));
+    assert_eq!(
+        host_nl.link_index("wvp0").await.expect("lookup"),
+        None,
+        "peer left the host"
+    );
+    assert!(
+        pod_nl.link_index("wvp0").await.expect("lookup").is_some(),
+        "peer in pod"
+    );
+    assert_eq!(pod_nl.link_mtu("wvp0").await.expect("lookup"), Some(1400));
+    assert_eq!(host_nl.link_mtu("wvh0").await.expect("lookup"), Some(1400));
+
+    let retried = host_nl
+        .create_veth("wvh0", "wvp0", pod.path(), 1400)
+        .await
+        .expect("retried create finds the veth");
+    assert_eq!(retried, idx);
+
+    host_nl.delete_link("wvh0").await.expect("delete");
+    host_nl
+        .delete_link("wvh0")
+        .await
+        .expect("delete again is success");
+    assert_eq!(host_nl.link_index("wvh0").await.expect("lookup"), None);
+    assert_eq!(
+        pod_nl.link_index("wvp0").await.expect("lookup"),
+        None,
+        "peer went too"
+    );
+}
+
+#[tokio::test]
+async fn addresses_and_routes() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let br = nl.ensure_bridge("wvbr0", 1500).await.expect("bridge");
+
+    nl.add_addr(br, ip("10.99.0.1"), 24)
+        .await
+        .expect("add address");
+    nl.add_addr(br, ip("10.99.0.1"), 24)
+        .await
+        .expect("add address again");
+    nl.add_addr(br, ip("fd99::1"), 64)
+        .await
+        .expect("add v6 address");
+    let addrs = nl.addrs(br).await.expect("list addresses");
+    assert!(addrs.contains(&(ip("10.99.0.1"), 24)), "{addrs:?}");
+    assert!(addrs.contains(&(ip("fd99::1"), 64)), "{addrs:?}");
+
+    nl.add_route(ip("10.98.0.0"), 16, None, br)
+        .await
+        .expect("on-link route");
+    nl.add_route(ip("10.98.0.0"), 16, None, br)
+        .await
+        .expect("route again");
+    nl.add_route(ip("10.97.0.0"), 16, Some(ip("10.99.0.254")), br)
+        .await
+        .expect("route via gateway");
+    nl.add_route(ip("fd98::"), 64, None, br)
+        .await
+        .expect("v6 route");
+
+    let routes = nl.routes_v4().await.expect("list routes");
+    for want in [
+        Route {
+            dst: ip("10.99.0.0"),
+            prefix_len: 24,
+            gateway: None,
+            oif: Some(br),
+        },
+        Route {
+            dst: ip("10.98.0.0"),
+            prefix_len: 16,
+            gateway: None,
+            oif: Some(br),
+        },
+        Route {
+            dst: ip("10.97.0.0"),
+            prefix_len: 16,
+            gateway: Some(ip("10.99.0.254")),
+            oif: Some(br),
+        },
+    ] {
+        assert!(routes.contains(&want), "{want:?} missing from {routes:?}");
+    }
+    assert!(routes.iter().all(|r| r.dst.is_ipv4()), "{routes:?}");
+
+    let err = nl
+        .add_route(ip("10.96.0.1"), 16, None, br)
+        .await
+        .expect_err("host bits");
+    assert!(matches!(err, Error::InvalidPrefix { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn bridge_port_master_hairpin_and_mac() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let br = nl.ensure_bridge("wvbr0", 1500).await.expect("bridge");
+    let port = nl
+        .create_veth("wvport0", "wvport1", ns.path(), 1500)
+        .await
+        .expect("veth");
+
+    nl.set_master(port, br).await.expect("attach");
+    nl.set_hairpin(port, true).await.expect("hairpin on");
+    nl.set_up(port).await.expect("up");
+    let link = raw_link(&ns, "wvport0").await;
+    assert_eq!(master_of(&link), Some(br));
+    assert_eq!(hairpin_of(&link), Some(true));
+    assert!(link.header.flags.contains(LinkFlags::Up));
+
+    nl.set_hairpin(port, false).await.expect("hairpin off");
+    assert_eq!(hairpin_of(&raw_link(&ns, "wvport0").await), Some(false));
+
+    nl.set_mtu(port, 1400).await.expect("mtu");
+    assert_eq!(nl.link_mtu("wvport0").await.expect("lookup"), Some(1400));
+
+    let mac = [0x02, 0x77, 0x76, 0x00, 0x00, 0x01];
+    nl.set_mac(br, mac).await.expect("set mac");
+    assert_eq!(nl.link_mac(br).await.expect("get mac"), Some(mac));
+    assert_eq!(nl.link_mac(9999).await.expect("get mac"), None);
+
+    nl.delete_link("wvbr0").await.expect("delete bridge");
+    assert_eq!(master_of(&raw_link(&ns, "wvport0").await), None);
+}
+
+/// The fake promises the kernel's errnos for the mistakes callers can make;
+/// this checks the kernel agrees.
+#[tokio::test]
+async fn kernel_errnos_match_the_fake() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let br = nl.ensure_bridge("wvbr0", 1500).await.expect("bridge");
+    let down = nl
+        .create_veth("wvdown0", "wvdown1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    let lo = nl.link_index("lo").await.expect("lookup").expect("lo");
+    nl.add_addr(br, ip("10.99.0.1"), 24).await.expect("address");
+
+    let errno = |r: weave_platform::Result<()>| r.expect_err("kernel refuses").errno();
+    assert_eq!(errno(nl.set_up(9999).await), Some(libc::ENODEV));
+    assert_eq!(
+        errno(nl.add_addr(9999, ip("10.1.0.1"), 24).await),
+        Some(libc::ENODEV)
+    );
+    assert_eq!(errno(nl.set_mtu(br, 10).await), Some(libc::EINVAL));
+    assert_eq!(
+        errno(nl.add_route(ip("10.1.0.0"), 16, None, down).await),
+        Some(libc::ENETDOWN)
+    );
+    assert_eq!(
+        errno(
+            nl.add_route(ip("10.1.0.0"), 16, Some(ip("172.31.0.1")), br)
+                .await
+        ),
+        Some(libc::ENETUNREACH)
+    );
+    assert_eq!(errno(nl.set_master(down, 9999).await), Some(libc::EINVAL));
+    assert_eq!(errno(nl.set_master(down, lo).await), Some(libc::EOPNOTSUPP));
+    assert_eq!(
+        errno(nl.set_hairpin(down, true).await),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        errno(nl.set_mac(br, [0x01, 0, 0x5e, 0, 0, 1]).await),
+        Some(libc::EADDRNOTAVAIL)
+    );
+    let err = nl
+        .create_veth("wvother0", "wvdown1", ns.path(), 1500)
+        .await
+        .expect_err("peer name taken");
+    assert_eq!(err.errno(), Some(libc::EEXIST));
+}
+
+/// An ARP request for `target` from `sender_mac`/`sender_ip`, broadcast.
+fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]); // destination: broadcast
+    f.extend_from_slice(&sender_mac); // source
+    f.extend_from_slice(&[0x08, 0x06]); // EtherType ARP
+    f.extend_from_slice(&[0x00, 0x01]); // HTYPE Ethernet
+    f.extend_from_slice(&[0x08, 0x00]); // PTYPE IPv4
+    f.extend_from_slice(&[6, 4]); // HLEN, PLEN
+    f.extend_from_slice(&[0x00, 0x01]); // OPER request
+    f.extend_from_slice(&sender_mac); // SHA
+    f.extend_from_slice(&sender_ip); // SPA
+    f.extend_from_slice(&[0; 6]); // THA
+    f.extend_from_slice(&target); // TPA
+    f
+}
+
+/// Puts a TAP on a bridge that has 10.99.0.1, sends an ARP request for it
+/// into the TAP and waits for the kernel's reply to come out of the TAP.
+async fn tap_arp_roundtrip(vnet_hdr: bool) {
+    // Frames through a vnet_hdr TAP carry a virtio_net_hdr first (10 bytes
+    // by default); all-zero means "no offloads".
+    let hdr_len = if vnet_hdr { 10 } else { 0 };
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let br = nl.ensure_bridge("wvbr0", 1500).await.expect("bridge");
+    nl.add_addr(br, ip("10.99.0.1"), 24).await.expect("address");
+
+    let tap = open_in(ns.path(), move || {
+        Tap::create("wvtap0", vnet_hdr).map_err(io::Error::other)
+    })
+    .expect("create tap in test namespace");
+    assert_eq!(tap.name(), "wvtap0");
+    let tap_idx = nl
+        .link_index("wvtap0")
+        .await
+        .expect("lookup")
+        .expect("tap exists in its namespace");
+    nl.set_master(tap_idx, br).await.expect("attach tap");
+    nl.set_up(tap_idx).await.expect("tap up");
+    // Read only now: a bridge without an explicit MAC takes its lowest port's.
+    let bridge_mac = nl
+        .link_mac(br)
+        .await
+        .expect("mac")
+        .expect("bridge has a mac");
+
+    let tap = AsyncTap::new(tap).expect("register tap");
+    assert_eq!(tap.name(), "wvtap0");
+
+    let me = [0x02, 0x77, 0x76, 0x00, 0x00, 0x02];
+    let mut frame = vec![0u8; hdr_len];
+    frame.extend(arp_request(me, [10, 99, 0, 2], [10, 99, 0, 1]));
+    let sent = tap.send(&frame).await.expect("write frame");
+    assert_eq!(sent, frame.len());
+
+    let reply = tokio::time::timeout(WAIT, async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = tap.recv(&mut buf).await.expect("read frame");
+            let f = &buf[hdr_len.min(n)..n];
+            // An ARP reply (EtherType 0x0806, OPER 2) addressed to us; the
+            // bridge also sends IPv6 noise (MLD, router solicitations).
+            if f.len() >= 42
+                && f[12..14] == [0x08, 0x06]
+                && f[20..22] == [0x00, 0x02]
+                && f[0..6] == me
+            {
+                return f.to_vec();
+            }
+        }
+    })
+    .await
+    .expect("an ARP reply comes out of the tap in time");
+    assert_eq!(reply[6..12], bridge_mac, "reply comes from the bridge");
+    assert_eq!(
+        reply[22..28],
+        bridge_mac,
+        "sender hardware address is the bridge's"
+    );
+    assert_eq!(reply[28..32], [10, 99, 0, 1], "sender IP is the bridge's");
+    assert_eq!(reply[38..42], [10, 99, 0, 2], "target IP is ours");
+
+    drop(tap);
+    assert_eq!(
+        nl.link_index("wvtap0").await.expect("lookup"),
+        None,
+        "a non-persistent tap disappears with its descriptor"
+    );
+}
+
+#[tokio::test]
+async fn tap_exchanges_frames_with_the_bridge() {
+    tap_arp_roundtrip(false).await;
+}
+
+#[tokio::test]
+async fn tap_with_vnet_hdr_prefixes_frames() {
+    tap_arp_roundtrip(true).await;
+}
+
+#[test]
+fn sysctl_writes_stay_in_their_namespace() {
+    let ns = TestNetns::new();
+    let key = "net.ipv4.ip_forward";
+    let host_before = read_sysctl(key).expect("read host value");
+    let flipped = if host_before == "1" { "0" } else { "1" };
+
+    let inside = open_in(ns.path(), move || {
+        write_sysctl(key, flipped).map_err(io::Error::other)?;
+        read_sysctl(key).map_err(io::Error::other)
+    })
+    .expect("write and read sysctl in test namespace");
+    assert_eq!(inside, flipped);
+    assert_eq!(
+        read_sysctl(key).expect("read host value"),
+        host_before,
+        "host untouched"
+    );
+
+    let err = open_in(ns.path(), || {
+        write_sysctl("net.weave.no_such_key", "1").map_err(io::Error::other)
+    })
+    .expect_err("no such sysctl");
+    assert!(
+        err.to_string().contains("run in network namespace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn open_in_runs_in_the_target_namespace() {
+    let ns = TestNetns::new();
+    // The namespace's inode seen from inside equals the file we named.
+    let target = std::fs::metadata(ns.path()).expect("stat netns").ino();
+    let seen = open_in(ns.path(), || {
+        Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+    })
+    .expect("run in namespace");
+    let host = std::fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat own netns")
+        .ino();
+    assert_eq!(seen, target);
+    assert_ne!(seen, host, "the calling thread did not move");
+}

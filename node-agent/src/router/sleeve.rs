@@ -1,0 +1,563 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The sleeve's I/O: the `weave` bridge with a TAP port read by the agent,
+//! and one UDP socket (port 6783) to the peers.
+//!
+//! Two dedicated threads move packets, so the async runtime never blocks on
+//! them: `tap → udp` (frames leaving the bridge for other hosts) and
+//! `udp → tap` (frames from peers, injected into the bridge or relayed). Each
+//! drains everything ready before it sends, batching the frames for the same
+//! next hop into one datagram up to the underlay MTU. A tokio task sends the
+//! path heartbeats, follows the mesh's [`OverlayView`] and reports path
+//! changes back to the mesh.
+//!
+//! The bridge outlives the agent: a restart recreates the TAP port and
+//! re-adopts the bridge, so pods on the same host keep talking while the
+//! agent is down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+use weave_platform::{Netlink, Tap};
+
+use super::Command;
+use crate::mesh::overlay::OverlayView;
+use crate::mesh::PeerName;
+use crate::sleeve::frame::{self, Datagram};
+use crate::sleeve::path::{PathEvent, Paths};
+use crate::sleeve::switch::{DropReason, Hop, Switch, Verdict};
+
+/// Name of the TAP port the agent attaches to the bridge.
+pub const TAP_NAME: &str = "vethwe-sleeve";
+/// Bytes of encapsulation between the underlay MTU and the overlay MTU:
+/// IPv4 (20) + UDP (8) + datagram header (8) + frame header (14) + the
+/// inner Ethernet header (14).
+pub const OVERHEAD: u32 = 64;
+/// Socket buffers: a default-sized receive buffer was where Weave Net's
+/// sleeve lost packets.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// At most this many frames are read before pending batches are sent.
+const BURST: usize = 64;
+
+/// Datagram-level drop reasons beyond the switch's.
+const DROP_MALFORMED: &str = "malformed";
+const DROP_UNKNOWN_SENDER: &str = "unknown_sender";
+const DROP_NO_PATH: &str = "no_path";
+const DROP_OVERSIZED: &str = "oversized";
+const DROP_SEND_FAILED: &str = "send_failed";
+
+/// Traffic counters of one neighbour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerCounters {
+    /// Frames received from it.
+    pub frames_in: u64,
+    /// Frames sent to it.
+    pub frames_out: u64,
+    /// Datagram bytes received from it.
+    pub bytes_in: u64,
+    /// Datagram bytes sent to it.
+    pub bytes_out: u64,
+}
+
+/// State shared by the packet threads, the control task and the report.
+pub struct Shared {
+    local: PeerName,
+    mtu: u32,
+    bridge: String,
+    view: RwLock<Arc<OverlayView>>,
+    switch: Mutex<Switch>,
+    paths: Mutex<Paths>,
+    socket: UdpSocket,
+    tap: Tap,
+    stop: AtomicBool,
+    peers: Mutex<HashMap<PeerName, PeerCounters>>,
+    drops: Mutex<BTreeMap<&'static str, u64>>,
+    injected: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("local", &self.local)
+            .field("mtu", &self.mtu)
+            .finish()
+    }
+}
+
+impl Shared {
+    /// The overlay MTU (pods and bridge).
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The bridge name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// Counters of a neighbour.
+    pub fn peer_counters(&self, peer: &PeerName) -> PeerCounters {
+        lock(&self.peers).get(peer).copied().unwrap_or_default()
+    }
+
+    /// Drops by reason.
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.drops).clone()
+    }
+
+    /// Frames handed to the local bridge.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    fn drop_frame(&self, reason: &'static str) {
+        *lock(&self.drops).entry(reason).or_insert(0) += 1;
+    }
+
+    fn current_view(&self) -> Arc<OverlayView> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Locks a mutex, taking the data even if a packet thread panicked with it
+/// held (the counters and tables stay usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Errors of setting up the sleeve.
+#[derive(Debug, thiserror::Error)]
+pub enum SleeveError {
+    /// A netlink or TAP operation failed.
+    #[error("set up the sleeve: {0}")]
+    Platform(#[from] weave_platform::Error),
+    /// The UDP socket could not be opened.
+    #[error("open the sleeve UDP socket on {addr}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The MTU could not be determined.
+    #[error("cannot derive the overlay MTU: {0}; set --mtu")]
+    Mtu(String),
+}
+
+/// Settings of the sleeve.
+#[derive(Debug, Clone)]
+pub struct SleeveConfig {
+    /// Bridge name.
+    pub bridge: String,
+    /// Overlay MTU; derived from the underlay when `None`.
+    pub mtu: Option<u32>,
+    /// UDP address to listen on (same port as the control connections).
+    pub addr: SocketAddr,
+}
+
+/// Derives the overlay MTU: the underlay MTU of the default route's device
+/// (else the smallest MTU among devices with IPv4 routes) minus [`OVERHEAD`].
+async fn derive_mtu(netlink: &impl Netlink, bridge: &str) -> Result<u32, SleeveError> {
+    let routes = netlink.routes_v4().await?;
+    let default = routes
+        .iter()
+        .find(|r| r.prefix_len == 0)
+        .and_then(|r| r.oif);
+    let bridge_index = netlink.link_index(bridge).await?;
+    let mut candidates = Vec::new();
+    for r in &routes {
+        if let Some(oif) = r.oif {
+            if Some(oif) != bridge_index && (default.is_none() || default == Some(oif)) {
+                candidates.push(oif);
+            }
+        }
+    }
+    let mut best: Option<u32> = None;
+    for oif in candidates {
+        if let Some(m) = mtu_of_index(oif) {
+            best = Some(best.map_or(m, |b| b.min(m)));
+        }
+    }
+    let underlay =
+        best.ok_or_else(|| SleeveError::Mtu("no IPv4 route to any peer network".into()))?;
+    underlay
+        .checked_sub(OVERHEAD)
+        .filter(|m| *m >= 576)
+        .ok_or_else(|| SleeveError::Mtu(format!("underlay MTU {underlay} is too small")))
+}
+
+/// MTU of the link with this index, from sysfs (which shows the agent's own
+/// network namespace: the host's in a DaemonSet, the host's namespace in the
+/// test bed, where `ip netns exec` mounts a matching /sys).
+fn mtu_of_index(index: u32) -> Option<u32> {
+    let dir = std::fs::read_dir("/sys/class/net").ok()?;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let matches = std::fs::read_to_string(path.join("ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            == Some(index);
+        if matches {
+            return std::fs::read_to_string(path.join("mtu"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok();
+        }
+    }
+    None
+}
+
+/// Creates (or adopts) the bridge, attaches a fresh TAP port and opens the
+/// UDP socket. Idempotent: a restarted agent finds the bridge as it was.
+pub async fn setup(
+    cfg: &SleeveConfig,
+    local: PeerName,
+    netlink: &impl Netlink,
+) -> Result<Arc<Shared>, SleeveError> {
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => derive_mtu(netlink, &cfg.bridge).await?,
+    };
+    let bridge = netlink.ensure_bridge(&cfg.bridge, mtu).await?;
+    // The bridge's MAC is the peer name, so it stays stable whatever ports
+    // come and go (a Linux bridge otherwise takes the lowest port MAC).
+    netlink.set_mac(bridge, local.to_bytes()).await?;
+    netlink.delete_link(TAP_NAME).await?;
+    let tap = Tap::create(TAP_NAME, false)?;
+    let tap_index = netlink
+        .link_index(TAP_NAME)
+        .await?
+        .ok_or_else(|| SleeveError::Mtu("the TAP device vanished after creation".into()))?;
+    netlink.set_mtu(tap_index, mtu).await?;
+    netlink.set_master(tap_index, bridge).await?;
+    netlink.set_up(tap_index).await?;
+    tap.set_nonblocking(true)?;
+    let socket = UdpSocket::bind(cfg.addr).map_err(|source| SleeveError::Socket {
+        addr: cfg.addr,
+        source,
+    })?;
+    set_buffers(&socket);
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|source| SleeveError::Socket {
+            addr: cfg.addr,
+            source,
+        })?;
+    info!(bridge = %cfg.bridge, mtu, udp = %cfg.addr, "sleeve ready");
+    Ok(Arc::new(Shared {
+        local,
+        mtu,
+        bridge: cfg.bridge.clone(),
+        view: RwLock::new(Arc::new(OverlayView {
+            local,
+            ..OverlayView::default()
+        })),
+        switch: Mutex::new(Switch::new(local)),
+        paths: Mutex::new(Paths::new(local)),
+        socket,
+        tap,
+        stop: AtomicBool::new(false),
+        peers: Mutex::new(HashMap::new()),
+        drops: Mutex::new(BTreeMap::new()),
+        injected: AtomicU64::new(0),
+    }))
+}
+
+fn set_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(&socket.as_fd(), sockopt::RcvBuf, &SOCKET_BUFFER) {
+        warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = setsockopt(&socket.as_fd(), sockopt::SndBuf, &SOCKET_BUFFER) {
+        warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+}
+
+/// Batches frames per next hop into datagrams no larger than the underlay
+/// allows, and sends them.
+struct Batcher {
+    max: usize,
+    pending: HashMap<PeerName, (Vec<u8>, u64)>,
+}
+
+impl Batcher {
+    fn new(mtu: u32) -> Self {
+        // Underlay payload: overlay MTU + inner Ethernet + frame header + datagram header.
+        Self {
+            max: mtu as usize + 14 + frame::FRAME_HEADER_LEN + frame::HEADER_LEN,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, shared: &Shared, hop: Hop, origin: PeerName, data: &[u8]) {
+        if frame::HEADER_LEN + frame::FRAME_HEADER_LEN + data.len() > self.max {
+            shared.drop_frame(DROP_OVERSIZED);
+            return;
+        }
+        let full = self
+            .pending
+            .get(&hop.next)
+            .is_some_and(|(buf, _)| buf.len() + frame::FRAME_HEADER_LEN + data.len() > self.max);
+        if full {
+            self.flush_one(shared, hop.next);
+        }
+        let (buf, count) = self
+            .pending
+            .entry(hop.next)
+            .or_insert_with(|| (Vec::with_capacity(self.max), 0));
+        if buf.is_empty() {
+            frame::begin_frames(buf, shared.local);
+        }
+        frame::push_frame(buf, origin, hop.dst, data);
+        *count += 1;
+    }
+
+    fn flush_one(&mut self, shared: &Shared, next: PeerName) {
+        let Some((buf, count)) = self.pending.get_mut(&next) else {
+            return;
+        };
+        if buf.is_empty() {
+            return;
+        }
+        let addr = lock(&shared.paths).addr(&next);
+        match addr {
+            Some(addr) => match shared.socket.send_to(buf, addr) {
+                Ok(n) => {
+                    let mut peers = lock(&shared.peers);
+                    let c = peers.entry(next).or_default();
+                    c.frames_out += *count;
+                    c.bytes_out += n as u64;
+                }
+                Err(e) => {
+                    trace!(peer = %next, error = %e, "send failed");
+                    shared.drop_frame(DROP_SEND_FAILED);
+                }
+            },
+            None => shared.drop_frame(DROP_NO_PATH),
+        }
+        buf.clear();
+        *count = 0;
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        let peers: Vec<PeerName> = self.pending.keys().copied().collect();
+        for p in peers {
+            self.flush_one(shared, p);
+        }
+    }
+}
+
+fn record_verdict(shared: &Shared, v: Verdict) {
+    if let Verdict::Drop(reason) = v {
+        if reason != DropReason::Local {
+            shared.drop_frame(reason.as_str());
+        }
+    }
+}
+
+/// Frames leaving the bridge through the TAP port.
+fn tap_loop(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65536];
+    let mut hops = Vec::new();
+    let mut batcher = Batcher::new(shared.mtu);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "poll on the TAP device failed; sleeve stops sending");
+                return;
+            }
+        }
+        let view = shared.current_view();
+        let now = Instant::now();
+        for _ in 0..BURST {
+            let n = match shared.tap.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "read from the TAP device failed");
+                    break;
+                }
+            };
+            let data = &buf[..n];
+            let verdict = lock(&shared.switch).from_local(data, &view, now, &mut hops);
+            record_verdict(&shared, verdict);
+            for hop in &hops {
+                batcher.push(&shared, *hop, shared.local, data);
+            }
+        }
+        batcher.flush(&shared);
+    }
+}
+
+/// Datagrams from peers.
+fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
+    let mut buf = vec![0u8; 65536];
+    let mut hops = Vec::new();
+    let mut batcher = Batcher::new(shared.mtu);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let (n, src) = match shared.socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        match frame::decode(&buf[..n]) {
+            Err(e) => {
+                trace!(%src, error = %e, "dropping malformed datagram");
+                shared.drop_frame(DROP_MALFORMED);
+            }
+            Ok(Datagram::Heartbeat { hop, to, conn_uid }) => {
+                let ack = lock(&shared.paths).on_heartbeat(hop, to, conn_uid, src);
+                match ack {
+                    Some(ack) => {
+                        let _ = shared.socket.send_to(&ack, src);
+                    }
+                    None => shared.drop_frame(DROP_UNKNOWN_SENDER),
+                }
+            }
+            Ok(Datagram::HeartbeatAck { hop, to, conn_uid }) => {
+                let event = lock(&shared.paths).on_ack(hop, to, conn_uid, src, now);
+                if let Some(ev) = event {
+                    let _ = events.blocking_send(Command::Path(ev));
+                }
+            }
+            Ok(Datagram::Frames { hop, frames }) => {
+                if !lock(&shared.paths).is_known_sender(&hop, src) {
+                    shared.drop_frame(DROP_UNKNOWN_SENDER);
+                    continue;
+                }
+                let view = shared.current_view();
+                let mut count = 0u64;
+                for f in frames {
+                    let f = match f {
+                        Ok(f) => f,
+                        Err(_) => {
+                            shared.drop_frame(DROP_MALFORMED);
+                            break;
+                        }
+                    };
+                    count += 1;
+                    let verdict = lock(&shared.switch)
+                        .from_peer(f.origin, f.dst, f.data, &view, now, &mut hops);
+                    record_verdict(&shared, verdict);
+                    if verdict == Verdict::InjectAndForward {
+                        match shared.tap.write(f.data) {
+                            Ok(_) => {
+                                shared.injected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => shared.drop_frame("inject_failed"),
+                        }
+                    }
+                    for h in &hops {
+                        batcher.push(&shared, *h, f.origin, f.data);
+                    }
+                }
+                {
+                    let mut peers = lock(&shared.peers);
+                    let c = peers.entry(hop).or_default();
+                    c.frames_in += count;
+                    c.bytes_in += n as u64;
+                }
+                batcher.flush(&shared);
+            }
+        }
+    }
+}
+
+/// Runs the sleeve until `cancel` fires: starts the packet threads, sends
+/// heartbeats, follows the mesh's view and reports path changes.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut views: watch::Receiver<Arc<OverlayView>>,
+    commands: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+) -> crate::Result<()> {
+    let threads = [
+        {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("sleeve-tap".into())
+                .spawn(move || tap_loop(s))
+        },
+        {
+            let s = shared.clone();
+            let c = commands.clone();
+            std::thread::Builder::new()
+                .name("sleeve-udp".into())
+                .spawn(move || udp_loop(s, c))
+        },
+    ];
+    for t in &threads {
+        if let Err(e) = t {
+            warn!(error = %e, "cannot start a sleeve thread");
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut next_expire = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            changed = views.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let view = views.borrow_and_update().clone();
+                lock(&shared.paths).sync(&view.neighbours, Instant::now());
+                *shared.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                lock(&shared.paths).tick(now, &mut out, &mut events);
+                for (addr, hb) in out.drain(..) {
+                    let _ = shared.socket.send_to(&hb, addr);
+                }
+                for ev in events.drain(..) {
+                    if let PathEvent::Failed(peer, _) = ev {
+                        debug!(%peer, "UDP path failed");
+                    }
+                    let _ = commands.send(Command::Path(ev)).await;
+                }
+                if now >= next_expire {
+                    next_expire = now + Duration::from_secs(60);
+                    let view = shared.current_view();
+                    lock(&shared.switch).expire(&view, now);
+                }
+            }
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in threads.into_iter().flatten() {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    info!("sleeve stopped");
+    Ok(())
+}
