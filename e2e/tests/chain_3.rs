@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use weave_e2e::weave::{report, start_weaver, wait_for_mesh};
+use weave_e2e::weave::{attach_pod, pings, report, start_weaver, wait_for_mesh};
 use weave_e2e::{wait_until, TestBed, Topology};
 
 #[test]

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use weave_e2e::weave::{peer_addr, start_weaver, wait_for_mesh};
-use weave_e2e::{TestBed, Topology};
+use weave_e2e::weave::{attach_pod, peer_addr, pings, start_weaver, wait_for_mesh};
+use weave_e2e::{wait_until, TestBed, Topology};
 
 #[test]
 fn partition_and_heal() -> Result<()> {
@@ -20,9 +20,20 @@ fn partition_and_heal() -> Result<()> {
     for h in bed.hosts() {
         wait_for_mesh(h, &all, 3, Duration::from_secs(20))?;
     }
+    let p1 = attach_pod(&bed, 1, "p", "10.2.1.1/24")?;
+    let p2 = attach_pod(&bed, 2, "p", "10.2.1.2/24")?;
+    let p4 = attach_pod(&bed, 4, "p", "10.2.1.4/24")?;
+    wait_until(
+        Duration::from_secs(10),
+        "pods across the future cut to talk",
+        || Ok(pings(&p1, "10.2.1.4").then_some(())),
+    )?;
     for (a, b) in [(1, 3), (1, 4), (2, 3), (2, 4)] {
         bed.cut(a, b)?;
     }
+    assert!(!pings(&p1, "10.2.1.4"), "traffic crosses the cut");
+    assert!(pings(&p1, "10.2.1.2"), "traffic within a half stops");
+    assert!(pings(&p2, "10.2.1.1"), "traffic within a half stops");
     // read timeout (6 s) plus the grace before unreachable peers are dropped (3 s)
     for (i, side) in [
         (1, ["h1", "h2"]),
@@ -38,5 +49,10 @@ fn partition_and_heal() -> Result<()> {
     for h in bed.hosts() {
         wait_for_mesh(h, &all, 3, Duration::from_secs(60))?;
     }
+    wait_until(
+        Duration::from_secs(10),
+        "traffic across the healed cut",
+        || Ok(pings(&p4, "10.2.1.1").then_some(())),
+    )?;
     Ok(())
 }

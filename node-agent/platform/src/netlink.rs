@@ -146,6 +146,12 @@ pub(crate) fn validate_ifname(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A MAC address as iproute2 prints it, for error messages.
+pub(crate) fn fmt_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
 /// Width in bits of `addr`'s family.
 fn family_width(addr: IpAddr) -> u8 {
     match addr {
@@ -241,6 +247,11 @@ mod tests {
         assert!(check_route(ip("10.32.0.0"), 12, Some(ip("fe80::1"))).is_err());
         check_route(ip("fd00::"), 64, Some(ip("fe80::1"))).expect("v6 route");
         assert!(check_addr(ip("fd00::1"), 129).is_err());
+    }
+
+    #[test]
+    fn mac_is_formatted_like_iproute2() {
+        assert_eq!(fmt_mac([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rtnetlink::{
 };
 use tracing::debug;
 
-use super::{check_addr, check_route, validate_ifname, Netlink, Route};
+use super::{check_addr, check_route, fmt_mac, validate_ifname, Netlink, Route};
 use crate::{
     error::{netlink_errno, Error, Result},
     netns,
@@ -536,11 +536,6 @@ fn main_table_route(r: &RouteMessage) -> Option<Route> {
     Some(route)
 }
 
-fn fmt_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,10 +582,5 @@ mod tests {
         assert!(matches!(err, Error::NoRuntime { .. }), "{err}");
         let err = LinuxNetlink::in_netns(Path::new("/proc/self/ns/net")).expect_err("no runtime");
         assert!(matches!(err, Error::NoRuntime { .. }), "{err}");
-    }
-
-    #[test]
-    fn mac_is_formatted_like_iproute2() {
-        assert_eq!(fmt_mac([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
     }
 }
