@@ -42,5 +42,21 @@ fn chain_routes_through_the_middle() -> Result<()> {
         .connections
         .iter()
         .all(|c| c.peer.as_deref() != Some(n3.as_str())));
+
+    // pods on h1 and h3 talk through h2's sleeve
+    let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
+    let c = attach_pod(&bed, 3, "c", "10.2.1.3/24")?;
+    wait_until(Duration::from_secs(10), "a to ping c through h2", || {
+        Ok(pings(&a, "10.2.1.3").then_some(()))
+    })?;
+    wait_until(Duration::from_secs(10), "c to ping a through h2", || {
+        Ok(pings(&c, "10.2.1.1").then_some(()))
+    })?;
+    let relayed = report(h2)?
+        .connections
+        .iter()
+        .map(|c| c.frames_out)
+        .sum::<u64>();
+    assert!(relayed >= 2, "h2 relayed {relayed} frames");
     Ok(())
 }

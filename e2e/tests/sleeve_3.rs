@@ -206,7 +206,7 @@ fn restarts_and_garbage_do_not_stop_traffic() -> Result<()> {
     let (bed, pods) = bed_with_pods()?;
     let (a1, _) = &pods[0];
     let (_, a2_ip) = &pods[1];
-    let (b1, b1_ip) = &pods[2];
+    let (_, b1_ip) = &pods[2];
     wait_ping(a1, b1_ip)?;
 
     // garbage, a bad version, a truncated frame and a forged sender
