@@ -233,6 +233,19 @@ fn restarts_and_garbage_do_not_stop_traffic() -> Result<()> {
         drops.get("unknown_sender").copied().unwrap_or(0) >= 1,
         "{drops:?}"
     );
+    // the same counters on the Prometheus endpoint
+    let metrics = bed.host(1).run(
+        "bash",
+        &["-c", "exec 3<>/dev/tcp/127.0.0.1/6782 && printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"],
+    )?;
+    ensure!(
+        metrics.contains("weave_sleeve_drops_total{reason=\"unknown_sender\"}"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("weave_connections{state=\"established\"} 2"),
+        "{metrics}"
+    );
     wait_ping(a1, b1_ip)?;
 
     // kill -9 of h1's agent: pods on h1 keep talking to each other

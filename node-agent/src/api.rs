@@ -67,6 +67,41 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, bridge: Option<BridgeInfo>
         })
 }
 
+/// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    commands: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(Api {
+            commands,
+            port: 0,
+            bridge: None,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(|source| Error::Serve {
+            what: "metrics",
+            source,
+        })
+}
+
+async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
+    let report = ask(&api, Command::Report).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&report),
+    )
+        .into_response())
+}
+
 /// Serves the API on `http` and `socket` until `cancel` fires.
 pub async fn serve(
     http: Option<TcpListener>,

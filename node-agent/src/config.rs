@@ -24,6 +24,8 @@ pub struct Config {
     pub conn_limit: usize,
     /// Local HTTP API address; `None` disables it.
     pub http_addr: Option<SocketAddr>,
+    /// Prometheus metrics address; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     /// API Unix socket; `None` disables it.
     pub api_socket: Option<PathBuf>,
     /// Initial targets.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 mod error;
 pub mod mesh;
+pub mod metrics;
 pub mod router;
 pub mod sleeve;
 pub mod state;
@@ -44,6 +45,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 .await
                 .map_err(|source| Error::Bind {
                     what: "the HTTP API",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "metrics",
                     addr,
                     source,
                 })?,
@@ -103,6 +116,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
 
     let c = cancel.clone();
     tasks.spawn(async move { ("router", router.run(c).await) });
+    if let Some(listener) = metrics {
+        let c = cancel.clone();
+        let commands = cmd_tx.clone();
+        tasks.spawn(async move { ("metrics", api::serve_metrics(listener, commands, c).await) });
+    }
     let c = cancel.clone();
     let port = config.port;
     tasks.spawn(async move {

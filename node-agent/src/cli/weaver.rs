@@ -40,6 +40,9 @@ pub struct Cli {
     /// Local HTTP API address ("off" disables it).
     #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = weave_api::DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
+    /// Prometheus metrics address, `GET /metrics` ("off" disables it).
+    #[arg(long, env = "WEAVE_METRICS_ADDR", default_value = "0.0.0.0:6782")]
+    pub metrics_addr: String,
     /// Local API Unix socket ("off" disables it).
     #[arg(long, env = "WEAVE_API_SOCKET", default_value = weave_api::DEFAULT_API_SOCKET)]
     pub api_socket: String,
@@ -82,6 +85,12 @@ impl Cli {
                     format!("invalid --http-addr {a:?}: expected IP:PORT or \"off\"")
                 })?),
             };
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "off" | "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                format!("invalid --metrics-addr {a:?}: expected IP:PORT or \"off\"")
+            })?),
+        };
         let api_socket = match self.api_socket.as_str() {
             "off" | "" => None,
             p => Some(PathBuf::from(p)),
@@ -101,6 +110,7 @@ impl Cli {
             state_dir: self.state_dir,
             conn_limit: self.conn_limit as usize,
             http_addr,
+            metrics_addr,
             api_socket,
             peers,
             heartbeat: self.heartbeat,

@@ -8,7 +8,11 @@
 //!   each of N = 3, 10, 25 is run three times;
 //! - idle RSS of each `weaver` in a 10-host mesh, 5 s after convergence;
 //! - control bytes sent per peer per second at steady state (10 and 25
-//!   hosts), over a 20 s window: heartbeats plus anti-entropy gossip.
+//!   hosts), over a 20 s window: heartbeats plus anti-entropy gossip;
+//! - the data plane (`dataplane.rs`): iperf3 and ping between two hosts over
+//!   raw veth (the native reference), kernel VXLAN and the sleeve.
+//!
+//! `weave-bench mesh` or `weave-bench dataplane` runs one part.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -23,6 +27,8 @@ use anyhow::{Context, Result};
 use weave_api::{Client, ConnectionState, Endpoint, Report};
 use weave_e2e::weave::{api_socket, peer_addr, start_weaver, state_dir, WEAVER};
 use weave_e2e::{bin, Host, TestBed, Topology};
+
+mod dataplane;
 
 fn client(h: &Host) -> Client {
     // The API socket is a file: the bench (in the root namespace) reaches
@@ -120,6 +126,17 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if what == "all" || what == "mesh" {
+        mesh_bench()?;
+    }
+    if what == "all" || what == "dataplane" {
+        dataplane::bench()?;
+    }
+    Ok(())
+}
+
+fn mesh_bench() -> Result<()> {
     println!(
         "# weave bench: mesh control plane ({} binaries)",
         weave_e2e::bin_dir().display()

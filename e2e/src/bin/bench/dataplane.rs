@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Data-plane benchmark: two hosts on one segment, measured three ways in
+//! the same run so that ratios compare like with like:
+//!
+//! - `veth`: host to host over the underlay itself (the native reference);
+//! - `vxlan`: a kernel VXLAN device in each host (the kernel's ceiling for
+//!   an encapsulating overlay);
+//! - `sleeve`: pod to pod through `weaver`'s sleeve.
+//!
+//! For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
+//! payloads (received packets per second), and ping RTT. For the sleeve also
+//! `weaver`'s CPU seconds per GB moved and its peak RSS.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use weave_e2e::weave::{attach_pod, in_pod, peer_addr, pings, start_weaver, wait_for_mesh, WEAVER};
+use weave_e2e::{wait_until, TestBed, Topology};
+
+const SECONDS: &str = "5";
+
+/// Figures of one mode.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    udp64_pps: f64,
+    rtt_us: f64,
+}
+
+/// Runs `args` in network namespace `ns`.
+fn ns_cmd(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
+}
+
+/// An iperf3 server in `ns`, killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &str) -> Result<Self> {
+        let child = ns_cmd(ns, &["iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 server")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(ns: &str, server_ip: &str, extra: &[&str]) -> Result<Value> {
+    let mut args = vec!["iperf3", "-c", server_ip, "-p", "5201", "-t", SECONDS, "-J"];
+    args.extend_from_slice(extra);
+    // The server may need a moment to listen; iperf3 then reports an
+    // "error" in its JSON (and does not always exit non-zero).
+    wait_until(Duration::from_secs(10), "iperf3 to run", || {
+        let out = ns_cmd(ns, &args).output()?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        Ok(
+            (out.status.success() && v.get("error").is_none() && v.get("end").is_some())
+                .then_some(v),
+        )
+    })
+}
+
+fn rtt_us(ns: &str, ip: &str) -> Result<f64> {
+    let out = ns_cmd(ns, &["ping", "-q", "-c", "50", "-i", "0.01", ip]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rtt min/avg/max/mdev = 0.030/0.045/0.090/0.010 ms
+    let stats = text
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .with_context(|| format!("ping output: {text}"))?;
+    let avg = stats
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .context("ping avg")?;
+    Ok(avg.parse::<f64>()? * 1000.0)
+}
+
+fn measure(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<Figures> {
+    let _server = Server::start(server_ns)?;
+    let tcp1 = iperf(client_ns, server_ip, &[])?;
+    let tcp4 = iperf(client_ns, server_ip, &["-P", "4"])?;
+    let udp = iperf(client_ns, server_ip, &["-u", "-l", "64", "-b", "0"])?;
+    let bps = |v: &Value| {
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let sum = &udp["end"]["sum"];
+    let packets =
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64().unwrap_or(1.0);
+    Ok(Figures {
+        tcp1_gbps: bps(&tcp1) / 1e9,
+        tcp4_gbps: bps(&tcp4) / 1e9,
+        udp64_pps: packets / secs,
+        rtt_us: rtt_us(client_ns, server_ip)?,
+    })
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit(')').next().context("stat format")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // fields after the command: state is index 0, utime 11, stime 12
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn hwm_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+/// Runs the data-plane benchmark and prints a table.
+pub(crate) fn bench() -> Result<()> {
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        bail!("iperf3 is not installed (make deps installs it)");
+    }
+    let bed = TestBed::new(Topology::Segment(2))?;
+    let (h1, h2) = (bed.host(1), bed.host(2));
+
+    // veth: the underlay itself
+    let veth = measure(h1.netns(), h2.netns(), &h2.addr().to_string())?;
+
+    // kernel VXLAN between the two hosts
+    for (h, other, ip) in [(h1, h2, "10.9.0.1/24"), (h2, h1, "10.9.0.2/24")] {
+        let remote = other.addr().to_string();
+        h.run(
+            "ip",
+            &[
+                "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", &remote, "dstport",
+                "4789", "dev", "ul0",
+            ],
+        )?;
+        h.run("ip", &["addr", "add", ip, "dev", "vx0"])?;
+        h.run("ip", &["link", "set", "vx0", "up"])?;
+    }
+    let vxlan = measure(h1.netns(), h2.netns(), "10.9.0.2")?;
+
+    // the sleeve, pod to pod
+    start_weaver(h1, &[], &[])?;
+    start_weaver(h2, &[peer_addr(h1)], &[])?;
+    wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
+    let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
+    let b = attach_pod(&bed, 2, "b", "10.2.1.2/24")?;
+    wait_until(Duration::from_secs(10), "pods to talk", || {
+        Ok(pings(&a, "10.2.1.2").then_some(()))
+    })?;
+    let pids = [
+        h1.pid(WEAVER).context("weaver 1")?,
+        h2.pid(WEAVER).context("weaver 2")?,
+    ];
+    let before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
+    let _server = Server::start(&b)?;
+    let tcp1 = iperf(&a, "10.2.1.2", &[])?;
+    let after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
+    drop(_server);
+    let bytes = tcp1["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let cpu_per_gb = (after - before) as f64 / ticks_per_sec / (bytes / 1e9).max(1e-9);
+    let sleeve = measure(&a, &b, "10.2.1.2")?;
+    let peak_rss = pids
+        .iter()
+        .map(|p| hwm_kib(*p))
+        .collect::<Result<Vec<_>>>()?;
+    let _ = in_pod(&a, "true", &[]);
+
+    println!();
+    println!("# weave bench: data plane, 2 hosts, iperf3 -t {SECONDS}");
+    println!();
+    println!("| mode | TCP 1 stream | TCP 4 streams | UDP 64 B | ping RTT |");
+    println!("|---|---|---|---|---|");
+    for (name, f) in [
+        ("veth (native)", veth),
+        ("kernel vxlan", vxlan),
+        ("sleeve", sleeve),
+    ] {
+        println!(
+            "| {name} | {:.2} Gbit/s ({:.3}×) | {:.2} Gbit/s ({:.3}×) | {:.0} kpps ({:.3}×) | {:.0} µs (+{:.0} µs) |",
+            f.tcp1_gbps,
+            f.tcp1_gbps / veth.tcp1_gbps,
+            f.tcp4_gbps,
+            f.tcp4_gbps / veth.tcp4_gbps,
+            f.udp64_pps / 1e3,
+            f.udp64_pps / veth.udp64_pps,
+            f.rtt_us,
+            f.rtt_us - veth.rtt_us
+        );
+    }
+    println!();
+    println!(
+        "weaver CPU: {cpu_per_gb:.2} s per GB (both ends, TCP 1 stream); peak RSS {:.1} / {:.1} MiB",
+        peak_rss[0] as f64 / 1024.0,
+        peak_rss[1] as f64 / 1024.0
+    );
+    println!(
+        "goals: sleeve TCP 1 stream ≥ 0.20× veth, UDP-64 ≥ 0.30× veth, RTT ≤ veth + 100 µs, peak RSS ≤ 32 MiB"
+    );
+    Ok(())
+}
