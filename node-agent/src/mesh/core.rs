@@ -782,6 +782,10 @@ impl Mesh {
     }
 
     fn update_overlay_view(&mut self) {
+        // Broadcast trees cost a search per peer: only a data plane needs them.
+        if !self.cfg.overlay {
+            return;
+        }
         let mut broadcast = BTreeMap::new();
         for rec in self.topo.records() {
             if !self.unreachable.contains_key(&rec.name) {
