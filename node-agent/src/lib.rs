@@ -161,6 +161,20 @@ pub mod fuzz {
         let _ = Message::decode(data);
     }
 
+    /// Decodes a sleeve datagram and walks all its frames.
+    pub fn sleeve(data: &[u8]) {
+        if let Ok(crate::sleeve::frame::Datagram::Frames { frames, .. }) =
+            crate::sleeve::frame::decode(data)
+        {
+            for f in frames.flatten() {
+                assert!(
+                    f.data.len() >= 14,
+                    "frames shorter than Ethernet are refused"
+                );
+            }
+        }
+    }
+
     /// Decodes a topology gossip body and re-encodes what decodes.
     pub fn gossip(data: &[u8]) {
         if let Ok(g) = TopologyGossip::decode(data) {
@@ -224,7 +238,12 @@ mod tests {
             }
             .encode(),
         );
-        vec![stream, update, digest]
+        let mut datagram = Vec::new();
+        crate::sleeve::frame::begin_frames(&mut datagram, name);
+        crate::sleeve::frame::push_frame(&mut datagram, name, PeerName::BROADCAST, &[0xff; 60]);
+        crate::sleeve::frame::push_frame(&mut datagram, name, name, &[0x0a; 20]);
+        let heartbeat = crate::sleeve::frame::heartbeat(name, name, 7, false).to_vec();
+        vec![stream, update, digest, datagram, heartbeat]
     }
 
     /// The fuzz entry points over many seeded mutations (flips, cuts,
@@ -259,6 +278,7 @@ mod tests {
             }
             crate::fuzz::handshake(&data);
             crate::fuzz::gossip(&data);
+            crate::fuzz::sleeve(&data);
             if data.len() > 8 {
                 crate::fuzz::gossip(&data[8..]);
             }
