@@ -181,6 +181,38 @@ fn big_df_transfer_and_subnet_isolation() -> Result<()> {
     )
     .is_err());
 
+    // a pod whose link MTU is larger than the overlay's gets told, by ICMP
+    // "fragmentation needed", instead of losing its big DF packets
+    let host_if = bed
+        .host(2)
+        .run("ip", &["-o", "link", "show", "master", "weave"])?
+        .lines()
+        .find_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .filter(|n| n.starts_with("vethwepl"))
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .context("pod port on h2")?;
+    bed.host(2)
+        .run("ip", &["link", "set", &host_if, "mtu", "9000"])?;
+    in_pod(b, "ip", &["link", "set", "ethwe0", "mtu", "9000"])?;
+    let out = in_pod(
+        b,
+        "ping",
+        &["-c", "2", "-W", "1", "-M", "do", "-s", "3000", a_ip],
+    )
+    .unwrap_or_else(|e| e.to_string());
+    ensure!(
+        out.contains(&format!("mtu = {mtu}")) || out.contains(&format!("mtu={mtu}")),
+        "no frag-needed seen: {out}"
+    );
+    let drops = report(bed.host(2))?.sleeve.context("sleeve report")?.drops;
+    ensure!(
+        drops.get("oversized").copied().unwrap_or(0) >= 1,
+        "{drops:?}"
+    );
+
     // isolation through subnets: 10.2.2.0/24 pods reach each other, not 10.2.1.0/24
     let x = attach_pod(&bed, 1, "x", "10.2.2.1/24")?;
     let y = attach_pod(&bed, 3, "y", "10.2.2.3/24")?;

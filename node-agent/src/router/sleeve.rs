@@ -41,6 +41,8 @@ pub const TAP_NAME: &str = "vethwe-sleeve";
 /// IPv4 (20) + UDP (8) + datagram header (8) + frame header (14) + the
 /// inner Ethernet header (14).
 pub const OVERHEAD: u32 = 64;
+/// MTU of the TAP port: the largest the kernel allows.
+const TAP_MTU: u32 = 65521;
 /// Socket buffers: a default-sized receive buffer was where Weave Net's
 /// sleeve lost packets.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -241,7 +243,10 @@ pub async fn setup(
         .link_index(TAP_NAME)
         .await?
         .ok_or_else(|| SleeveError::Mtu("the TAP device vanished after creation".into()))?;
-    netlink.set_mtu(tap_index, mtu).await?;
+    // The TAP port takes any frame the bridge hands it, so that a frame too
+    // big for the overlay reaches us and gets an ICMP answer instead of
+    // vanishing at the port (the bridge drops frames above a port's MTU).
+    netlink.set_mtu(tap_index, TAP_MTU).await?;
     netlink.set_master(tap_index, bridge).await?;
     netlink.set_up(tap_index).await?;
     tap.set_nonblocking(true)?;
@@ -396,6 +401,16 @@ fn tap_loop(shared: Arc<Shared>) {
                 }
             };
             let data = &buf[..n];
+            if n > shared.mtu as usize + 14 {
+                // A pod with a larger MTU than the overlay's: tell a DF sender
+                // to shrink, rather than losing its packets silently.
+                shared.drop_frame(DROP_OVERSIZED);
+                let mtu = u16::try_from(shared.mtu).unwrap_or(u16::MAX);
+                if let Some(icmp) = crate::sleeve::mtu::frag_needed(data, mtu) {
+                    let _ = shared.tap.write(&icmp);
+                }
+                continue;
+            }
             let verdict = lock(&shared.switch).from_local(data, &view, now, &mut hops);
             record_verdict(&shared, verdict);
             for hop in &hops {

@@ -4,5 +4,6 @@
 //! and UDP loops that drive them live in [`crate::router::sleeve`].
 
 pub mod frame;
+pub mod mtu;
 pub mod path;
 pub mod switch;

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What to do with a frame too large for the overlay: an IPv4 packet with
+//! "don't fragment" gets an ICMP "fragmentation needed" back (RFC 792, RFC
+//! 1191), so its sender lowers its path MTU instead of retrying into a
+//! black hole. The ICMP message pretends to come from the packet's
+//! destination, which is what makes the sender's kernel cache the smaller
+//! MTU for that destination.
+
+/// Ethernet header length.
+const ETH: usize = 14;
+
+/// Internet checksum (RFC 1071) of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(u16::try_from(sum).unwrap_or(u16::MAX))
+}
+
+/// If `frame` is an IPv4 packet with DF set, the Ethernet frame of an ICMP
+/// "fragmentation needed" (type 3, code 4) advertising `mtu`, addressed back
+/// to its sender. `None` for anything else.
+pub fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
+    if frame.len() < ETH + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[ETH..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let df = ip[6] & 0x40 != 0;
+    let first_fragment = u16::from_be_bytes([ip[6] & 0x1f, ip[7]]) == 0;
+    // Never answer an ICMP error with an ICMP error (RFC 1122 3.2.2).
+    let icmp_error = ip[9] == 1
+        && ip
+            .get(ihl)
+            .is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12));
+    if !df || !first_fragment || icmp_error {
+        return None;
+    }
+    let quoted = &ip[..(ihl + 8).min(ip.len())];
+    let total = 20 + 8 + quoted.len();
+    let mut out = Vec::with_capacity(ETH + total);
+    out.extend_from_slice(&frame[6..12]); // back to the sender's MAC
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    let mut hdr = [0u8; 20];
+    hdr[0] = 0x45;
+    hdr[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
+    hdr[8] = 64; // TTL
+    hdr[9] = 1; // ICMP
+    hdr[12..16].copy_from_slice(&ip[16..20]); // from the original destination
+    hdr[16..20].copy_from_slice(&ip[12..16]); // to the original source
+    let c = checksum(&hdr);
+    hdr[10..12].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(&hdr);
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(&icmp);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_frame(df: bool, len: usize) -> Vec<u8> {
+        let mut f = vec![0x0a, 0, 0, 0, 0, 2, 0x0a, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let mut ip = vec![0u8; len];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        ip[6] = if df { 0x40 } else { 0 };
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[10, 2, 1, 1]);
+        ip[16..20].copy_from_slice(&[10, 2, 1, 2]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn df_packets_get_frag_needed_back() {
+        let f = ipv4_frame(true, 2000);
+        let icmp = frag_needed(&f, 1436).unwrap();
+        assert_eq!(&icmp[0..6], &f[6..12], "to the sender's MAC");
+        let ip = &icmp[14..];
+        assert_eq!(&ip[12..16], &[10, 2, 1, 2], "from the destination");
+        assert_eq!(&ip[16..20], &[10, 2, 1, 1], "to the source");
+        assert_eq!(checksum(&ip[..20]), 0, "valid IP checksum");
+        let body = &ip[20..];
+        assert_eq!((body[0], body[1]), (3, 4));
+        assert_eq!(u16::from_be_bytes([body[6], body[7]]), 1436);
+        assert_eq!(checksum(body), 0, "valid ICMP checksum");
+        assert_eq!(&body[8..], &f[14..14 + 28], "quotes header and 8 bytes");
+    }
+
+    #[test]
+    fn other_frames_get_nothing() {
+        assert!(frag_needed(&ipv4_frame(false, 2000), 1436).is_none());
+        let mut arp = ipv4_frame(true, 100);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(frag_needed(&arp, 1436).is_none());
+        assert!(frag_needed(&[0u8; 20], 1436).is_none());
+        let mut icmp_err = ipv4_frame(true, 100);
+        icmp_err[14 + 9] = 1;
+        icmp_err[14 + 20] = 3;
+        assert!(frag_needed(&icmp_err, 1436).is_none());
+    }
+}
