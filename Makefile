@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests, demo and benchmarks need.
-DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps
+DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps python3
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: deps build build-release lint test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
