@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use weave_api::{ConnectionState, Report};
+use weave_api::{ConnectionReport, ConnectionState, Report};
 
 /// Renders `r` in the Prometheus text exposition format (version 0.0.4).
 pub fn render(r: &Report) -> String {
@@ -58,39 +58,27 @@ pub fn render(r: &Report) -> String {
     );
     if let Some(s) = &r.sleeve {
         let _ = writeln!(out, "# HELP weave_sleeve_mtu Overlay MTU.\n# TYPE weave_sleeve_mtu gauge\nweave_sleeve_mtu {}", s.mtu);
-        let _ = writeln!(
-            out,
-            "# HELP weave_sleeve_frames_total Frames exchanged with each peer.\n# TYPE weave_sleeve_frames_total counter"
-        );
-        for c in &r.connections {
-            let Some(peer) = &c.peer else { continue };
-            let _ = writeln!(
-                out,
-                "weave_sleeve_frames_total{{peer=\"{peer}\",direction=\"in\"}} {}",
-                c.frames_in
-            );
-            let _ = writeln!(
-                out,
-                "weave_sleeve_frames_total{{peer=\"{peer}\",direction=\"out\"}} {}",
-                c.frames_out
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP weave_sleeve_bytes_total Datagram bytes exchanged with each peer.\n# TYPE weave_sleeve_bytes_total counter"
-        );
-        for c in &r.connections {
-            let Some(peer) = &c.peer else { continue };
-            let _ = writeln!(
-                out,
-                "weave_sleeve_bytes_total{{peer=\"{peer}\",direction=\"in\"}} {}",
-                c.data_bytes_in
-            );
-            let _ = writeln!(
-                out,
-                "weave_sleeve_bytes_total{{peer=\"{peer}\",direction=\"out\"}} {}",
-                c.data_bytes_out
-            );
+        type Pair = fn(&ConnectionReport) -> (u64, u64);
+        let per_peer: [(&str, &str, Pair); 2] = [
+            (
+                "weave_sleeve_frames_total",
+                "Frames exchanged with each peer.",
+                |c| (c.frames_in, c.frames_out),
+            ),
+            (
+                "weave_sleeve_bytes_total",
+                "Datagram bytes exchanged with each peer.",
+                |c| (c.data_bytes_in, c.data_bytes_out),
+            ),
+        ];
+        for (name, help, values) in per_peer {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for c in &r.connections {
+                let Some(peer) = &c.peer else { continue };
+                let (rx, tx) = values(c);
+                let _ = writeln!(out, "{name}{{peer=\"{peer}\",direction=\"in\"}} {rx}");
+                let _ = writeln!(out, "{name}{{peer=\"{peer}\",direction=\"out\"}} {tx}");
+            }
         }
         let _ = writeln!(
             out,

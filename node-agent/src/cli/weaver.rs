@@ -78,19 +78,8 @@ impl Cli {
             .filter(|p| !p.trim().is_empty())
             .map(|p| parse_peer_addr(p, self.port))
             .collect::<Result<Vec<_>, _>>()?;
-        let http_addr =
-            match self.http_addr.as_str() {
-                "off" | "" => None,
-                a => Some(a.parse::<SocketAddr>().map_err(|_| {
-                    format!("invalid --http-addr {a:?}: expected IP:PORT or \"off\"")
-                })?),
-            };
-        let metrics_addr = match self.metrics_addr.as_str() {
-            "off" | "" => None,
-            a => Some(a.parse::<SocketAddr>().map_err(|_| {
-                format!("invalid --metrics-addr {a:?}: expected IP:PORT or \"off\"")
-            })?),
-        };
+        let http_addr = optional_addr("--http-addr", &self.http_addr)?;
+        let metrics_addr = optional_addr("--metrics-addr", &self.metrics_addr)?;
         let api_socket = match self.api_socket.as_str() {
             "off" | "" => None,
             p => Some(PathBuf::from(p)),
@@ -127,6 +116,17 @@ impl Cli {
             },
             mtu: self.mtu,
         })
+    }
+}
+
+/// An `IP:PORT` flag value, or `off`/empty for none.
+fn optional_addr(flag: &str, value: &str) -> Result<Option<SocketAddr>, String> {
+    match value {
+        "off" | "" => Ok(None),
+        a => a
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| format!("invalid {flag} {a:?}: expected IP:PORT or \"off\"")),
     }
 }
 
