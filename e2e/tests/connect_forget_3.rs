@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use weave_api::ConnectionState;
 use weave_e2e::weave::{peer_addr, report, start_weaver, wait_for_mesh, weave, WEAVER};
-use weave_e2e::{wait_until, TestBed, Topology};
+use weave_e2e::{TestBed, Topology};
 
 #[test]
 fn connect_and_forget_at_run_time() -> Result<()> {
@@ -48,20 +47,11 @@ fn connect_and_forget_at_run_time() -> Result<()> {
     weave(h1, &["connect", "--replace", &peer_addr(h3)])?;
     assert_eq!(report(h1)?.targets, vec![peer_addr(h3)]);
 
-    // with h3 as the only target, a dead h2 is eventually no longer listed
-    // anywhere on h1 except as a lingering discovered address being retried
+    // with h3 as the only target, h1 lets a stopped h2 go: it leaves the
+    // topology and the target set stays as given (whether h1 still retries
+    // h2's address for a while depends on whether h3 announced it last)
     h2.stop(WEAVER)?;
     wait_for_mesh(h1, &["h1", "h3"], 1, Duration::from_secs(30))?;
-    wait_until(
-        Duration::from_secs(10),
-        "h1 to show h2 as a failed attempt",
-        || {
-            let r = report(h1)?;
-            Ok(r.connections
-                .iter()
-                .any(|c| c.address == peer_addr(h2) && c.state != ConnectionState::Established)
-                .then_some(()))
-        },
-    )?;
+    assert_eq!(report(h1)?.targets, vec![peer_addr(h3)]);
     Ok(())
 }
