@@ -449,10 +449,13 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 shared.drop_frame(DROP_MALFORMED);
             }
             Ok(Datagram::Heartbeat { hop, to, conn_uid }) => {
-                let ack = lock(&shared.paths).on_heartbeat(hop, to, conn_uid, src);
-                match ack {
-                    Some(ack) => {
+                let answer = lock(&shared.paths).on_heartbeat(hop, to, conn_uid, src, now);
+                match answer {
+                    Some((ack, probe)) => {
                         let _ = shared.socket.send_to(&ack, src);
+                        if let Some(probe) = probe {
+                            let _ = shared.socket.send_to(&probe, src);
+                        }
                     }
                     None => shared.drop_frame(DROP_UNKNOWN_SENDER),
                 }
@@ -546,7 +549,16 @@ pub async fn run(
                     break;
                 }
                 let view = views.borrow_and_update().clone();
-                lock(&shared.paths).sync(&view.neighbours, Instant::now());
+                let now = Instant::now();
+                {
+                    // New neighbours are probed at once, not at the next tick.
+                    let mut paths = lock(&shared.paths);
+                    paths.sync(&view.neighbours, now);
+                    paths.tick(now, &mut out, &mut events);
+                }
+                for (addr, hb) in out.drain(..) {
+                    let _ = shared.socket.send_to(&hb, addr);
+                }
                 *shared.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = view;
             }
             _ = tick.tick() => {

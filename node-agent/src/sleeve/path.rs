@@ -22,7 +22,7 @@ use crate::mesh::overlay::Neighbour;
 use crate::mesh::PeerName;
 
 /// Heartbeat interval while the path is unverified.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Heartbeat interval on a verified path.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// A verified path with no ack for this long has failed.
@@ -97,14 +97,21 @@ impl Paths {
             .is_some_and(|p| p.addr.ip() == src.ip())
     }
 
-    /// A heartbeat arrived from `src`; returns the ack to send back to `src`.
+    /// A heartbeat arrived from `src`; returns the ack to send back to
+    /// `src` and, while our own direction is unverified, a heartbeat of ours
+    /// to send right away (the peer is evidently ready for it), so that both
+    /// ends verify the path within one round trip.
     pub fn on_heartbeat(
         &mut self,
         hop: PeerName,
         to: PeerName,
         conn_uid: u64,
         src: SocketAddr,
-    ) -> Option<[u8; frame::HEARTBEAT_LEN]> {
+        now: Instant,
+    ) -> Option<(
+        [u8; frame::HEARTBEAT_LEN],
+        Option<[u8; frame::HEARTBEAT_LEN]>,
+    )> {
         if to != self.local {
             return None;
         }
@@ -113,7 +120,11 @@ impl Paths {
             .get_mut(&hop)
             .filter(|p| p.conn_uid == conn_uid)?;
         path.addr = src;
-        Some(frame::heartbeat(self.local, hop, conn_uid, true))
+        let probe = (!path.established).then(|| {
+            path.next_tx = now + PROBE_INTERVAL;
+            frame::heartbeat(self.local, hop, conn_uid, false)
+        });
+        Some((frame::heartbeat(self.local, hop, conn_uid, true), probe))
     }
 
     /// An ack arrived: the round trip works.
@@ -222,7 +233,7 @@ mod tests {
                 else {
                     panic!()
                 };
-                if let Some(ack) = b.on_heartbeat(hop, to, conn_uid, a_public) {
+                if let Some((ack, _)) = b.on_heartbeat(hop, to, conn_uid, a_public, t) {
                     let crate::sleeve::frame::Datagram::HeartbeatAck { hop, to, conn_uid } =
                         frame::decode(&ack).unwrap()
                     else {
@@ -240,7 +251,7 @@ mod tests {
                 else {
                     panic!()
                 };
-                if let Some(ack) = a.on_heartbeat(hop, to, conn_uid, addr(2, 6783)) {
+                if let Some((ack, _)) = a.on_heartbeat(hop, to, conn_uid, addr(2, 6783), t) {
                     let crate::sleeve::frame::Datagram::HeartbeatAck { hop, to, conn_uid } =
                         frame::decode(&ack).unwrap()
                     else {
@@ -286,8 +297,13 @@ mod tests {
         let now = Instant::now();
         let mut a = Paths::new(n(1));
         a.sync(&neighbours(2, 5), now);
-        assert!(a.on_heartbeat(n(2), n(1), 6, addr(2, 6783)).is_none());
-        assert!(a.on_heartbeat(n(2), n(3), 5, addr(2, 6783)).is_none());
+        assert!(a.on_heartbeat(n(2), n(1), 6, addr(2, 6783), now).is_none());
+        assert!(a.on_heartbeat(n(2), n(3), 5, addr(2, 6783), now).is_none());
+        let (_, probe) = a.on_heartbeat(n(2), n(1), 5, addr(2, 6783), now).unwrap();
+        assert!(
+            probe.is_some(),
+            "an unverified side answers with its own probe"
+        );
         assert_eq!(
             a.on_ack(n(2), n(1), 5, addr(2, 6783), now),
             Some(PathEvent::Established(n(2), 5))
@@ -299,6 +315,6 @@ mod tests {
         assert_eq!(a.addr(&n(2)), None);
         // a new connection replaces the path state
         a.sync(&neighbours(2, 9), now);
-        assert!(a.on_heartbeat(n(2), n(1), 9, addr(2, 6783)).is_some());
+        assert!(a.on_heartbeat(n(2), n(1), 9, addr(2, 6783), now).is_some());
     }
 }
