@@ -54,7 +54,7 @@ fuzz-smoke: fuzz-build
 	  node-agent/fuzz/target/debug/$$t -max_total_time=5 -print_final_stats=0 2>&1 | tail -1; \
 	done
 
-test: deps lint unit e2e fuzz-smoke
+test: deps lint fuzz-smoke unit e2e
 
 demo: deps build
 	./target/debug/weave-demo

@@ -117,6 +117,10 @@ pub trait Netlink: Send + Sync {
 
     /// The MAC address of a link, or `None` if it has none (or is gone).
     fn link_mac(&self, index: u32) -> impl Future<Output = Result<Option<[u8; 6]>>> + Send;
+
+    /// The MTU of the link with ifindex `index`, or `None` if there is none
+    /// (routes name their device by index).
+    fn link_mtu_by_index(&self, index: u32) -> impl Future<Output = Result<Option<u32>>> + Send;
 }
 
 /// Refuses names the kernel would refuse (`dev_valid_name`), so both

@@ -188,7 +188,7 @@ async fn derive_mtu(netlink: &impl Netlink, bridge: &str) -> Result<u32, SleeveE
     }
     let mut best: Option<u32> = None;
     for oif in candidates {
-        if let Some(m) = mtu_of_index(oif) {
+        if let Some(m) = netlink.link_mtu_by_index(oif).await? {
             best = Some(best.map_or(m, |b| b.min(m)));
         }
     }
@@ -198,28 +198,6 @@ async fn derive_mtu(netlink: &impl Netlink, bridge: &str) -> Result<u32, SleeveE
         .checked_sub(OVERHEAD)
         .filter(|m| *m >= 576)
         .ok_or_else(|| SleeveError::Mtu(format!("underlay MTU {underlay} is too small")))
-}
-
-/// MTU of the link with this index, from sysfs (which shows the agent's own
-/// network namespace: the host's in a DaemonSet, the host's namespace in the
-/// test bed, where `ip netns exec` mounts a matching /sys).
-fn mtu_of_index(index: u32) -> Option<u32> {
-    let dir = std::fs::read_dir("/sys/class/net").ok()?;
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let matches = std::fs::read_to_string(path.join("ifindex"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            == Some(index);
-        if matches {
-            return std::fs::read_to_string(path.join("mtu"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok();
-        }
-    }
-    None
 }
 
 /// Creates (or adopts) the bridge, attaches a fresh TAP port and opens the
@@ -587,4 +565,41 @@ pub async fn run(
     }
     info!("sleeve stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_platform::fake::{FakeKind, FakeNetlink};
+
+    #[tokio::test]
+    async fn mtu_comes_from_the_route_device() {
+        let nl = FakeNetlink::new();
+        let eth = nl.add_link("eth0", FakeKind::Device, 1500);
+        nl.set_up(eth).await.unwrap();
+        nl.add_addr(eth, "10.0.0.1".parse().unwrap(), 24)
+            .await
+            .unwrap();
+        let jumbo = nl.add_link("eth1", FakeKind::Device, 9000);
+        nl.set_up(jumbo).await.unwrap();
+        nl.add_addr(jumbo, "10.1.0.1".parse().unwrap(), 24)
+            .await
+            .unwrap();
+        // no default route: the smallest MTU among routed devices
+        assert_eq!(derive_mtu(&nl, "weave").await.unwrap(), 1436);
+        // a default route decides
+        nl.add_route(
+            "0.0.0.0".parse().unwrap(),
+            0,
+            Some("10.1.0.254".parse().unwrap()),
+            jumbo,
+        )
+        .await
+        .unwrap();
+        assert_eq!(derive_mtu(&nl, "weave").await.unwrap(), 9000 - OVERHEAD);
+        // nothing routed: a clear error asking for --mtu
+        let empty = FakeNetlink::new();
+        let err = derive_mtu(&empty, "weave").await.unwrap_err();
+        assert!(err.to_string().contains("set --mtu"), "{err}");
+    }
 }

@@ -283,6 +283,14 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    async fn link_mtu_by_index(&self, index: u32) -> Result<Option<u32>> {
+        self.op(
+            FakeOp::LinkMtu,
+            || format!("get link {index}"),
+            |w, netns| Ok(w.ns(netns).links.get(&index).map(|l| l.mtu)),
+        )
+    }
+
     async fn link_mac(&self, index: u32) -> Result<Option<[u8; 6]>> {
         self.op(
             FakeOp::LinkMac,

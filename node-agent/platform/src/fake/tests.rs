@@ -19,6 +19,8 @@ async fn ensure_bridge_is_idempotent_and_updates_mtu() {
     let br = nl.link("weave").expect("bridge exists");
     assert_eq!((br.kind, br.mtu, br.up), (FakeKind::Bridge, 1400, true));
     assert_eq!(nl.link_mtu("weave").await.expect("mtu"), Some(1400));
+    assert_eq!(nl.link_mtu_by_index(first).await.expect("mtu"), Some(1400));
+    assert_eq!(nl.link_mtu_by_index(9999).await.expect("mtu"), None);
     assert_eq!(nl.link_index("weave").await.expect("index"), Some(first));
     assert_eq!(nl.link_index("nope").await.expect("index"), None);
     assert_eq!(nl.links().len(), 2, "lo and the bridge");

@@ -447,6 +447,13 @@ impl Netlink for LinuxNetlink {
             .await
     }
 
+    async fn link_mtu_by_index(&self, index: u32) -> Result<Option<u32>> {
+        Ok(self
+            .link_by_index(index)
+            .await?
+            .and_then(|l| link_attr_mtu(&l)))
+    }
+
     async fn link_mac(&self, index: u32) -> Result<Option<[u8; 6]>> {
         Ok(self.link_by_index(index).await?.and_then(|link| {
             link.attributes.iter().find_map(|attr| match attr {
