@@ -39,30 +39,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
             addr: peer_addr,
             source,
         })?;
-    let http = match config.http_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    what: "the HTTP API",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let metrics = match config.metrics_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    what: "metrics",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
+    let http = bind_optional(config.http_addr, "the HTTP API").await?;
+    let metrics = bind_optional(config.metrics_addr, "metrics").await?;
     let socket = match &config.api_socket {
         Some(path) => Some((api::bind_socket(path)?, path.clone())),
         None => None,
@@ -146,6 +124,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     }
     info!("weaver stopped");
     result
+}
+
+/// Binds a TCP listener if an address is configured.
+async fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+    what: &'static str,
+) -> Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| Error::Bind { what, addr, source }),
+        None => Ok(None),
+    }
 }
 
 /// Fuzzing entry points: each takes arbitrary bytes and must never panic.

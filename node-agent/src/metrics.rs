@@ -10,21 +10,15 @@ use weave_api::{ConnectionReport, ConnectionState, Report};
 /// Renders `r` in the Prometheus text exposition format (version 0.0.4).
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    };
-    let peers = family(
+    family(
+        &mut out,
         "weave_peers",
         "gauge",
         "Peers in the local view of the topology.",
     );
-    let _ = writeln!(out, "{peers} {}", r.peers.len());
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    };
-    let conns = family(
+    let _ = writeln!(out, "weave_peers {}", r.peers.len());
+    family(
+        &mut out,
         "weave_connections",
         "gauge",
         "Connections of the local peer by state.",
@@ -35,7 +29,7 @@ pub fn render(r: &Report) -> String {
         ConnectionState::Failed,
     ] {
         let n = r.connections.iter().filter(|c| c.state == state).count();
-        let _ = writeln!(out, "{conns}{{state=\"{}\"}} {n}", state.as_str());
+        let _ = writeln!(out, "weave_connections{{state=\"{}\"}} {n}", state.as_str());
     }
     let _ = writeln!(
         out,
@@ -94,6 +88,11 @@ pub fn render(r: &Report) -> String {
         );
     }
     out
+}
+
+/// Writes the HELP and TYPE lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

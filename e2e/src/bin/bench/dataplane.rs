@@ -119,19 +119,6 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-fn hwm_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
-}
-
 /// Runs the data-plane benchmark and prints a table.
 pub(crate) fn bench() -> Result<()> {
     if Command::new("iperf3").arg("--version").output().is_err() {
@@ -182,7 +169,7 @@ pub(crate) fn bench() -> Result<()> {
     let sleeve = measure(&a, &b, "10.2.1.2")?;
     let peak_rss = pids
         .iter()
-        .map(|p| hwm_kib(*p))
+        .map(|p| super::proc_status_kib(*p, "VmHWM"))
         .collect::<Result<Vec<_>>>()?;
 
     // recovery: a heal after a 10 s cut (control connections time out), and

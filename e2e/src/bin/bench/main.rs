@@ -99,16 +99,17 @@ fn form_mesh(n: usize) -> Result<Run> {
     })
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS in /proc status")?;
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .with_context(|| format!("{field} in /proc/{pid}/status"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
-        .context("VmRSS value")?
+        .with_context(|| format!("{field} value"))?
         .parse()?)
 }
 
@@ -173,7 +174,10 @@ fn mesh_bench() -> Result<()> {
         if *n == 10 {
             let mut rss: Vec<u64> = Vec::new();
             for h in bed.hosts() {
-                rss.push(rss_kib(h.pid(WEAVER).context("weaver runs")?)?);
+                rss.push(proc_status_kib(
+                    h.pid(WEAVER).context("weaver runs")?,
+                    "VmRSS",
+                )?);
             }
             rss.sort_unstable();
             let max = *rss.last().expect("ten hosts");
