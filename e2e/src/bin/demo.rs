@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `make demo`: four hosts in network namespaces, partially connected
 //! (h4 reaches only h3), running the real `weaver`. Shows the mesh forming,
-//! multi-hop routes, a partition and its healing, then cleans up.
+//! multi-hop routes, pods on h1 and h4 talking through h3, a partition and
+//! its healing, then cleans up.
 //! `weave-demo --hold` keeps the hosts until Ctrl-C.
 
 // The demo talks to a person on stdout.
@@ -48,6 +49,19 @@ fn main() -> Result<()> {
     show(h1, &["status", "peers"])?;
     show(h1, &["status", "routes"])?;
 
+    println!("== pods: one on h1, one on h4, plugged into the same virtual switch");
+    let a = weave_e2e::weave::attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
+    weave_e2e::weave::attach_pod(&bed, 4, "d", "10.2.1.4/24")?;
+    weave_e2e::wait_until(Duration::from_secs(10), "the pods to talk", || {
+        Ok(weave_e2e::weave::pings(&a, "10.2.1.4").then_some(()))
+    })?;
+    println!("$ ping -c 3 10.2.1.4   # in pod a on h1; h4 is reached through h3");
+    print!(
+        "{}",
+        weave_e2e::weave::in_pod(&a, "ping", &["-c", "3", "-i", "0.2", "10.2.1.4"])?
+    );
+    println!();
+
     println!("== cutting h3-h4: h4 is on its own");
     bed.cut(3, 4)?;
     wait_for_mesh(h1, &["h1", "h2", "h3"], 2, Duration::from_secs(30))?;
@@ -56,6 +70,10 @@ fn main() -> Result<()> {
     bed.restore(3, 4)?;
     wait_for_mesh(h1, &all, 2, Duration::from_secs(60))?;
     show(h1, &["status", "routes"])?;
+    weave_e2e::wait_until(Duration::from_secs(10), "the pods to talk again", || {
+        Ok(weave_e2e::weave::pings(&a, "10.2.1.4").then_some(()))
+    })?;
+    println!("pod a on h1 reaches 10.2.1.4 on h4 again");
 
     if hold {
         println!(
