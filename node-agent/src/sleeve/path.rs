@@ -112,6 +112,24 @@ impl Paths {
         [u8; frame::HEARTBEAT_LEN],
         Option<[u8; frame::HEARTBEAT_LEN]>,
     )> {
+        let local = self.local;
+        let path = self.matching(hop, to, conn_uid, src)?;
+        let probe = (!path.established).then(|| {
+            path.next_tx = now + PROBE_INTERVAL;
+            frame::heartbeat(local, hop, conn_uid, false)
+        });
+        Some((frame::heartbeat(local, hop, conn_uid, true), probe))
+    }
+
+    /// The path a heartbeat or ack belongs to: addressed to us, on the
+    /// current connection with `hop`. Its address follows `src` (NAT).
+    fn matching(
+        &mut self,
+        hop: PeerName,
+        to: PeerName,
+        conn_uid: u64,
+        src: SocketAddr,
+    ) -> Option<&mut Path> {
         if to != self.local {
             return None;
         }
@@ -120,11 +138,7 @@ impl Paths {
             .get_mut(&hop)
             .filter(|p| p.conn_uid == conn_uid)?;
         path.addr = src;
-        let probe = (!path.established).then(|| {
-            path.next_tx = now + PROBE_INTERVAL;
-            frame::heartbeat(self.local, hop, conn_uid, false)
-        });
-        Some((frame::heartbeat(self.local, hop, conn_uid, true), probe))
+        Some(path)
     }
 
     /// An ack arrived: the round trip works.
@@ -136,14 +150,7 @@ impl Paths {
         src: SocketAddr,
         now: Instant,
     ) -> Option<PathEvent> {
-        if to != self.local {
-            return None;
-        }
-        let path = self
-            .paths
-            .get_mut(&hop)
-            .filter(|p| p.conn_uid == conn_uid)?;
-        path.addr = src;
+        let path = self.matching(hop, to, conn_uid, src)?;
         path.last_ack = Some(now);
         if path.established {
             return None;
