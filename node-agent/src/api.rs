@@ -2,7 +2,8 @@
 //! The local HTTP API, served on TCP (default 127.0.0.1:6784) and on a Unix
 //! socket (default `/run/weave/weave.sock`, mode 0600).
 //!
-//! Handlers only translate between JSON and router [`Command`]s. Bodies are
+//! Handlers only translate between JSON and router [`Command`]s (or IPAM
+//! requests, see [`ipam`]). Bodies are
 //! parsed here rather than by axum's extractor so that every bad request
 //! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
 //! changes nothing.
@@ -27,7 +28,12 @@ use weave_api::{
     TargetsReply, VersionReply,
 };
 
+mod ipam;
+
 use crate::attach::{self, AttachError, Cidr};
+use crate::ipam::allocator::Request as IpamRequest;
+use crate::ipam::space::Ident;
+use ipam::AddrSpec;
 
 use crate::config::parse_peer_addr;
 use crate::router::Command;
@@ -37,8 +43,18 @@ use crate::{Error, Result};
 #[derive(Clone)]
 struct Api {
     commands: mpsc::Sender<Command>,
+    ipam: Option<mpsc::Sender<IpamRequest>>,
     port: u16,
     bridge: Option<BridgeInfo>,
+}
+
+/// What the API serves besides the router.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// The data plane, if there is one.
+    pub bridge: Option<BridgeInfo>,
+    /// The IPAM allocator, if IPAM runs.
+    pub ipam: Option<mpsc::Sender<IpamRequest>>,
 }
 
 /// What attach needs to know of the data plane.
@@ -51,9 +67,16 @@ pub struct BridgeInfo {
 }
 
 /// The API's routes.
-fn routes(commands: mpsc::Sender<Command>, port: u16, bridge: Option<BridgeInfo>) -> axum::Router {
+fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axum::Router {
     axum::Router::new()
         .route("/report", get(report))
+        .route("/ipam", get(ipam::report))
+        .route("/ipam/allocate", post(ipam::allocate))
+        .route("/ipam/claim", post(ipam::claim))
+        .route("/ipam/release", post(ipam::release))
+        .route("/ipam/lookup", post(ipam::lookup))
+        .route("/ipam/gc", post(ipam::gc))
+        .route("/ipam/rmpeer", post(ipam::rmpeer))
         .route("/version", get(version))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
@@ -62,8 +85,9 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, bridge: Option<BridgeInfo>
         .fallback(not_found)
         .with_state(Api {
             commands,
+            ipam: services.ipam,
             port,
-            bridge,
+            bridge: services.bridge,
         })
 }
 
@@ -71,6 +95,7 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, bridge: Option<BridgeInfo>
 pub async fn serve_metrics(
     listener: TcpListener,
     commands: mpsc::Sender<Command>,
+    ipam: Option<mpsc::Sender<IpamRequest>>,
     cancel: CancellationToken,
 ) -> Result<()> {
     let app = axum::Router::new()
@@ -78,6 +103,7 @@ pub async fn serve_metrics(
         .fallback(not_found)
         .with_state(Api {
             commands,
+            ipam,
             port: 0,
             bridge: None,
         });
@@ -91,7 +117,8 @@ pub async fn serve_metrics(
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
-    let report = ask(&api, Command::Report).await?;
+    let mut report = ask(&api, Command::Report).await?;
+    report.ipam = ipam::status(&api).await;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -108,10 +135,10 @@ pub async fn serve(
     socket: Option<(UnixListener, std::path::PathBuf)>,
     commands: mpsc::Sender<Command>,
     port: u16,
-    bridge: Option<BridgeInfo>,
+    services: Services,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let app = routes(commands, port, bridge);
+    let app = routes(commands, port, services);
     let tcp = {
         let app = app.clone();
         let cancel = cancel.clone();
@@ -234,7 +261,9 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
 }
 
 async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
-    ask(&api, Command::Report).await.map(Json)
+    let mut report = ask(&api, Command::Report).await?;
+    report.ipam = ipam::status(&api).await;
+    Ok(Json(report))
 }
 
 async fn version() -> Json<VersionReply> {
@@ -303,29 +332,47 @@ fn host_netlink() -> Result<weave_platform::LinuxNetlink, ApiError> {
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, anyhow_chain(&e)))
 }
 
+/// The IPAM identifier of an attach: given, or derived from the namespace.
+fn attach_ident(id: Option<&str>, netns: &str) -> Result<Ident, ApiError> {
+    let derived = format!("netns:{netns}");
+    Ident::new(id.unwrap_or(&derived)).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
 async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<AttachReply>, ApiError> {
     let req: AttachRequest = parse(&body)?;
-    let cidrs = req
+    let mut specs = req
         .cidrs
         .iter()
-        .map(|c| {
-            c.parse::<Cidr>()
-                .map_err(|e| error(StatusCode::BAD_REQUEST, e))
-        })
+        .map(|c| AddrSpec::parse(c).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
         .collect::<Result<Vec<_>, _>>()?;
-    if cidrs.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "no addresses given (IPAM is not available yet)",
-        ));
+    if specs.is_empty() {
+        specs.push(AddrSpec::Allocate(None));
     }
-    let b = bridge(&api)?;
+    let id = attach_ident(req.id.as_deref(), &req.netns)?;
+    let b = bridge(&api)?.clone();
     let netns = std::path::PathBuf::from(&req.netns);
+    if !netns.exists() {
+        return Err(attach_error(AttachError::NoNetns(req.netns)));
+    }
+    let mut cidrs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let c = match spec {
+            AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr.is_ipv6() => c,
+            AddrSpec::Allocate(_) | AddrSpec::Fixed(_) => {
+                let a = ipam::resolve(&api, &id, spec, ipam::DEFAULT_TIMEOUT).await?;
+                Cidr {
+                    addr: std::net::Ipv4Addr::from(a.addr).into(),
+                    prefix_len: a.subnet.prefix(),
+                }
+            }
+        };
+        cidrs.push(c);
+    }
     let host = host_netlink()?;
     let ifname = attach::attach(&host, &b.name, b.mtu, &netns, &cidrs)
         .await
         .map_err(attach_error)?;
-    info!(netns = %req.netns, cidrs = ?req.cidrs, "attached");
+    info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply {
         ifname,
         cidrs: cidrs.iter().map(ToString::to_string).collect(),
@@ -337,12 +384,21 @@ async fn detach_netns(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DetachRequest = parse(&body)?;
+    let id = attach_ident(req.id.as_deref(), &req.netns)?;
     bridge(&api)?;
     let host = host_netlink()?;
     attach::detach(&host, std::path::Path::new(&req.netns))
         .await
         .map_err(attach_error)?;
-    info!(netns = %req.netns, "detached");
+    if api.ipam.is_some() {
+        ipam::call(&api, ipam::DEFAULT_TIMEOUT, |reply| IpamRequest::Release {
+            ident: id.clone(),
+            addr: None,
+            reply,
+        })
+        .await?;
+    }
+    info!(netns = %req.netns, %id, "detached");
     Ok(Json(serde_json::json!({})))
 }
 

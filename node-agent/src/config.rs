@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ipam::subnet::Subnet;
+use crate::ipam::Init;
 use crate::mesh::PeerName;
 
 /// Everything [`crate::run`] needs.
@@ -40,6 +42,99 @@ pub struct Config {
     pub bridge: Option<String>,
     /// Overlay MTU; derived from the underlay when `None`.
     pub mtu: Option<u32>,
+    /// IP address management; `None` disables it.
+    pub ipam: Option<IpamSettings>,
+}
+
+/// IPAM flags, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamSettings {
+    /// `--ipalloc-range`.
+    pub range: Subnet,
+    /// `--ipalloc-default-subnet` (the range when not given).
+    pub default_subnet: Subnet,
+    /// `--ipalloc-init`.
+    pub init: Init,
+}
+
+impl IpamSettings {
+    /// Validates the flags; `peers` is the number of initial peers, which
+    /// sizes the default consensus (the initial peers plus this one).
+    pub fn parse(
+        range: &str,
+        default_subnet: Option<&str>,
+        init: Option<&str>,
+        peers: usize,
+    ) -> Result<Option<Self>, String> {
+        if matches!(range, "" | "off") {
+            if default_subnet.is_some() || init.is_some() {
+                return Err(
+                    "--ipalloc-default-subnet and --ipalloc-init need an --ipalloc-range".into(),
+                );
+            }
+            return Ok(None);
+        }
+        let range: Subnet = range.parse().map_err(|e| format!("--ipalloc-range: {e}"))?;
+        let default_subnet = match default_subnet {
+            None | Some("") => range,
+            Some(s) => {
+                let s: Subnet = s
+                    .parse()
+                    .map_err(|e| format!("--ipalloc-default-subnet: {e}"))?;
+                if !range.covers(&s) {
+                    return Err(format!(
+                        "--ipalloc-default-subnet {s} is not inside --ipalloc-range {range}"
+                    ));
+                }
+                s
+            }
+        };
+        let init = match init {
+            None | Some("") => Init::Consensus(peers + 1),
+            Some(v) => parse_init(v)?,
+        };
+        Ok(Some(Self {
+            range,
+            default_subnet,
+            init,
+        }))
+    }
+}
+
+/// Parses `consensus=N`, `seed=NAME,...` or `observer`.
+fn parse_init(v: &str) -> Result<Init, String> {
+    let bad = || {
+        format!(
+            "invalid --ipalloc-init {v:?}: expected consensus=N, seed=NAME,NAME,... or observer"
+        )
+    };
+    match v.split_once('=') {
+        None if v == "observer" => Ok(Init::Observer),
+        Some(("consensus", n)) => {
+            let n: usize = n.parse().map_err(|_| bad())?;
+            if n == 0 {
+                return Err(format!(
+                    "invalid --ipalloc-init {v:?}: N must be at least 1"
+                ));
+            }
+            Ok(Init::Consensus(n))
+        }
+        Some(("seed", names)) => {
+            let peers = names
+                .split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse::<PeerName>()
+                        .map_err(|e| format!("--ipalloc-init: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if peers.is_empty() {
+                return Err(bad());
+            }
+            Ok(Init::Seed(peers))
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.
@@ -101,6 +196,37 @@ mod tests {
         );
         for bad in ["", "host.example", "10.0.0.1:x", "10.0.0.1:0", "10.0.0.300"] {
             assert!(parse_peer_addr(bad, 6783).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipam_flags() {
+        let s = IpamSettings::parse("10.32.0.0/12", None, None, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.default_subnet, s.range);
+        assert_eq!(s.init, Init::Consensus(3));
+        let s = IpamSettings::parse(
+            "10.32.0.0/12",
+            Some("10.40.0.0/16"),
+            Some("seed=02:00:00:00:00:01,02:00:00:00:00:02"),
+            0,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.default_subnet.to_string(), "10.40.0.0/16");
+        assert!(matches!(s.init, Init::Seed(ref p) if p.len() == 2));
+        assert_eq!(IpamSettings::parse("off", None, None, 0).unwrap(), None);
+        for (range, sub, init, want) in [
+            ("10.32.0.1/12", None, None, "bits after the prefix"),
+            ("10.32.0.0/12", Some("10.0.0.0/16"), None, "not inside"),
+            ("10.32.0.0/12", None, Some("consensus=0"), "at least 1"),
+            ("10.32.0.0/12", None, Some("seed=zz"), "invalid peer name"),
+            ("10.32.0.0/12", None, Some("quorum"), "expected consensus=N"),
+            ("off", Some("10.0.0.0/8"), None, "need an --ipalloc-range"),
+        ] {
+            let e = IpamSettings::parse(range, sub, init, 0).unwrap_err();
+            assert!(e.contains(want), "{e}");
         }
     }
 

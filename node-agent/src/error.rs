@@ -49,6 +49,17 @@ pub enum Error {
     /// A kernel operation failed.
     #[error(transparent)]
     Platform(#[from] weave_platform::Error),
+    /// The IPAM state file is unusable.
+    #[error(transparent)]
+    IpamState(#[from] crate::ipam::persist::PersistError),
+    /// The allocation range collides with a route of the host.
+    #[error("IP allocation range {range} overlaps with route {route} on this host; pick another --ipalloc-range and set it on all hosts")]
+    RangeOverlap {
+        /// The range.
+        range: String,
+        /// The route.
+        route: String,
+    },
     /// A server task failed.
     #[error("serve {what}")]
     Serve {

@@ -7,6 +7,7 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 mod error;
+pub mod ipam;
 pub mod mesh;
 pub mod metrics;
 pub mod router;
@@ -60,6 +61,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         None => None,
     };
 
+    let ipam = match &config.ipam {
+        Some(s) => {
+            let netlink = weave_platform::LinuxNetlink::new()?;
+            ipam::allocator::check_overlap(&netlink, &s.range, config.bridge.as_deref()).await?;
+            let persisted = ipam::persist::load(&config.state_dir, name, s.range)?;
+            if let Some(p) = &persisted {
+                info!(state = %p, "IPAM state restored");
+            }
+            let cfg = ipam::IpamConfig {
+                name,
+                uid: uid.get(),
+                nickname: config.nickname.clone(),
+                universe: s.range,
+                default_subnet: s.default_subnet,
+                init: s.init.clone(),
+            };
+            Some(ipam::Ipam::new(cfg, persisted, rng.gen()))
+        }
+        None => None,
+    };
+
     let mut mesh_cfg = MeshConfig::new(name, config.nickname.clone(), config.port);
     mesh_cfg.overlay = sleeve.is_some();
     mesh_cfg.conn_limit = config.conn_limit;
@@ -74,10 +96,29 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let mut router = router::Router::new(mesh, listener, cmd_rx);
     let mut tasks = JoinSet::new();
-    let bridge_info = sleeve.as_ref().map(|s| api::BridgeInfo {
-        name: s.bridge().to_string(),
-        mtu: s.mtu(),
-    });
+    let mut services = api::Services {
+        bridge: sleeve.as_ref().map(|s| api::BridgeInfo {
+            name: s.bridge().to_string(),
+            mtu: s.mtu(),
+        }),
+        ipam: None,
+    };
+    if let Some(ipam) = ipam {
+        let (req_tx, req_rx) = mpsc::channel(1024);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        router = router.with_ipam(ev_tx);
+        services.ipam = Some(req_tx);
+        let allocator = ipam::allocator::Allocator::new(
+            ipam,
+            config.state_dir.clone(),
+            req_rx,
+            ev_rx,
+            cmd_tx.clone(),
+        )
+        .with_gossip_interval(config.gossip_interval);
+        let c = cancel.clone();
+        tasks.spawn(async move { ("ipam", allocator.run(c).await) });
+    }
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =
             tokio::sync::watch::channel(std::sync::Arc::new(mesh::overlay::OverlayView::default()));
@@ -97,14 +138,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     if let Some(listener) = metrics {
         let c = cancel.clone();
         let commands = cmd_tx.clone();
-        tasks.spawn(async move { ("metrics", api::serve_metrics(listener, commands, c).await) });
+        let ipam = services.ipam.clone();
+        tasks.spawn(async move {
+            (
+                "metrics",
+                api::serve_metrics(listener, commands, ipam, c).await,
+            )
+        });
     }
     let c = cancel.clone();
     let port = config.port;
     tasks.spawn(async move {
         (
             "api",
-            api::serve(http, socket, cmd_tx, port, bridge_info, c).await,
+            api::serve(http, socket, cmd_tx, port, services, c).await,
         )
     });
 

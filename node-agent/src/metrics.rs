@@ -87,7 +87,67 @@ pub fn render(r: &Report) -> String {
             s.injected
         );
     }
+    if let Some(ipam) = &r.ipam {
+        render_ipam(&mut out, ipam);
+    }
     out
+}
+
+/// IPAM gauges, named as Weave Net named them where they mean the same.
+fn render_ipam(out: &mut String, ipam: &weave_api::IpamReport) {
+    family(
+        out,
+        "weave_ips",
+        "gauge",
+        "Addresses handed out by this peer.",
+    );
+    let _ = writeln!(out, "weave_ips{{state=\"local-used\"}} {}", ipam.used);
+    family(
+        out,
+        "weave_max_ips",
+        "gauge",
+        "Addresses in the allocation range.",
+    );
+    let _ = writeln!(out, "weave_max_ips {}", ipam.total);
+    let unreachable: Vec<_> = ipam
+        .owners
+        .iter()
+        .filter(|o| !o.reachable && o.addresses > 0)
+        .collect();
+    family(
+        out,
+        "weave_ipam_unreachable_count",
+        "gauge",
+        "Peers owning space that are unreachable.",
+    );
+    let _ = writeln!(out, "weave_ipam_unreachable_count {}", unreachable.len());
+    family(
+        out,
+        "weave_ipam_unreachable_percentage",
+        "gauge",
+        "Share of the range owned by unreachable peers.",
+    );
+    let owned: u64 = unreachable.iter().map(|o| o.addresses).sum();
+    let pct = if ipam.total == 0 {
+        0.0
+    } else {
+        owned as f64 * 100.0 / ipam.total as f64
+    };
+    let _ = writeln!(out, "weave_ipam_unreachable_percentage {pct}");
+    family(
+        out,
+        "weave_ipam_pending_allocates",
+        "gauge",
+        "Allocations waiting for consensus or space.",
+    );
+    let _ = writeln!(out, "weave_ipam_pending_allocates {}", ipam.pending);
+    family(
+        out,
+        "weave_ipam_ready",
+        "gauge",
+        "1 when an allocation can proceed now.",
+    );
+    let _ = writeln!(out, "weave_ipam_ready {}", u8::from(ipam.ready));
 }
 
 /// Writes the HELP and TYPE lines of a metric family.
@@ -126,6 +186,24 @@ mod tests {
                 injected: 3,
                 drops: [("malformed".to_string(), 2)].into_iter().collect(),
             }),
+            ipam: Some(IpamReport {
+                status: "ready".into(),
+                ready: true,
+                range: "10.32.0.0/12".into(),
+                default_subnet: "10.32.0.0/12".into(),
+                total: 1 << 20,
+                used: 4,
+                pending: 0,
+                owners: vec![IpamOwner {
+                    name: "02:00:00:00:00:02".into(),
+                    nickname: "h2".into(),
+                    addresses: 1 << 19,
+                    free: 0,
+                    local: false,
+                    reachable: false,
+                }],
+                removed: vec![],
+            }),
         };
         let text = render(&r);
         assert!(
@@ -136,5 +214,14 @@ mod tests {
         assert!(text.contains("weave_control_bytes_total{direction=\"out\"} 7\n"));
         assert!(text.contains("weave_sleeve_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("weave_sleeve_mtu 1436\n"));
+        assert!(
+            text.contains("weave_ips{state=\"local-used\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("weave_ipam_unreachable_count 1\n"));
+        assert!(
+            text.contains("weave_ipam_unreachable_percentage 50\n"),
+            "{text}"
+        );
     }
 }

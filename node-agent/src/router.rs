@@ -26,6 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::ipam::allocator::MeshEvent;
+use crate::mesh::core::CHANNEL_IPAM;
 use crate::mesh::overlay::OverlayView;
 use crate::mesh::{Action, ConnId, Mesh, PeerName};
 use crate::sleeve::path::PathEvent;
@@ -60,6 +62,26 @@ pub enum Command {
     },
     /// The data plane verified or lost the path to a neighbour.
     Path(PathEvent),
+    /// Send gossip of an application channel.
+    Gossip {
+        /// The channel.
+        channel: u8,
+        /// To whom.
+        to: GossipTo,
+        /// The body.
+        body: Vec<u8>,
+    },
+}
+
+/// Recipients of application gossip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipTo {
+    /// One connection.
+    Conn(ConnId),
+    /// A random subset of neighbours.
+    Fanout,
+    /// One random neighbour (anti-entropy).
+    Random,
 }
 
 /// What connection tasks tell the actor.
@@ -84,6 +106,7 @@ pub struct Router {
     commands: mpsc::Receiver<Command>,
     views: Option<watch::Sender<Arc<OverlayView>>>,
     sleeve: Option<Arc<sleeve::Shared>>,
+    ipam: Option<mpsc::Sender<MeshEvent>>,
 }
 
 impl Router {
@@ -96,7 +119,14 @@ impl Router {
             commands,
             views: None,
             sleeve: None,
+            ipam: None,
         }
+    }
+
+    /// Hands IPAM gossip, new neighbours and reachability to `ipam`.
+    pub fn with_ipam(mut self, ipam: mpsc::Sender<MeshEvent>) -> Self {
+        self.ipam = Some(ipam);
+        self
     }
 
     /// Publishes the mesh's overlay views to the sleeve on `views`, and adds
@@ -119,7 +149,9 @@ impl Router {
             mut commands,
             views,
             sleeve,
+            ipam,
         } = self;
+        let mut reachable = std::collections::BTreeSet::new();
         let (events_tx, mut events) = mpsc::channel::<Event>(1024);
         let accept_tx = events_tx.clone();
         let accept_cancel = cancel.clone();
@@ -143,7 +175,7 @@ impl Router {
             }
         });
         let mut links: HashMap<ConnId, Link> = HashMap::new();
-        apply(&mut mesh, &mut links, &events_tx);
+        apply(&mut mesh, &mut links, &events_tx, ipam.as_ref());
         loop {
             let deadline = mesh.poll_timeout();
             tokio::select! {
@@ -181,7 +213,17 @@ impl Router {
                     }
                 }
             }
-            apply(&mut mesh, &mut links, &events_tx);
+            apply(&mut mesh, &mut links, &events_tx, ipam.as_ref());
+            if let Some(ipam) = &ipam {
+                let now_reachable = mesh.reachable_peers();
+                if now_reachable != reachable {
+                    reachable.clone_from(&now_reachable);
+                    if ipam.try_send(MeshEvent::Reachable(now_reachable)).is_err() {
+                        // Retried on the next change; the set is small.
+                        reachable.clear();
+                    }
+                }
+            }
             if let Some(views) = &views {
                 let view = mesh.overlay_view();
                 if !Arc::ptr_eq(view, &views.borrow()) {
@@ -224,6 +266,11 @@ fn on_command(mesh: &mut Mesh, cmd: Command, sleeve: Option<&sleeve::Shared>) {
             mesh.forget(&addrs, now);
             let _ = reply.send(mesh.maker().direct());
         }
+        Command::Gossip { channel, to, body } => match to {
+            GossipTo::Conn(conn) => mesh.send_channel(conn, channel, body),
+            GossipTo::Fanout => mesh.fanout_channel(channel, body, None),
+            GossipTo::Random => mesh.random_channel(channel, body),
+        },
     }
 }
 
@@ -252,7 +299,12 @@ fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Shared) {
 }
 
 /// Carries out everything the mesh queued.
-fn apply(mesh: &mut Mesh, links: &mut HashMap<ConnId, Link>, events: &mpsc::Sender<Event>) {
+fn apply(
+    mesh: &mut Mesh,
+    links: &mut HashMap<ConnId, Link>,
+    events: &mpsc::Sender<Event>,
+    ipam: Option<&mpsc::Sender<MeshEvent>>,
+) {
     let mut stuck = Vec::new();
     while let Some(action) = mesh.poll_action() {
         match action {
@@ -284,6 +336,23 @@ fn apply(mesh: &mut Mesh, links: &mut HashMap<ConnId, Link>, events: &mpsc::Send
                     link.reader.abort();
                 }
             }
+            Action::Deliver {
+                conn,
+                peer,
+                channel,
+                body,
+            } => match (channel, ipam) {
+                (CHANNEL_IPAM, Some(ipam)) => {
+                    // Anti-entropy repairs what is dropped when IPAM lags.
+                    let _ = ipam.try_send(MeshEvent::Gossip { conn, peer, body });
+                }
+                _ => debug!(%peer, channel, "ignoring gossip on an unhandled channel"),
+            },
+            Action::NeighbourUp { conn, .. } => {
+                if let Some(ipam) = ipam {
+                    let _ = ipam.try_send(MeshEvent::NeighbourUp { conn });
+                }
+            }
         }
     }
     for conn in stuck {
@@ -295,7 +364,7 @@ fn apply(mesh: &mut Mesh, links: &mut HashMap<ConnId, Link>, events: &mpsc::Send
     }
     if mesh.poll_action().is_some() {
         // Closing may have queued more work (gossip about the lost link).
-        apply(mesh, links, events);
+        apply(mesh, links, events, ipam);
     }
 }
 

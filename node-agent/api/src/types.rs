@@ -27,6 +27,9 @@ pub struct Report {
     /// The sleeve data plane, when it runs.
     #[serde(default)]
     pub sleeve: Option<SleeveReport>,
+    /// IP address management, when enabled.
+    #[serde(default)]
+    pub ipam: Option<IpamReport>,
 }
 
 /// State of the sleeve data plane.
@@ -207,8 +210,14 @@ pub struct TargetsReply {
 pub struct AttachRequest {
     /// Path of the network namespace (e.g. `/run/netns/pod1`, `/proc/PID/ns/net`).
     pub netns: String,
-    /// Addresses with prefix, `10.2.1.4/24`.
+    /// What to configure, each one of: `10.2.1.4/24` or `ip:10.2.1.4/24` (a
+    /// fixed address, claimed in IPAM when inside its range), `net:10.2.3.0/24`
+    /// (allocate in that subnet), `net:default` (allocate in the default
+    /// subnet). Empty means `net:default`.
     pub cidrs: Vec<String>,
+    /// IPAM identifier of the attachment; defaults to `netns:PATH`.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// Reply to `POST /attach`.
@@ -226,6 +235,9 @@ pub struct AttachReply {
 pub struct DetachRequest {
     /// Path of the network namespace.
     pub netns: String,
+    /// IPAM identifier whose addresses are released; defaults to `netns:PATH`.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// `GET /version`.
@@ -242,4 +254,140 @@ pub struct VersionReply {
 pub struct ErrorReply {
     /// What went wrong, for a human.
     pub error: String,
+}
+
+/// `POST /ipam/allocate`: an address for `id` (idempotent: the same id gets
+/// the same address again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateRequest {
+    /// Identifier of the attachment (e.g. `cni:CONTAINER:IFNAME`).
+    pub id: String,
+    /// Subnet inside the allocation range; the default subnet when absent.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// How long to wait for space (consensus, donation), in milliseconds;
+    /// 30 000 when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /ipam/claim`: a specific address for `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Identifier of the attachment.
+    pub id: String,
+    /// Address with prefix, `10.32.0.9/12`.
+    pub address: String,
+    /// As in [`AllocateRequest::timeout_ms`].
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /ipam/release`: give back one or all addresses of `id`. Releasing
+/// what is not held succeeds and releases nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Identifier of the attachment.
+    pub id: String,
+    /// One address (`10.32.0.9` or `10.32.0.9/12`); all of them when absent.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// `POST /ipam/lookup`: the addresses of `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    /// Identifier of the attachment.
+    pub id: String,
+}
+
+/// Addresses of one identifier (reply to allocate, claim, release, lookup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressesReply {
+    /// The identifier.
+    pub id: String,
+    /// Addresses with the prefix length of their subnet, `10.32.0.5/12`.
+    pub addresses: Vec<String>,
+}
+
+/// `POST /ipam/gc`: release every allocation whose id starts with `prefix`
+/// and is not listed in `keep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Only ids with this prefix are candidates (e.g. `cni:`); must not be empty.
+    pub prefix: String,
+    /// Ids to keep.
+    pub keep: Vec<String>,
+}
+
+/// Reply to `POST /ipam/gc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReply {
+    /// Ids whose addresses were released.
+    pub released: Vec<String>,
+}
+
+/// `POST /ipam/rmpeer`: hand the space of a peer that is gone for good to
+/// live peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmPeerRequest {
+    /// Peer name or nickname.
+    pub peer: String,
+}
+
+/// Reply to `POST /ipam/rmpeer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RmPeerReply {
+    /// The removed peer's name.
+    pub peer: String,
+    /// Addresses it owned.
+    pub addresses: u64,
+    /// Peers inheriting its ranges.
+    pub heirs: Vec<String>,
+}
+
+/// `GET /ipam`: state of IP address management.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamReport {
+    /// `ready`, `idle`, `waiting for consensus: 2 of 3 peers`, …
+    pub status: String,
+    /// Whether an allocation can proceed now (the CNI STATUS check).
+    pub ready: bool,
+    /// The allocation range.
+    pub range: String,
+    /// The default subnet.
+    pub default_subnet: String,
+    /// Addresses in the range.
+    pub total: u64,
+    /// Addresses handed out by this peer.
+    pub used: u64,
+    /// Allocations waiting (for consensus or space).
+    pub pending: u64,
+    /// Each owner of space (and each known peer with none).
+    pub owners: Vec<IpamOwner>,
+    /// Peers removed with rmpeer.
+    pub removed: Vec<String>,
+}
+
+/// One peer's share of the range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamOwner {
+    /// Peer name.
+    pub name: String,
+    /// Nickname, when known.
+    pub nickname: String,
+    /// Addresses owned.
+    pub addresses: u64,
+    /// Free addresses as last reported by the peer (exact for the local one).
+    pub free: u64,
+    /// Whether it is the local peer.
+    pub local: bool,
+    /// Whether it is reachable now.
+    pub reachable: bool,
 }

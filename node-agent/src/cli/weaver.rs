@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::LogFormat;
-use crate::config::{parse_duration, parse_peer_addr, Config};
+use crate::config::{parse_duration, parse_peer_addr, Config, IpamSettings};
 use crate::mesh::PeerName;
 
 /// weaver: the per-node agent of the weave network.
@@ -61,6 +61,16 @@ pub struct Cli {
     /// Overlay MTU; default: the underlay MTU minus the encapsulation overhead.
     #[arg(long, env = "WEAVE_MTU", value_parser = clap::value_parser!(u32).range(576..=65000))]
     pub mtu: Option<u32>,
+    /// Address range IPAM allocates from ("off" disables IPAM).
+    #[arg(long, env = "WEAVE_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
+    pub ipalloc_range: String,
+    /// Subnet for allocations that name none; default: the whole range.
+    #[arg(long, env = "WEAVE_IPALLOC_DEFAULT_SUBNET")]
+    pub ipalloc_default_subnet: Option<String>,
+    /// How the range gets its first owners: consensus=N, seed=NAME,... or
+    /// observer; default: consensus among the initial peers and this one.
+    #[arg(long, env = "WEAVE_IPALLOC_INIT")]
+    pub ipalloc_init: Option<String>,
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -91,6 +101,12 @@ impl Cli {
             ));
         }
         let nickname = self.nickname.unwrap_or_else(hostname);
+        let ipam = IpamSettings::parse(
+            &self.ipalloc_range,
+            self.ipalloc_default_subnet.as_deref(),
+            self.ipalloc_init.as_deref(),
+            peers.len(),
+        )?;
         Ok(Config {
             name: self.name,
             nickname,
@@ -115,6 +131,7 @@ impl Cli {
                 b => Some(b.to_string()),
             },
             mtu: self.mtu,
+            ipam,
         })
     }
 }

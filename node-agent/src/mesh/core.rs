@@ -35,6 +35,8 @@ use super::wire::{self, Decoder, Frame, Hello, Message, WireError};
 
 /// Gossip channel of the topology.
 pub const CHANNEL_TOPOLOGY: u8 = 0;
+/// Gossip channel of IP address management (handled outside the mesh).
+pub const CHANNEL_IPAM: u8 = 1;
 /// Topology changes are batched for this long before reachability, routes
 /// and targets are recomputed (a burst of gossip costs one computation).
 const REFRESH_DELAY: Duration = Duration::from_millis(20);
@@ -116,6 +118,25 @@ pub enum Action {
     Close {
         /// The connection.
         conn: ConnId,
+    },
+    /// Gossip of an application channel arrived (anything but the topology).
+    Deliver {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The neighbour that sent it.
+        peer: PeerName,
+        /// The channel.
+        channel: u8,
+        /// The body, for the channel's owner to decode.
+        body: Vec<u8>,
+    },
+    /// A connection was established: application channels send it their
+    /// state, as the mesh does with the topology.
+    NeighbourUp {
+        /// The new connection.
+        conn: ConnId,
+        /// The neighbour.
+        peer: PeerName,
     },
 }
 
@@ -301,6 +322,48 @@ impl Mesh {
             }
         });
         self.push_records(&[self.cfg.name], None);
+    }
+
+    /// Peers reachable over links established at both ends (not us).
+    pub fn reachable_peers(&self) -> BTreeSet<PeerName> {
+        self.routes.unicast.keys().copied().collect()
+    }
+
+    /// Sends gossip of an application channel on one established connection.
+    pub fn send_channel(&mut self, conn: ConnId, channel: u8, body: Vec<u8>) {
+        let established = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.state, ConnState::Established(_)));
+        if established {
+            self.stats.gossip_out += 1;
+            self.send(conn, Message::Gossip { channel, body }.encode());
+        }
+    }
+
+    /// Sends gossip of an application channel to a random subset of
+    /// neighbours (as many as topology gossip uses), leaving out `exclude`.
+    pub fn fanout_channel(&mut self, channel: u8, body: Vec<u8>, exclude: Option<ConnId>) {
+        let mut ids: Vec<ConnId> = self
+            .established_ids()
+            .into_iter()
+            .filter(|id| Some(*id) != exclude)
+            .collect();
+        ids.shuffle(&mut self.rng);
+        ids.truncate(fanout(self.topo.len()));
+        let data = Message::Gossip { channel, body }.encode();
+        for id in ids {
+            self.stats.gossip_out += 1;
+            self.send(id, data.clone());
+        }
+    }
+
+    /// Sends gossip of an application channel to one random neighbour.
+    pub fn random_channel(&mut self, channel: u8, body: Vec<u8>) {
+        let ids = self.established_ids();
+        if let Some(&id) = ids.choose(&mut self.rng) {
+            self.send_channel(id, channel, body);
+        }
     }
 
     /// Whether the mesh still tracks this connection.
@@ -562,7 +625,12 @@ impl Mesh {
             (ConnState::Established(r), Frame::Message(Message::Gossip { channel, body })) => {
                 let from = r.name;
                 if channel != CHANNEL_TOPOLOGY {
-                    debug!(%from, channel, "ignoring gossip on unknown channel");
+                    self.actions.push_back(Action::Deliver {
+                        conn: id,
+                        peer: from,
+                        channel,
+                        body,
+                    });
                     return Ok(());
                 }
                 self.stats.gossip_in += 1;
@@ -653,6 +721,10 @@ impl Mesh {
         // our new connection.
         let all = self.gossipable(self.topo.records().map(|r| r.name));
         self.send_gossip(id, &TopologyGossip::Update(all));
+        self.actions.push_back(Action::NeighbourUp {
+            conn: id,
+            peer: h.name,
+        });
         self.topology_changed(now);
         self.push_records(&[self.cfg.name], Some(id));
     }
@@ -1045,6 +1117,7 @@ impl Mesh {
             }
         }
         weave_api::Report {
+            ipam: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: format!("{}..{}", wire::MIN_VERSION, wire::MAX_VERSION),
             peer: weave_api::LocalPeer {

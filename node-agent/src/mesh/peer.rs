@@ -93,6 +93,33 @@ impl FromStr for PeerName {
     }
 }
 
+/// Text (`aa:bb:…`) in human-readable formats such as the state file, a
+/// plain integer in compact binary ones such as IPAM gossip.
+impl serde::Serialize for PeerName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PeerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let v = u64::deserialize(d)?;
+            if v > NAME_MASK {
+                return Err(serde::de::Error::custom("peer name wider than 48 bits"));
+            }
+            Ok(Self(v))
+        }
+    }
+}
+
 /// Random non-zero identifier of one incarnation of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerUid(u64);

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use weave_api::{
-    AttachReply, AttachRequest, Client, ConnectRequest, DetachRequest, Endpoint, ForgetRequest,
-    Report, TargetsReply, VersionReply,
+    AddressesReply, AllocateRequest, AttachReply, AttachRequest, ClaimRequest, Client,
+    ConnectRequest, DetachRequest, Endpoint, ForgetRequest, LookupRequest, ReleaseRequest, Report,
+    RmPeerReply, RmPeerRequest, TargetsReply, VersionReply,
 };
 
-pub use status::{render_connections, render_peers, render_routes, render_status};
+pub use status::{render_connections, render_ipam, render_peers, render_routes, render_status};
 
 /// weave: inspect and steer the local weave agent.
 #[derive(Debug, Parser)]
@@ -58,20 +59,70 @@ pub enum Command {
         #[arg(required = true)]
         peers: Vec<String>,
     },
-    /// Wire a network namespace to the weave bridge: `weave attach CIDR... NETNS`
-    /// (NETNS is a path, or a name under /run/netns).
+    /// Wire a network namespace to the weave bridge: `weave attach [ADDR...] NETNS`
+    /// (NETNS is a path, or a name under /run/netns). ADDR is `net:default`
+    /// (the default), `net:CIDR` (allocate in that subnet) or a fixed
+    /// `[ip:]10.2.1.4/24`.
     Attach {
-        /// Addresses with prefix (10.2.1.4/24), then the namespace.
-        #[arg(required = true, num_args = 2..)]
+        /// IPAM identifier of the attachment; default `netns:PATH`.
+        #[arg(long)]
+        id: Option<String>,
+        /// Addresses, then the namespace.
+        #[arg(required = true, num_args = 1..)]
         args: Vec<String>,
     },
-    /// Undo `weave attach`.
+    /// Undo `weave attach` and release its addresses.
     Detach {
+        /// IPAM identifier used at attach.
+        #[arg(long)]
+        id: Option<String>,
         /// The namespace (path or name under /run/netns).
         netns: String,
     },
+    /// Hand the IP space of a peer that is gone for good to live peers.
+    Rmpeer {
+        /// Peer name or nickname.
+        peer: String,
+    },
+    /// Allocate, claim, release or look up addresses directly.
+    Ipam {
+        /// What to do.
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
     /// Versions of this command and of the agent.
     Version,
+}
+
+/// Subcommands of `weave ipam`.
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// An address for ID (the same one again if it has one).
+    Allocate {
+        /// Identifier.
+        id: String,
+        /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
+        subnet: Option<String>,
+    },
+    /// A specific address (10.32.0.9/12) for ID.
+    Claim {
+        /// Identifier.
+        id: String,
+        /// Address with prefix.
+        address: String,
+    },
+    /// Give back one address of ID, or all of them.
+    Release {
+        /// Identifier.
+        id: String,
+        /// One address; all if absent.
+        address: Option<String>,
+    },
+    /// The addresses of ID.
+    Lookup {
+        /// Identifier.
+        id: String,
+    },
 }
 
 /// A namespace argument: a path as given, or a name under /run/netns.
@@ -92,6 +143,8 @@ pub enum StatusWhat {
     Connections,
     /// Next hop towards each peer.
     Routes,
+    /// Each peer's share of the IP allocation range.
+    Ipam,
 }
 
 /// Runs the command, writing its output to `out`.
@@ -108,6 +161,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 Some(StatusWhat::Peers) => render_peers(&report),
                 Some(StatusWhat::Connections) => render_connections(&report),
                 Some(StatusWhat::Routes) => render_routes(&report),
+                Some(StatusWhat::Ipam) => match &report.ipam {
+                    Some(ipam) => render_ipam(ipam),
+                    None => "IP address management is off\n".to_string(),
+                },
             };
             out.write_all(text.as_bytes())?;
         }
@@ -125,19 +182,70 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let reply: TargetsReply = client.post_json("/forget", &ForgetRequest { peers })?;
             writeln!(out, "targets: {}", reply.targets.join(" "))?;
         }
-        Command::Attach { mut args } => {
+        Command::Attach { id, mut args } => {
             let netns = netns_path(&args.pop().unwrap_or_default());
-            let reply: AttachReply =
-                client.post_json("/attach", &AttachRequest { netns, cidrs: args })?;
+            let reply: AttachReply = client.post_json(
+                "/attach",
+                &AttachRequest {
+                    netns,
+                    cidrs: args,
+                    id,
+                },
+            )?;
             writeln!(out, "{}", reply.cidrs.join(" "))?;
         }
-        Command::Detach { netns } => {
+        Command::Detach { id, netns } => {
             let _: serde_json::Value = client.post_json(
                 "/detach",
                 &DetachRequest {
                     netns: netns_path(&netns),
+                    id,
                 },
             )?;
+        }
+        Command::Rmpeer { peer } => {
+            let r: RmPeerReply = client.post_json("/ipam/rmpeer", &RmPeerRequest { peer })?;
+            writeln!(
+                out,
+                "removed {}: {} addresses go to {}",
+                r.peer,
+                r.addresses,
+                if r.heirs.is_empty() {
+                    "nobody (it owned none)".to_string()
+                } else {
+                    r.heirs.join(", ")
+                }
+            )?;
+        }
+        Command::Ipam { command } => {
+            let reply: AddressesReply = match command {
+                IpamCommand::Allocate { id, subnet } => {
+                    let subnet = subnet.map(|s| s.trim_start_matches("net:").to_string());
+                    client.post_json(
+                        "/ipam/allocate",
+                        &AllocateRequest {
+                            id,
+                            subnet,
+                            timeout_ms: None,
+                        },
+                    )?
+                }
+                IpamCommand::Claim { id, address } => client.post_json(
+                    "/ipam/claim",
+                    &ClaimRequest {
+                        id,
+                        address,
+                        timeout_ms: None,
+                    },
+                )?,
+                IpamCommand::Release { id, address } => {
+                    client.post_json("/ipam/release", &ReleaseRequest { id, address })?
+                }
+                IpamCommand::Lookup { id } => {
+                    client.post_json("/ipam/lookup", &LookupRequest { id })?
+                }
+            };
+            writeln!(out, "{}", reply.addresses.join(" "))?;
         }
         Command::Version => {
             writeln!(out, "weave {}", env!("CARGO_PKG_VERSION"))?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use weave_api::{ConnectionState, Report};
+use weave_api::{ConnectionState, IpamReport, Report};
 
 /// Lays out rows in columns separated by two spaces; the last column is not padded.
 fn table(rows: &[Vec<String>]) -> String {
@@ -77,7 +77,49 @@ pub fn render_status(r: &Report) -> String {
         vec!["Targets:".into(), r.targets.len().to_string()],
         vec!["Encryption:".into(), "disabled".into()],
     ];
+    let mut rows = rows;
+    match &r.ipam {
+        Some(ipam) => {
+            rows.push(vec!["IPAM:".into(), ipam.status.clone()]);
+            rows.push(vec!["Range:".into(), ipam.range.clone()]);
+            rows.push(vec!["DefaultSubnet:".into(), ipam.default_subnet.clone()]);
+        }
+        None => rows.push(vec!["IPAM:".into(), "off".into()]),
+    }
     table(&rows)
+}
+
+/// `weave status ipam`: each peer's share of the range.
+pub fn render_ipam(ipam: &IpamReport) -> String {
+    let mut rows = Vec::new();
+    for o in &ipam.owners {
+        let label = if o.nickname.is_empty() {
+            o.name.clone()
+        } else {
+            format!("{}({})", o.name, o.nickname)
+        };
+        let pct = if ipam.total == 0 {
+            0.0
+        } else {
+            o.addresses as f64 * 100.0 / ipam.total as f64
+        };
+        let mut info = format!("{} IPs ({pct:.1}% of total)", o.addresses);
+        if o.local {
+            info.push_str(&format!(" ({} used, {} free)", ipam.used, o.free));
+        } else {
+            info.push_str(&format!(" ({} free)", o.free));
+        }
+        if !o.reachable {
+            info.push_str(" - unreachable!");
+        }
+        rows.push(vec![label, info]);
+    }
+    let mut out = format!("{}\n", ipam.status);
+    out.push_str(&table(&rows));
+    if !ipam.removed.is_empty() {
+        out.push_str(&format!("removed: {}\n", ipam.removed.join(", ")));
+    }
+    out
 }
 
 /// `weave status peers`: every peer and the connections it announces.
@@ -213,18 +255,63 @@ mod tests {
             }],
             stats: MeshStats::default(),
             sleeve: None,
+            ipam: Some(IpamReport {
+                status: "ready".into(),
+                ready: true,
+                range: "10.32.0.0/12".into(),
+                default_subnet: "10.32.0.0/12".into(),
+                total: 1 << 20,
+                used: 3,
+                pending: 0,
+                owners: vec![
+                    IpamOwner {
+                        name: "02:00:00:00:00:01".into(),
+                        nickname: "h1".into(),
+                        addresses: 1 << 19,
+                        free: (1 << 19) - 3,
+                        local: true,
+                        reachable: true,
+                    },
+                    IpamOwner {
+                        name: "02:00:00:00:00:02".into(),
+                        nickname: "h2".into(),
+                        addresses: 1 << 19,
+                        free: 1 << 19,
+                        local: false,
+                        reachable: false,
+                    },
+                ],
+                removed: vec![],
+            }),
         }
+    }
+
+    #[test]
+    fn ipam_shares() {
+        let r = report();
+        let s = render_ipam(r.ipam.as_ref().unwrap());
+        assert_eq!(
+            s,
+            "ready\n\
+             02:00:00:00:00:01(h1)  524288 IPs (50.0% of total) (3 used, 524285 free)\n\
+             02:00:00:00:00:02(h2)  524288 IPs (50.0% of total) (524288 free) - unreachable!\n"
+        );
+        assert!(
+            render_status(&r).contains("IPAM:           ready"),
+            "{}",
+            render_status(&r)
+        );
     }
 
     #[test]
     fn status_summary() {
         let s = render_status(&report());
         assert!(
-            s.contains("Peers:        2 (with 1 established connections)"),
+            s.contains("Peers:          2 (with 1 established connections)"),
             "{s}"
         );
         assert!(
-            s.contains("Connections:  1 (1 established, 0 pending, 0 failed)"),
+            s.contains("Connections:    1 (1 established, 0 pending, 0 failed)"),
             "{s}"
         );
     }
