@@ -165,3 +165,39 @@ pub fn in_pod(ns: &str, program: &str, args: &[&str]) -> Result<String> {
 pub fn pings(ns: &str, ip: &str) -> bool {
     in_pod(ns, "ping", &["-c", "1", "-W", "1", ip]).is_ok()
 }
+
+/// A client of the agent's API on `host`, through its Unix socket.
+pub fn client(host: &Host) -> weave_api::Client {
+    weave_api::Client::new(vec![weave_api::Endpoint::Unix(api_socket(host))])
+        .with_timeout(Duration::from_secs(60))
+}
+
+/// Creates pod namespace `name` on host `h` and attaches it through
+/// `weave attach` with addresses from IPAM (`specs` as `weave attach` takes
+/// them; none means the default subnet). Returns the namespace and the
+/// address it got (without prefix).
+pub fn attach_allocated(
+    bed: &crate::TestBed,
+    h: usize,
+    name: &str,
+    specs: &[&str],
+) -> Result<(String, String)> {
+    let ns = bed.add_pod_netns(h, name)?;
+    let mut args = vec!["attach"];
+    args.extend_from_slice(specs);
+    args.push(&ns);
+    let out = weave(bed.host(h), &args)?;
+    let cidr = out
+        .split_whitespace()
+        .next()
+        .with_context(|| format!("weave attach printed no address for {name}"))?;
+    let addr = cidr.split('/').next().unwrap_or(cidr).to_string();
+    Ok((ns, addr))
+}
+
+/// The IPAM section of `host`'s report.
+pub fn ipam(host: &Host) -> Result<weave_api::IpamReport> {
+    report(host)?
+        .ipam
+        .with_context(|| format!("IPAM is off on {}", host.name()))
+}

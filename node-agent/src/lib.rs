@@ -200,6 +200,30 @@ pub mod fuzz {
         let _ = Message::decode(data);
     }
 
+    /// Decodes IPAM gossip and merges it into a fresh peer of the same
+    /// range; a merge must leave a ring that passes its own checks.
+    pub fn ipam_gossip(data: &[u8]) {
+        use crate::ipam::{GossipState, Init, Ipam, IpamConfig};
+        let Ok(g) = GossipState::decode(data) else {
+            return;
+        };
+        let cfg = IpamConfig {
+            name: crate::mesh::PeerName::from_u64(1),
+            uid: 1,
+            nickname: "fuzz".into(),
+            universe: g.ring.universe,
+            default_subnet: g.ring.universe,
+            init: Init::Consensus(3),
+        };
+        let mut ipam = Ipam::new(cfg, None, 1);
+        let now = tokio::time::Instant::now();
+        let from = crate::mesh::PeerName::from_u64(2);
+        ipam.on_gossip(from, data, now)
+            .expect("decoded gossip merges");
+        assert!(ipam.ring().validate().is_ok(), "merge keeps the ring valid");
+        let _ = ipam.on_gossip(from, &ipam.gossip_state().encode(), now);
+    }
+
     /// Decodes a sleeve datagram and walks all its frames.
     pub fn sleeve(data: &[u8]) {
         if let Ok(crate::sleeve::frame::Datagram::Frames { frames, .. }) =
@@ -282,7 +306,19 @@ mod tests {
         crate::sleeve::frame::push_frame(&mut datagram, name, PeerName::BROADCAST, &[0xff; 60]);
         crate::sleeve::frame::push_frame(&mut datagram, name, name, &[0x0a; 20]);
         let heartbeat = crate::sleeve::frame::heartbeat(name, name, 7, false).to_vec();
-        vec![stream, update, digest, datagram, heartbeat]
+        let ipam = {
+            use crate::ipam::{Init, Ipam, IpamConfig};
+            let cfg = IpamConfig {
+                name,
+                uid: 1,
+                nickname: "a".into(),
+                universe: "10.32.0.0/24".parse().expect("valid subnet"),
+                default_subnet: "10.32.0.0/24".parse().expect("valid subnet"),
+                init: Init::Seed(vec![name, PeerName::from_u64(9)]),
+            };
+            Ipam::new(cfg, None, 1).gossip_state().encode()
+        };
+        vec![stream, update, digest, datagram, heartbeat, ipam]
     }
 
     /// The fuzz entry points over many seeded mutations (flips, cuts,
@@ -318,6 +354,7 @@ mod tests {
             crate::fuzz::handshake(&data);
             crate::fuzz::gossip(&data);
             crate::fuzz::sleeve(&data);
+            crate::fuzz::ipam_gossip(&data);
             if data.len() > 8 {
                 crate::fuzz::gossip(&data[8..]);
             }

@@ -203,6 +203,7 @@ mod tests {
                     reachable: false,
                 }],
                 removed: vec![],
+                state_bytes: 0,
             }),
         };
         let text = render(&r);

@@ -269,6 +269,8 @@ impl Sim {
                         self.at(self.now + lat, Ev::Closed { peer: q, conn: qc });
                     }
                 }
+                // No application channels run in this simulation.
+                Action::Deliver { .. } | Action::NeighbourUp { .. } => {}
             }
         }
         let Some(mesh) = self.meshes[p].as_ref() else {

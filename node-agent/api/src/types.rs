@@ -373,6 +373,9 @@ pub struct IpamReport {
     pub owners: Vec<IpamOwner>,
     /// Peers removed with rmpeer.
     pub removed: Vec<String>,
+    /// Size of the gossiped IPAM state, in bytes.
+    #[serde(default)]
+    pub state_bytes: u64,
 }
 
 /// One peer's share of the range.

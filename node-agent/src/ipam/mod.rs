@@ -817,6 +817,7 @@ impl Ipam {
             pending: self.pending.len() as u64,
             owners,
             removed: self.removed.keys().map(ToString::to_string).collect(),
+            state_bytes: self.gossip_state().encode().len() as u64,
         }
     }
 

@@ -226,10 +226,9 @@ mod tests {
             .collect();
         for step in 0..4000 {
             let i = rng.gen_range(0..n);
-            if step % 97 == 0 || (step % 31 == 0 && rng.gen_bool(0.3)) {
-                if nodes[i].decision().is_none() {
-                    nodes[i].propose();
-                }
+            let wants = step % 97 == 0 || (step % 31 == 0 && rng.gen_bool(0.3));
+            if wants && nodes[i].decision().is_none() {
+                nodes[i].propose();
             }
             let j = rng.gen_range(0..n);
             let theirs = nodes[j].nodes().clone();

@@ -282,6 +282,7 @@ mod tests {
                     },
                 ],
                 removed: vec![],
+                state_bytes: 0,
             }),
         }
     }
