@@ -42,7 +42,7 @@ fn five_hosts_form_a_full_mesh_from_one_address() -> Result<()> {
     assert_eq!(mode & 0o777, 0o600, "API socket is private to root");
     let status = weave(h1, &["status"])?;
     assert!(
-        status.contains("Peers:        5 (with 20 established connections)"),
+        status.contains("Peers:          5 (with 20 established connections)"),
         "{status}"
     );
     let conns = weave(h1, &["status", "connections"])?;
