@@ -512,3 +512,31 @@ fn gossip_state_round_trips() {
     let g = sim.nodes[0].ipam.gossip_state();
     assert_eq!(GossipState::decode(&g.encode()).unwrap(), g);
 }
+
+#[test]
+fn independently_seeded_rings_settle_on_one_without_dropping_anyone() {
+    let mut sim = Sim::new(8, 2, Init::Seed(vec![name(0)]), "10.32.0.0/24");
+    sim.nodes[1].ipam = Ipam::new(
+        config(1, Init::Seed(vec![name(1)]), "10.32.0.0/24"),
+        None,
+        3,
+    );
+    sim.update_reachability();
+    sim.allocate(0, "a");
+    sim.allocate(1, "b");
+    assert_ne!(sim.nodes[0].ipam.ring(), sim.nodes[1].ipam.ring());
+    sim.quiesce();
+    // Both keep gossiping (no error closes anything) and agree on the ring
+    // with the lower seed list.
+    assert_eq!(sim.nodes[0].ipam.ring(), sim.nodes[1].ipam.ring());
+    assert_eq!(sim.nodes[1].ipam.ring().seeds, vec![name(0)]);
+    // The losing side still serves new allocations, from donated space.
+    sim.allocate(1, "c");
+    sim.quiesce();
+    let c = sim.nodes[1].ipam.lookup(&Ident::new("c").unwrap());
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        sim.nodes[1].ipam.ring().owner(u64::from(c[0].addr)),
+        Some(name(1))
+    );
+}
