@@ -17,26 +17,20 @@ fn a_thousand_allocate_release_cycles_leave_nothing_allocated() -> Result<()> {
     start_weaver(h1, &[], &["--ipalloc-init", "consensus=1"])?;
     let c = client(h1);
     let mut seen = std::collections::BTreeSet::new();
+    let allocate = |id: &str| -> Result<AddressesReply> {
+        let req = AllocateRequest {
+            id: id.to_string(),
+            subnet: None,
+            timeout_ms: None,
+        };
+        Ok(c.post_json("/ipam/allocate", &req)?)
+    };
     for n in 0..1000 {
         let id = format!("cycle-{n}");
-        let a: AddressesReply = c.post_json(
-            "/ipam/allocate",
-            &AllocateRequest {
-                id: id.clone(),
-                subnet: None,
-                timeout_ms: None,
-            },
-        )?;
+        let a = allocate(&id)?;
         assert_eq!(a.addresses.len(), 1);
         seen.insert(a.addresses[0].clone());
-        let again: AddressesReply = c.post_json(
-            "/ipam/allocate",
-            &AllocateRequest {
-                id: id.clone(),
-                subnet: None,
-                timeout_ms: None,
-            },
-        )?;
+        let again = allocate(&id)?;
         assert_eq!(again.addresses, a.addresses, "allocation is idempotent");
         let r: AddressesReply =
             c.post_json("/ipam/release", &ReleaseRequest { id, address: None })?;
