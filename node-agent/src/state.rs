@@ -53,8 +53,26 @@ pub fn load_or_create_peer_name(
     Ok(name)
 }
 
-/// Replaces `path` with `data` atomically.
+/// Replaces `path` with `data` atomically and durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_file(path, data, true)?;
+    sync_dir(path)
+}
+
+/// Replaces `path` with `data` atomically but without waiting for the disk:
+/// a crash of the process at any instant leaves the old or the new content;
+/// a power loss may lose the change until [`sync`] has run.
+pub fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_file(path, data, false)
+}
+
+/// Makes the current content of `path` (and its name) durable.
+pub fn sync(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path)?.sync_all()?;
+    sync_dir(path)
+}
+
+fn write_file(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -63,10 +81,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    fs::rename(&tmp, path)
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

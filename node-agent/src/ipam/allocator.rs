@@ -26,7 +26,8 @@ use crate::router::{Command, GossipTo};
 
 /// Requests handled per batch before the state is written.
 const BATCH: usize = 256;
-/// How often waiting requests whose caller went away are dropped.
+/// How often waiting requests whose caller went away are dropped, and the
+/// state file is made durable if it changed.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Reply channel of a request that yields an address.
@@ -167,6 +168,7 @@ pub struct Allocator {
     gossip_to: Vec<ConnId>,
     next_op: OpId,
     gossip_interval: Duration,
+    unsynced: bool,
 }
 
 impl Allocator {
@@ -189,6 +191,7 @@ impl Allocator {
             gossip_to: Vec::new(),
             next_op: 1,
             gossip_interval: Duration::from_secs(10),
+            unsynced: false,
         }
     }
 
@@ -219,6 +222,7 @@ impl Allocator {
                     if now >= next_prune {
                         next_prune = now + PRUNE_INTERVAL;
                         self.prune();
+                        self.sync().await;
                     }
                     if now >= next_gossip {
                         next_gossip = now + self.gossip_interval;
@@ -240,6 +244,7 @@ impl Allocator {
             self.flush().await;
         }
         self.flush().await;
+        self.sync().await;
         info!("IP allocation stopped");
         Ok(())
     }
@@ -335,6 +340,19 @@ impl Allocator {
         }
     }
 
+    /// Makes the state file durable if it changed since the last time.
+    async fn sync(&mut self) {
+        if !std::mem::take(&mut self.unsynced) {
+            return;
+        }
+        let dir = self.state_dir.clone();
+        match tokio::task::spawn_blocking(move || persist::sync(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "could not sync IPAM state to disk"),
+            Err(e) => error!(error = %e, "IPAM sync task failed"),
+        }
+    }
+
     /// Persists if needed, then answers and gossips.
     async fn flush(&mut self) {
         while let Some((op, r)) = self.ipam.poll_completion() {
@@ -347,7 +365,7 @@ impl Allocator {
             let dir = self.state_dir.clone();
             let res = tokio::task::spawn_blocking(move || persist::save(&dir, &state)).await;
             match res {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self.unsynced = true,
                 Ok(Err(e)) => {
                     error!(error = %e, "could not persist IPAM state; allocations may not survive a crash")
                 }

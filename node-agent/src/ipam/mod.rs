@@ -623,7 +623,7 @@ impl Ipam {
                     .peers
                     .get_mut(name)
                     .expect("own record is always present");
-                if theirs.version >= mine.version {
+                if supersedes(theirs, mine) {
                     // An older incarnation of ours was ahead: jump past it.
                     mine.version = theirs.version + 1;
                     changed = true;

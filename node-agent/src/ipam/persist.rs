@@ -1,7 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-//! IPAM state on disk: `STATE_DIR/ipam.json`, replaced atomically on every
-//! change (see [`crate::state::write_atomic`]), so a crash at any instant
-//! leaves the old or the new state, both readable.
+//! IPAM state on disk: `STATE_DIR/ipam.json`, replaced atomically (temporary
+//! file, rename) on every change, before the change is acknowledged, so a
+//! crash of the agent at any instant leaves the old or the new state, both
+//! readable. Waiting for the disk on every change would cost each allocation
+//! milliseconds, so the file is made durable (fsync of file and directory)
+//! at most a second later, by [`sync`]. A power loss can therefore lose the
+//! last second of changes: the ring is held by every peer and comes back by
+//! gossip, and the allocations lost belong to pods that did not survive the
+//! power loss either (the CNI GC releases what the runtime no longer lists).
 //!
 //! A file that belongs to another peer name or another allocation range is
 //! refused with an error rather than silently dropped: dropping it could hand
@@ -228,11 +234,17 @@ pub fn load(dir: &Path, peer: PeerName, range: Subnet) -> Result<Option<Persiste
     Ok(Some(p))
 }
 
-/// Writes the state atomically.
+/// Writes the state atomically (durable only after [`sync`]).
 pub fn save(dir: &Path, state: &Persisted) -> Result<(), PersistError> {
     let path = dir.join(FILE);
-    crate::state::write_atomic(&path, &state.to_json())
+    crate::state::replace(&path, &state.to_json())
         .map_err(|source| PersistError::Io { path, source })
+}
+
+/// Makes the last [`save`] durable.
+pub fn sync(dir: &Path) -> Result<(), PersistError> {
+    let path = dir.join(FILE);
+    crate::state::sync(&path).map_err(|source| PersistError::Io { path, source })
 }
 
 impl fmt::Display for Persisted {

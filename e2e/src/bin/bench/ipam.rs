@@ -37,7 +37,7 @@ fn ms(d: Duration) -> String {
 fn cluster(n: usize) -> Result<TestBed> {
     let bed = TestBed::new(Topology::Segment(n))?;
     let init = format!("consensus={n}");
-    let flags = ["--ipalloc-init", init.as_str(), "--log-level", "warn"];
+    let flags = ["--ipalloc-init", init.as_str()];
     start_weaver(bed.host(1), &[], &flags)?;
     for h in &bed.hosts()[1..] {
         start_weaver(h, &[peer_addr(bed.host(1))], &flags)?;
@@ -101,9 +101,18 @@ pub(crate) fn bench() -> Result<()> {
     // State size once every peer owns a share and holds an address.
     for n in [10, 25] {
         let bed = cluster(n)?;
-        for h in bed.hosts() {
-            allocate(&client(h), "one")?;
+        let t = Instant::now();
+        let slow = |h| client(h).with_timeout(Duration::from_secs(90));
+        allocate(&slow(bed.host(1)), "one")?;
+        let first = t.elapsed();
+        for h in &bed.hosts()[1..] {
+            allocate(&slow(h), "one")?;
         }
+        println!(
+            "{n} peers: first allocation (consensus) {}, all {n} allocated after {}",
+            ms(first),
+            ms(t.elapsed())
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         let report = loop {
             let r: Report = client(bed.host(1)).get_json("/report")?;
