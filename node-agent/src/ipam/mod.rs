@@ -864,6 +864,7 @@ impl Ipam {
             let due = self.next_proposal.is_none_or(|t| now >= t);
             if enough && due && paxos.decision().is_none() {
                 paxos.propose();
+                self.gossip_dirty = true;
                 let jitter = Duration::from_millis(self.rng.gen_range(0..1000));
                 self.next_proposal = Some(now + PROPOSAL_RETRY + jitter);
                 debug!(
