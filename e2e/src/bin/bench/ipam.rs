@@ -74,7 +74,7 @@ pub(crate) fn bench() -> Result<()> {
     free.sort();
     let p50 = percentile(&alloc, 50);
     println!(
-        "allocate through the API (500 sequential, state persisted before each reply): p50 {} p99 {} (goal p50 ≤ 1 ms: {:.2}× of goal); release p50 {} p99 {}",
+        "allocate through the API (500 sequential, state file replaced before each reply): p50 {} p99 {} (goal p50 ≤ 1 ms: {:.2}× of goal); release p50 {} p99 {}",
         ms(p50),
         ms(percentile(&alloc, 99)),
         p50.as_secs_f64() * 1e3,
