@@ -12,7 +12,10 @@
 //! - the data plane (`dataplane.rs`): iperf3 and ping between two hosts over
 //!   raw veth (the native reference), kernel VXLAN and the sleeve.
 //!
-//! `weave-bench mesh` or `weave-bench dataplane` runs one part.
+//! - network policy (`npc.rs`): compile + apply time, API-to-rules latency and
+//!   throughput with 1,000 policies.
+//!
+//! `weave-bench mesh`, `weave-bench dataplane` or `weave-bench npc` runs one part.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -29,6 +32,7 @@ use weave_e2e::weave::{api_socket, peer_addr, start_weaver, state_dir, WEAVER};
 use weave_e2e::{bin, Host, TestBed, Topology};
 
 mod dataplane;
+mod npc;
 
 fn client(h: &Host) -> Client {
     // The API socket is a file: the bench (in the root namespace) reaches
@@ -133,6 +137,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "dataplane" {
         dataplane::bench()?;
+    }
+    if what == "all" || what == "npc" {
+        npc::bench()?;
     }
     Ok(())
 }
