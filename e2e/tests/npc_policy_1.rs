@@ -122,7 +122,8 @@ fn policy_scenarios() -> Result<()> {
         to.namespace != "x" || (is(to, "x", "b") && p.proto == Proto::Tcp)
     })?;
 
-    // Egress: y/a may only reach namespace z on TCP 80 and UDP 81 (policyTypes defaulted).
+    // Egress: y/a may only reach namespace z on TCP 80 and UDP 81. Without policyTypes the
+    // API defaults to Ingress plus Egress, so y/a also accepts no ingress at all.
     pb.apply_policy(
         "y",
         "a-out",
@@ -133,10 +134,11 @@ fn policy_scenarios() -> Result<()> {
     let ingress =
         |to: &TestPod, p: Probe| to.namespace != "x" || (is(to, "x", "b") && p.proto == Proto::Tcp);
     let egress = |from: &TestPod, to: &TestPod, p: Probe| {
-        !is(from, "y", "a")
-            || (to.namespace == "z"
-                && ((p.proto == Proto::Tcp && p.port == 80)
-                    || (p.proto == Proto::Udp && p.port == 81)))
+        !is(to, "y", "a")
+            && (!is(from, "y", "a")
+                || (to.namespace == "z"
+                    && ((p.proto == Proto::Tcp && p.port == 80)
+                        || (p.proto == Proto::Udp && p.port == 81))))
     };
     pb.wait_matrix("y/a egress to z on TCP 80 / UDP 81", |from, to, p| {
         ingress(to, p) && egress(from, to, p)

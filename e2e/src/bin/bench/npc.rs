@@ -109,7 +109,7 @@ fn nft_apply(bed: &TestBed, json: &str) -> Result<()> {
 
 /// Median of three runs of `f`.
 fn median3(mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
-    let mut v = vec![f()?, f()?, f()?];
+    let mut v = [f()?, f()?, f()?];
     v.sort();
     Ok(v[1])
 }
