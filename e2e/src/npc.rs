@@ -147,26 +147,7 @@ impl PolicyBed {
             for (j, name) in PODS.iter().enumerate() {
                 let octet = u8::try_from(3 * i + j + 1).context("nine pods")?;
                 let ip = Ipv4Addr::new(10, 32, 0, octet);
-                let netns = bed.add_pod_netns(1, &format!("{ns}{name}"))?;
-                let veth = format!("vethwepl{ns}{name}");
-                run(std::process::Command::new("ip").args([
-                    "-n", &hns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                    "netns", &netns,
-                ]))?;
-                run(std::process::Command::new("ip")
-                    .args(["-n", &hns, "link", "set", &veth, "master", "weave", "up"]))?;
-                run(std::process::Command::new("ip").args([
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/24"),
-                    "dev",
-                    "eth0",
-                ]))?;
-                run(std::process::Command::new("ip")
-                    .args(["-n", &netns, "link", "set", "eth0", "up"]))?;
-                serve(&netns)?;
+                let netns = wire_pod(&bed, ns, name, ip)?;
                 let pod = TestPod {
                     namespace: ns.to_string(),
                     name: name.to_string(),
@@ -196,6 +177,42 @@ impl PolicyBed {
         let pb = Self { bed, stub, pods };
         pb.wait_matrix("all pods reach each other with no policy", |_, _, _| true)?;
         Ok(pb)
+    }
+
+    /// Wires a new pod `ns/name` with address `ip` and servers, without telling the API
+    /// (see [`publish_pod`](Self::publish_pod)); it is not part of the matrix.
+    pub fn add_unpublished_pod(&self, ns: &str, name: &str, ip: Ipv4Addr) -> Result<TestPod> {
+        let netns = wire_pod(&self.bed, ns, name, ip)?;
+        Ok(TestPod {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            netns,
+            ip,
+        })
+    }
+
+    /// Publishes `pod` in the API, running on this node, labelled `pod=<name>`.
+    pub fn publish_pod(&self, pod: &TestPod) {
+        self.stub
+            .apply(Kind::Pod, pod_object(pod, &[("pod", &pod.name)]));
+    }
+
+    /// Whether `from` connects to `to` on TCP `port` (one probe).
+    pub fn tcp_reaches(&self, from: &TestPod, to: &TestPod, port: u16) -> Result<bool> {
+        let netns = from.netns.clone();
+        let dst = SocketAddr::from((to.ip, port));
+        std::thread::spawn(move || {
+            reach(
+                &netns,
+                dst,
+                Probe {
+                    proto: Proto::Tcp,
+                    port,
+                },
+            )
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe panicked"))?
     }
 
     /// The pod `ns/name`.
@@ -335,6 +352,31 @@ impl PolicyBed {
             Ok(body)
         })
     }
+}
+
+/// Creates pod namespace `<ns><name>` with address `ip` on the bridge of host 1 (host end
+/// `vethwepl<ns><name>`) and starts its servers; returns the namespace name.
+fn wire_pod(bed: &TestBed, ns: &str, name: &str, ip: Ipv4Addr) -> Result<String> {
+    let hns = bed.host(1).netns().to_owned();
+    let netns = bed.add_pod_netns(1, &format!("{ns}{name}"))?;
+    let veth = format!("vethwepl{ns}{name}");
+    let ip_cmd = |args: &[&str]| run(std::process::Command::new("ip").args(args));
+    ip_cmd(&[
+        "-n", &hns, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+    ])?;
+    ip_cmd(&["-n", &hns, "link", "set", &veth, "master", "weave", "up"])?;
+    ip_cmd(&[
+        "-n",
+        &netns,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip_cmd(&["-n", &netns, "link", "set", "eth0", "up"])?;
+    serve(&netns)?;
+    Ok(netns)
 }
 
 /// "allowed" or "denied".

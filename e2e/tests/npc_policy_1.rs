@@ -180,6 +180,25 @@ fn policy_scenarios() -> Result<()> {
     pb.label_pod("z", "c", &[("pod", "c")]);
     pb.label_namespace("y", &[("ns", "y")]);
     pb.wait_matrix("labels removed", |_, to, _| to.namespace != "x")?;
+
+    // A pod the API has not announced yet is unreachable (never open by accident), and
+    // becomes reachable once weave-npc has programmed its address.
+    let new = pb.add_unpublished_pod("z", "d", std::net::Ipv4Addr::new(10, 32, 0, 20))?;
+    let za = pb.pod("z", "a").clone();
+    ensure!(
+        !pb.tcp_reaches(&za, &new, 80)?,
+        "an unknown pod must not be reachable"
+    );
+    ensure!(
+        !pb.tcp_reaches(&new, &za, 80)?,
+        "an unknown pod must not send"
+    );
+    pb.publish_pod(&new);
+    wait_until(
+        Duration::from_secs(10),
+        "z/d reachable once published",
+        || Ok((pb.tcp_reaches(&za, &new, 80)? && pb.tcp_reaches(&new, &za, 80)?).then_some(())),
+    )?;
     Ok(())
 }
 

@@ -10,8 +10,9 @@
 //!   always pass. New flows from a local pod isolated for egress jump to `egress`, whose
 //!   allow rules `return` so the same packet still meets the destination's ingress check;
 //!   new flows to a local pod isolated for ingress jump to `ingress`, whose allow rules
-//!   `accept`. Both chains end with a per-pod counter, a rate-limited nflog entry naming the
-//!   pod, and `drop`. Traffic from the node itself to its pods leaves through the output hook
+//!   `accept`. Both chains end by jumping to `ingress-denied`/`egress-denied`, where each
+//!   local pod has a rule with its own counter and a rate-limited nflog entry naming it, and
+//!   then `drop`. Traffic from the node itself to its pods leaves through the output hook
 //!   and is never filtered (kubelet probes).
 //! - `bridge weave-npc`, chain `forward`: IPv4 frames to or from a pod port whose address is
 //!   not a known local pod are dropped. A pod the controller has not seen yet is therefore
@@ -121,11 +122,18 @@ pub struct DropCounter {
     pub direction: &'static str,
 }
 
+/// A local pod: namespace, name, address.
+type PodTailKey = (String, String, Ipv4Addr);
+
 /// A compiled ruleset: structure plus set contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
-    /// Tables, set declarations (empty), counters, chains and rules, in order.
+    /// Tables, set declarations (empty), chains and rules, in order.
     structure: Vec<NfListObject<'static>>,
+    /// Per local pod, its drop counters and the rules of the `*-denied` chains that count
+    /// and log its drops. They are independent of each other, so a new local pod's can be
+    /// appended without touching anything else.
+    pod_tails: BTreeMap<PodTailKey, Vec<NfListObject<'static>>>,
     /// Elements of every named set.
     sets: BTreeMap<SetKey, Vec<Expression<'static>>>,
     /// Policies that were rejected, with the reason.
@@ -226,6 +234,7 @@ pub fn compile(snapshot: &Snapshot, node: &NodeConfig) -> Compiled {
     b.tails(&local);
     Compiled {
         structure: b.structure,
+        pod_tails: b.pod_tails,
         sets: b.sets,
         rejected,
         counters: b.counters,
@@ -254,16 +263,27 @@ impl Compiled {
                 }
             }
         }
+        for object in self.pod_tails.values().flatten() {
+            objects.push(NfObject::CmdObject(NfCmd::Add(object.clone())));
+        }
         Nftables {
             objects: objects.into(),
         }
     }
 
     /// The transaction that turns `previous` (what the kernel holds) into `self` by changing
-    /// set elements only, or `None` when the structure differs and [`full`](Self::full) is
-    /// needed. An empty document means nothing changed.
+    /// set elements and adding the drop accounting of new local pods, or `None` when
+    /// anything else differs (a policy, a local pod gone or readdressed) and
+    /// [`full`](Self::full) is needed. An empty document means nothing changed.
     pub fn update_from(&self, previous: &Compiled) -> Option<Nftables<'static>> {
         if self.structure != previous.structure {
+            return None;
+        }
+        let kept = previous
+            .pod_tails
+            .iter()
+            .all(|(key, tail)| self.pod_tails.get(key) == Some(tail));
+        if !kept {
             return None;
         }
         let mut objects = Vec::new();
@@ -283,6 +303,15 @@ impl Compiled {
                 objects.push(NfObject::CmdObject(NfCmd::Add(element(set, elem))));
             }
         }
+        for (key, tail) in &self.pod_tails {
+            if !previous.pod_tails.contains_key(key) {
+                objects.extend(
+                    tail.iter()
+                        .cloned()
+                        .map(|o| NfObject::CmdObject(NfCmd::Add(o))),
+                );
+            }
+        }
         Some(Nftables {
             objects: objects.into(),
         })
@@ -292,6 +321,7 @@ impl Compiled {
     pub fn rule_count(&self) -> usize {
         self.structure
             .iter()
+            .chain(self.pod_tails.values().flatten())
             .filter(|o| matches!(o, NfListObject::Rule(_)))
             .count()
     }
@@ -339,6 +369,8 @@ struct Builder<'a> {
     egress: Vec<NfListObject<'static>>,
     /// Drop counters.
     counters: Vec<DropCounter>,
+    /// Per local pod: its drop counters and log rules.
+    pod_tails: BTreeMap<PodTailKey, Vec<NfListObject<'static>>>,
 }
 
 impl<'a> Builder<'a> {
@@ -351,6 +383,7 @@ impl<'a> Builder<'a> {
             ingress: Vec::new(),
             egress: Vec::new(),
             counters: Vec::new(),
+            pod_tails: BTreeMap::new(),
         }
     }
 
@@ -362,6 +395,8 @@ impl<'a> Builder<'a> {
         self.structure.push(base_chain(Family::Inet, "forward"));
         self.structure.push(chain(Family::Inet, "ingress"));
         self.structure.push(chain(Family::Inet, "egress"));
+        self.structure.push(chain(Family::Inet, "ingress-denied"));
+        self.structure.push(chain(Family::Inet, "egress-denied"));
         self.structure.push(base_chain(Family::Bridge, "forward"));
     }
 
@@ -609,16 +644,9 @@ impl<'a> Builder<'a> {
             } else {
                 &mut self.egress
             });
+            let denied = format!("{chain_name}-denied");
             for pod in local {
-                let counter = format!("{chain_name}-denied/{}/{}", pod.namespace, pod.name);
-                self.structure.push(NfListObject::Counter(Counter {
-                    family: NfFamily::INet,
-                    table: TABLE.into(),
-                    name: counter.clone().into(),
-                    handle: None,
-                    packets: None,
-                    bytes: None,
-                }));
+                let counter = format!("{denied}/{}/{}", pod.namespace, pod.name);
                 self.counters.push(DropCounter {
                     name: counter.clone(),
                     namespace: pod.namespace.clone(),
@@ -637,9 +665,21 @@ impl<'a> Builder<'a> {
                     )
                     .into(),
                 );
-                rules.push(rule_in(
+                let tail = self
+                    .pod_tails
+                    .entry((pod.namespace.clone(), pod.name.clone(), pod.ip))
+                    .or_default();
+                tail.push(NfListObject::Counter(Counter {
+                    family: NfFamily::INet,
+                    table: TABLE.into(),
+                    name: counter.clone().into(),
+                    handle: None,
+                    packets: None,
+                    bytes: None,
+                }));
+                tail.push(rule_in(
                     Family::Inet,
-                    chain_name,
+                    &denied,
                     vec![
                         eq(ip(field), addr(pod.ip)),
                         Statement::Counter(nftables::stmt::Counter::Named(counter.into())),
@@ -656,6 +696,14 @@ impl<'a> Builder<'a> {
                     None,
                 ));
             }
+            rules.push(rule_in(
+                Family::Inet,
+                chain_name,
+                vec![Statement::Jump(JumpTarget {
+                    target: denied.into(),
+                })],
+                None,
+            ));
             rules.push(rule_in(
                 Family::Inet,
                 chain_name,

@@ -229,3 +229,61 @@ fn invalid_policies_are_rejected_alone() {
         ]
     );
 }
+
+#[test]
+fn churn_is_applied_incrementally_when_possible() {
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let mut snapshot = cluster();
+    snapshot.policies = vec![policy(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    )];
+    let before = compile(&snapshot, &node);
+    assert_eq!(
+        before.update_from(&before).map(|d| d.objects.len()),
+        Some(0),
+        "no change, nothing to send"
+    );
+
+    // A new local pod: sets change and its drop accounting is appended; no rebuild.
+    let mut grown = snapshot.clone();
+    let mut new_pod = grown.pods[0].clone();
+    new_pod.metadata.name = Some("d".into());
+    new_pod.status.as_mut().expect("status").pod_ip = Some("10.32.1.9".into());
+    grown.pods.push(new_pod);
+    let after = compile(&grown, &node);
+    let doc =
+        serde_json::to_string(&after.update_from(&before).expect("incremental")).expect("json");
+    assert!(
+        doc.contains("10.32.1.9") && doc.contains("ingress-denied/x/d"),
+        "{doc}"
+    );
+    assert!(!doc.contains("\"delete\""), "{doc}");
+
+    // A remote pod relabelled into a peer set: set elements only.
+    let mut relabelled = snapshot.clone();
+    relabelled.namespaces[2]
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("ns".into(), "y".into());
+    let after = compile(&relabelled, &node);
+    let doc =
+        serde_json::to_string(&after.update_from(&before).expect("incremental")).expect("json");
+    assert!(
+        doc.contains("\"flush\"") && doc.contains("10.32.3.1") && !doc.contains("\"rule\""),
+        "{doc}"
+    );
+
+    // A local pod gone, or a policy changed: full rebuild.
+    let mut shrunk = snapshot.clone();
+    shrunk.pods.remove(0);
+    assert!(compile(&shrunk, &node).update_from(&before).is_none());
+    let mut changed = snapshot;
+    changed.policies[0] = policy("x", "from-y", json!({"podSelector": {}}));
+    assert!(compile(&changed, &node).update_from(&before).is_none());
+}
