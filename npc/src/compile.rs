@@ -26,8 +26,9 @@
 //! update whose structure is unchanged is sent as set element changes only.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -42,6 +43,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use crate::policy::{
     NamespaceInfo, Peer, PodInfo, Policy, PortMatch, PortSpec, Rejection, Rule as PolicyRule,
 };
+use crate::selector::Selector;
 
 /// Name of both our tables.
 pub const TABLE: &str = "weave-npc";
@@ -176,6 +178,9 @@ pub fn compile(snapshot: &Snapshot, node: &NodeConfig) -> Compiled {
     policies.sort_by_key(Policy::key);
     rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
     let mut b = Builder::new(node);
+    for (k, p) in pods.iter().enumerate() {
+        b.pods_by_ns.entry(p.namespace.clone()).or_default().push(k);
+    }
     let local: Vec<&PodInfo> = pods.iter().filter(|p| p.node == node.node_name).collect();
     b.base();
     let mut ingress_isolated = BTreeSet::new();
@@ -371,6 +376,21 @@ struct Builder<'a> {
     counters: Vec<DropCounter>,
     /// Per local pod: its drop counters and log rules.
     pod_tails: BTreeMap<PodTailKey, Vec<NfListObject<'static>>>,
+    /// Peer sets made so far, by what they select.
+    peer_sets: HashMap<PeerKey, (String, Rc<Vec<usize>>)>,
+    /// Indexes of the pods of each namespace.
+    pods_by_ns: HashMap<String, Vec<usize>>,
+}
+
+/// What a pod peer selects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PeerKey {
+    /// Namespace selector, if any.
+    namespaces: Option<Selector>,
+    /// Pod selector.
+    pods: Selector,
+    /// The policy's namespace when there is no namespace selector.
+    own: Option<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -384,6 +404,8 @@ impl<'a> Builder<'a> {
             egress: Vec::new(),
             counters: Vec::new(),
             pod_tails: BTreeMap::new(),
+            peer_sets: HashMap::new(),
+            pods_by_ns: HashMap::new(),
         }
     }
 
@@ -422,10 +444,52 @@ impl<'a> Builder<'a> {
             size: None,
             comment: None,
         })));
-        let mut elem = elem;
-        elem.sort_by_key(|e| serde_json::to_string(e).unwrap_or_default());
-        elem.dedup();
+        // Callers pass elements in a deterministic order; the same address may come from two
+        // pods (a stale one and its successor), and nft refuses duplicates in one command.
+        let mut seen = std::collections::HashSet::new();
+        let elem = elem
+            .into_iter()
+            .filter(|e| seen.insert(serde_json::to_string(e).unwrap_or_default()))
+            .collect();
         self.sets.insert((family, name.to_owned()), elem);
+    }
+
+    /// The shared set of pods a peer selects (created on first use) and the pods' indexes.
+    /// Policies often repeat the same selectors, so sets are keyed by what they select.
+    fn peer_set(
+        &mut self,
+        key: PeerKey,
+        pods: &[PodInfo],
+        namespaces: &BTreeMap<String, NamespaceInfo>,
+    ) -> (String, Rc<Vec<usize>>) {
+        if let Some(found) = self.peer_sets.get(&key) {
+            return found.clone();
+        }
+        let matching_ns: Vec<&str> = match (&key.namespaces, &key.own) {
+            (_, Some(own)) => vec![own.as_str()],
+            (Some(sel), None) => namespaces
+                .values()
+                .filter(|n| sel.matches(&n.labels))
+                .map(|n| n.name.as_str())
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let mut selected: Vec<usize> = matching_ns
+            .iter()
+            .flat_map(|ns| self.pods_by_ns.get(*ns).into_iter().flatten().copied())
+            .filter(|&k| key.pods.matches(&pods[k].labels))
+            .collect();
+        selected.sort_unstable();
+        let name = format!("peer{}", self.peer_sets.len());
+        self.set(
+            Family::Inet,
+            &name,
+            addr_set(),
+            selected.iter().map(|&k| addr(pods[k].ip)).collect(),
+        );
+        let found = (name, Rc::new(selected));
+        self.peer_sets.insert(key, found.clone());
+        found
     }
 
     /// Sets and rules for one policy rule.
@@ -448,34 +512,19 @@ impl<'a> Builder<'a> {
         match &rule.peers {
             None => peer_matches.push(Vec::new()),
             Some(peers) => {
-                for (j, peer) in peers.iter().enumerate() {
+                for peer in peers {
                     match peer {
                         Peer::Pods {
                             namespaces: ns_sel,
                             pods: pod_sel,
                         } => {
-                            let selected: Vec<usize> = pods
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, p)| {
-                                    let ns_ok = match ns_sel {
-                                        None => p.namespace == ctx.policy.namespace,
-                                        Some(sel) => namespaces
-                                            .get(&p.namespace)
-                                            .is_some_and(|n| sel.matches(&n.labels)),
-                                    };
-                                    ns_ok && pod_sel.matches(&p.labels)
-                                })
-                                .map(|(k, _)| k)
-                                .collect();
-                            let name = format!("{}-peer{j}", ctx.prefix);
-                            self.set(
-                                Family::Inet,
-                                &name,
-                                addr_set(),
-                                selected.iter().map(|&k| addr(pods[k].ip)).collect(),
-                            );
-                            peer_pods.extend(selected);
+                            let key = PeerKey {
+                                namespaces: ns_sel.clone(),
+                                pods: pod_sel.clone(),
+                                own: ns_sel.is_none().then(|| ctx.policy.namespace.clone()),
+                            };
+                            let (name, selected) = self.peer_set(key, pods, namespaces);
+                            peer_pods.extend(selected.iter().copied());
                             peer_matches.push(vec![in_set(ip(other), &name)]);
                         }
                         Peer::Block { cidr, except } => {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// One requirement of a selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Requirement {
     /// The label `key` has one of the values.
     In(String, Vec<String>),
@@ -24,7 +24,7 @@ enum Requirement {
 }
 
 /// A validated label selector.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Selector {
     /// All must hold (matchLabels become `In` with one value).
     requirements: Vec<Requirement>,
