@@ -10,6 +10,9 @@ mod binaries;
 mod command;
 mod faults;
 mod host;
+pub mod kube_stub;
+mod netns;
+pub mod npc;
 mod process;
 mod teardown;
 mod testbed;
@@ -19,6 +22,7 @@ pub mod weave;
 
 pub use binaries::{bin, bin_dir, BIN_DIR_ENV};
 pub use host::Host;
+pub use netns::in_netns;
 pub use teardown::teardown_all;
 pub use testbed::TestBed;
 pub use topology::Topology;

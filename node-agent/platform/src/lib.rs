@@ -9,6 +9,8 @@
 //! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
 //!   driven by the tokio reactor;
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
+//! - `firewall` (feature `nft`): the `Firewall` trait, `NftFirewall` and, with
+//!   `fake` too, `FakeFirewall`;
 //! - `fake` (feature `fake`): `FakeNetlink`, an in-memory [`Netlink`] with the
 //!   same idempotency rules, for unit tests that must not need root.
 //!
@@ -18,6 +20,8 @@
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+#[cfg(feature = "nft")]
+pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;

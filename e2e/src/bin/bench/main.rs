@@ -10,12 +10,13 @@
 //! - control bytes sent per peer per second at steady state (10 and 25
 //!   hosts), over a 20 s window: heartbeats plus anti-entropy gossip;
 //! - the data plane (`dataplane.rs`): iperf3 and ping between two hosts over
-//!   raw veth (the native reference), kernel VXLAN and the sleeve.
-//!
+//!   raw veth (the native reference), kernel VXLAN and the sleeve;
 //! - IPAM (`ipam.rs`): allocation latency, first allocation of a fresh
-//!   consensus, size of the gossiped state.
+//!   consensus, size of the gossiped state;
+//! - network policy (`npc.rs`): compile + apply time, API-to-rules latency and
+//!   throughput with 1,000 policies.
 //!
-//! `weave-bench mesh`, `weave-bench dataplane` or `weave-bench ipam` runs one part.
+//! `weave-bench mesh`, `dataplane`, `ipam` or `npc` runs one part.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -33,6 +34,7 @@ use weave_e2e::{bin, Host, TestBed, Topology};
 
 mod dataplane;
 mod ipam;
+mod npc;
 
 fn client(h: &Host) -> Client {
     // The API socket is a file: the bench (in the root namespace) reaches
@@ -140,6 +142,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "ipam" {
         ipam::bench()?;
+    }
+    if what == "all" || what == "npc" {
+        npc::bench()?;
     }
     Ok(())
 }

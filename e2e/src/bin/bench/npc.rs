@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `weave-bench npc`: NetworkPolicy figures.
+//!
+//! - compile + apply: a synthetic cluster (50 namespaces, pods spread over 50 nodes, this
+//!   node holding every 50th pod) with 100 or 1,000 policies over 1,000 or 5,000 pods is
+//!   compiled with `weave_npc::compile` and applied with real `nft` inside a test-bed host;
+//!   also the set-only update after one pod is relabelled. Median of 3.
+//! - latency: the real `weave-npc` watches the API stub holding such a cluster; a new local
+//!   pod is published and the time until its address is in the kernel's `local-pods` set
+//!   (from then on it is reachable) is measured by polling `nft`, 40 times.
+//! - throughput: iperf3 between two pods on the bridge with no policy and with 1,000
+//!   policies installed (the server selected by every one of them), as a ratio.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{json, Value};
+use weave_e2e::kube_stub::Kind;
+use weave_e2e::npc::{PolicyBed, NODE};
+use weave_e2e::{TestBed, Topology};
+use weave_npc::{compile, NodeConfig, Snapshot};
+
+/// Namespaces of the synthetic cluster.
+const NAMESPACES: usize = 50;
+/// One pod in this many is on the benchmarked node.
+const NODES: usize = 50;
+
+/// Namespace `i` as JSON.
+fn namespace(i: usize) -> Value {
+    json!({"metadata": {"name": format!("ns{i}"), "labels": {"team": format!("t{}", i % 5)}}})
+}
+
+/// Pod `k` as JSON; every `NODES`th pod is on `node`.
+fn pod(k: usize, node: &str) -> Value {
+    let ip =
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 33, 0, 0)) + u32::try_from(k).unwrap_or(0) + 1);
+    let role = ["client", "server", "db"][k % 3];
+    json!({
+        "metadata": {"name": format!("pod{k}"), "namespace": format!("ns{}", k % NAMESPACES),
+                     "labels": {"app": format!("app{}", k % 20), "role": role}},
+        "spec": {"nodeName": if k % NODES == 0 { node.to_string() } else { format!("node{}", k % NODES) },
+                 "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080 + (k % 3)}]}]},
+        "status": {"phase": "Running", "podIP": ip.to_string()}
+    })
+}
+
+/// Policy `i` as JSON: a representative mix of selectors, named ports, ranges and blocks.
+fn policy(i: usize) -> Value {
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": format!("app{}", i % 20)}},
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"role": "client"}}},
+                      {"namespaceSelector": {"matchLabels": {"team": format!("t{}", i % 5)}},
+                       "podSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["db", "server"]}]}}],
+             "ports": [{"port": 80}, {"port": "http"}]}
+        ]
+    });
+    if i % 4 == 0 {
+        spec["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.32.0.0/16"]}}],
+                                 "ports": [{"port": 443}, {"port": 30000, "endPort": 32767, "protocol": "UDP"}]}]);
+    }
+    if i % 10 == 0 {
+        spec["ingress"][0]["from"] = json!([{"namespaceSelector": {}}]);
+    }
+    json!({"metadata": {"name": format!("pol{i}"), "namespace": format!("ns{}", i % NAMESPACES)}, "spec": spec})
+}
+
+/// The synthetic snapshot.
+fn snapshot(policies: usize, pods: usize) -> Result<Snapshot> {
+    Ok(Snapshot {
+        pods: (0..pods)
+            .map(|k| serde_json::from_value::<Pod>(pod(k, "local")))
+            .collect::<Result<_, _>>()?,
+        namespaces: (0..NAMESPACES)
+            .map(|i| serde_json::from_value::<Namespace>(namespace(i)))
+            .collect::<Result<_, _>>()?,
+        policies: (0..policies)
+            .map(|i| serde_json::from_value::<NetworkPolicy>(policy(i)))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Applies a JSON document with `nft -j -f -` in `host`.
+fn nft_apply(bed: &TestBed, json: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = bed
+        .host(1)
+        .cmd("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(json.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "nft failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Median of three runs of `f`.
+fn median3(mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let mut v = [f()?, f()?, f()?];
+    v.sort();
+    Ok(v[1])
+}
+
+/// Milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs all three parts.
+pub(crate) fn bench() -> Result<()> {
+    println!("# weave bench: network policy (weave-npc)");
+    println!();
+    compile_apply()?;
+    latency()?;
+    throughput()?;
+    Ok(())
+}
+
+/// Compile and apply times.
+fn compile_apply() -> Result<()> {
+    let bed = TestBed::new(Topology::Links {
+        hosts: 1,
+        links: Vec::new(),
+    })?;
+    let node = NodeConfig {
+        node_name: "local".into(),
+        ..NodeConfig::default()
+    };
+    println!("| policies | pods | rules | compile | full apply (nft) | compile + apply | set-only update (compile + nft) | goal ≤ 500 ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (policies, pods) in [(100, 1000), (1000, 1000), (100, 5000), (1000, 5000)] {
+        let mut snap = snapshot(policies, pods)?;
+        let mut rules = 0;
+        let compile_time = median3(|| {
+            let t = Instant::now();
+            let c = compile(&snap, &node);
+            rules = c.rule_count();
+            Ok(t.elapsed())
+        })?;
+        let mut applied = compile(&snap, &node);
+        let apply_time = median3(|| {
+            let t = Instant::now();
+            let json = serde_json::to_string(&applied.full())?;
+            nft_apply(&bed, &json)?;
+            Ok(t.elapsed())
+        })?;
+        let mut flip = 0usize;
+        let update_time = median3(|| {
+            // Relabel a remote pod (k = 1 is on another node): only sets change.
+            flip += 1;
+            let role = if flip % 2 == 1 { "db" } else { "client" };
+            snap.pods[1]
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert("role".into(), role.into());
+            let t = Instant::now();
+            let next = compile(&snap, &node);
+            let doc = next
+                .update_from(&applied)
+                .context("a relabel changes sets only")?;
+            nft_apply(&bed, &serde_json::to_string(&doc)?)?;
+            let elapsed = t.elapsed();
+            applied = next;
+            Ok(elapsed)
+        })?;
+        let total = compile_time + apply_time;
+        println!(
+            "| {policies} | {pods} | {rules} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
+            ms(compile_time),
+            ms(apply_time),
+            ms(total),
+            ms(update_time),
+            if policies == 1000 && pods == 5000 {
+                format!("{:.2}× of goal", ms(total) / 500.0)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Latency from a pod appearing in the API to its address being programmed.
+fn latency() -> Result<()> {
+    let pb = PolicyBed::new()?;
+    for (policies, pods) in [(100, 1000), (1000, 5000)] {
+        for i in 0..NAMESPACES {
+            pb.stub.apply(Kind::Namespace, namespace(i));
+        }
+        for k in 0..pods {
+            pb.stub.apply(Kind::Pod, pod(k, "elsewhere"));
+        }
+        for i in 0..policies {
+            pb.stub.apply(Kind::NetworkPolicy, policy(i));
+        }
+        let host = pb.bed.host(1);
+        let mut samples = Vec::new();
+        for n in 0..40u32 {
+            let ip = Ipv4Addr::new(
+                10,
+                34,
+                u8::try_from(policies / 100).unwrap_or(0),
+                u8::try_from(n + 1).unwrap_or(0),
+            );
+            let mut p = pod(100_000 + n as usize, NODE);
+            p["metadata"]["name"] = json!(format!("new{policies}-{n}"));
+            p["status"]["podIP"] = json!(ip.to_string());
+            let t = Instant::now();
+            pb.stub.apply(Kind::Pod, p);
+            loop {
+                let set = host.run("nft", &["list", "set", "bridge", "weave-npc", "local-pods"])?;
+                if set.contains(&ip.to_string()) {
+                    break;
+                }
+                ensure!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "{ip} not programmed within 30 s"
+                );
+            }
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        let p50 = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        println!(
+            "latency API → rules live for a new local pod, {policies} policies / {pods} pods: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (goal p99 ≤ 100 ms: {:.2}× of goal)",
+            ms(p50),
+            ms(p99),
+            ms(*samples.last().context("samples")?),
+            ms(p99) / 100.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// iperf3 throughput between x/a and x/b, 0 vs 1,000 policies.
+fn throughput() -> Result<()> {
+    let pb = PolicyBed::new()?;
+    let server = pb.pod("x", "b").clone();
+    let client = pb.pod("x", "a").clone();
+    let host = pb.bed.host(1);
+    host.spawn(
+        "iperf3",
+        std::path::Path::new("ip"),
+        &[
+            "netns".into(),
+            "exec".into(),
+            server.netns.clone(),
+            "iperf3".into(),
+            "-s".into(),
+            "-p".into(),
+            "5201".into(),
+        ],
+        &[],
+    )?;
+    let run = || -> Result<f64> {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.netns,
+                "iperf3",
+                "-c",
+                &server.ip.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "3",
+                "-J",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "iperf3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 result")
+    };
+    weave_e2e::wait_until(Duration::from_secs(10), "iperf3 server", || Ok(run().ok()))?;
+    let best = |n: usize| -> Result<f64> {
+        Ok((0..n)
+            .map(|_| run())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .fold(0.0, f64::max))
+    };
+    let none = best(3)?;
+    // 1,000 policies all selecting the server (namespace x), each allowing TCP 5201 from
+    // a different label, the last one matching the client: the worst case for a linear chain.
+    for i in 0..1000 {
+        pb.apply_policy("x", &format!("p{i}"), json!({
+            "podSelector": {"matchLabels": {"pod": "b"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": if i == 999 { "a".to_string() } else { format!("nobody{i}") }}}}],
+                         "ports": [{"port": 5201}]}]
+        }));
+    }
+    weave_e2e::wait_until(Duration::from_secs(60), "1,000 policies applied", || {
+        let m = pb.metrics()?;
+        Ok(m.lines()
+            .any(|l| {
+                l.starts_with("weavenpc_rules ")
+                    && l[15..].trim().parse::<usize>().unwrap_or(0) >= 1000
+            })
+            .then_some(()))
+    })?;
+    weave_e2e::wait_until(Duration::from_secs(10), "client allowed", || Ok(run().ok()))?;
+    let with = best(3)?;
+    println!(
+        "pod-to-pod TCP throughput (iperf3, same node, best of 3): no policy {:.2} Gbit/s, 1,000 policies {:.2} Gbit/s, ratio {:.3} (goal ≥ 0.95)",
+        none / 1e9,
+        with / 1e9,
+        with / none
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The `Firewall` seam (STYLE §2): nftables side effects go through [`Firewall`].
+//!
+//! Callers compute a complete `nftables` JSON document first and hand it over as one
+//! transaction, which the kernel applies atomically or not at all. [`NftFirewall`] runs
+//! `nft -j -f -` (blocking: call it from `spawn_blocking` or a dedicated thread);
+//! `FakeFirewall` (feature `fake`) records what was applied, for unit tests.
+//!
+//! Only the tables a caller names are ever listed or changed; this module never flushes the
+//! whole ruleset.
+
+use std::path::PathBuf;
+
+use nftables::schema::{NfListObject, NfObject, Nftables};
+use nftables::types::NfFamily;
+
+/// What can go wrong talking to nftables.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// `nft` refused the transaction or could not be run.
+    #[error("{op}")]
+    Nft {
+        /// What was being done, e.g. `apply 120 nftables commands`.
+        op: String,
+        /// The failure reported by the nftables helper.
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+}
+
+/// A named counter's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Counter name.
+    pub name: String,
+    /// Packets counted.
+    pub packets: u64,
+}
+
+/// Applies nftables transactions and reads counters back.
+pub trait Firewall: Send + Sync {
+    /// Applies `doc` as one atomic transaction.
+    fn apply(&self, doc: &Nftables<'_>) -> Result<(), FirewallError>;
+
+    /// The named counters of table `table` in `family`; empty when the table is absent.
+    fn counters(&self, family: NfFamily, table: &str) -> Result<Vec<CounterValue>, FirewallError>;
+}
+
+/// The real thing: the `nft` program with JSON input.
+#[derive(Debug, Clone)]
+pub struct NftFirewall {
+    /// Path of `nft` (`nft` from `$PATH` by default).
+    program: PathBuf,
+}
+
+impl Default for NftFirewall {
+    fn default() -> Self {
+        Self {
+            program: PathBuf::from("nft"),
+        }
+    }
+}
+
+impl NftFirewall {
+    /// Uses the `nft` program at `program`.
+    pub fn with_program(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+        }
+    }
+}
+
+impl Firewall for NftFirewall {
+    fn apply(&self, doc: &Nftables<'_>) -> Result<(), FirewallError> {
+        if doc.objects.is_empty() {
+            return Ok(());
+        }
+        nftables::helper::apply_ruleset_with_args(
+            doc,
+            Some(&self.program),
+            std::iter::empty::<&str>(),
+        )
+        .map_err(|source| FirewallError::Nft {
+            op: format!("apply {} nftables commands", doc.objects.len()),
+            source,
+        })
+    }
+
+    fn counters(&self, family: NfFamily, table: &str) -> Result<Vec<CounterValue>, FirewallError> {
+        let family_name = match family {
+            NfFamily::IP => "ip",
+            NfFamily::IP6 => "ip6",
+            NfFamily::INet => "inet",
+            NfFamily::ARP => "arp",
+            NfFamily::Bridge => "bridge",
+            NfFamily::NetDev => "netdev",
+        };
+        let args = ["list", "counters", "table", family_name, table];
+        let listed = nftables::helper::get_current_ruleset_with_args(Some(&self.program), args);
+        let doc = match listed {
+            Ok(doc) => doc,
+            // A missing table is "no counters", not a failure.
+            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+                if stderr.contains("No such file") =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(source) => {
+                return Err(FirewallError::Nft {
+                    op: format!("list counters of table {family_name} {table}"),
+                    source,
+                })
+            }
+        };
+        Ok(doc
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::ListObject(NfListObject::Counter(c)) => Some(CounterValue {
+                    name: c.name.to_string(),
+                    packets: u64::from(c.packets.unwrap_or(0)),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// An in-memory firewall that records every applied transaction as its JSON text
+/// (feature `fake`).
+#[cfg(feature = "fake")]
+#[derive(Debug, Default)]
+pub struct FakeFirewall {
+    /// Applied documents as JSON, oldest first.
+    applied: std::sync::Mutex<Vec<String>>,
+}
+
+#[cfg(feature = "fake")]
+impl FakeFirewall {
+    /// Every transaction applied so far, as JSON text.
+    pub fn applied(&self) -> Vec<String> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(feature = "fake")]
+impl Firewall for FakeFirewall {
+    fn apply(&self, doc: &Nftables<'_>) -> Result<(), FirewallError> {
+        let json = serde_json::to_string(doc).expect("nftables documents always serialise");
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(json);
+        Ok(())
+    }
+
+    fn counters(
+        &self,
+        _family: NfFamily,
+        _table: &str,
+    ) -> Result<Vec<CounterValue>, FirewallError> {
+        Ok(Vec::new())
+    }
+}

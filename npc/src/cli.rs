@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line flags of `weave-npc`, each also read from a `WEAVE_*` environment variable,
+//! validated once into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::compile::NodeConfig;
+
+/// `weave-npc`: enforces Kubernetes NetworkPolicy on this node with nftables.
+#[derive(Debug, Parser)]
+#[command(name = "weave-npc", version)]
+pub struct Cli {
+    /// Kubeconfig file; without it the in-cluster service account (or `$KUBECONFIG`) is used.
+    #[arg(long, env = "WEAVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of this node: pods whose `spec.nodeName` matches are enforced here.
+    #[arg(long, env = "WEAVE_NODE_NAME", default_value = "")]
+    pub node_name: String,
+    /// Prometheus metrics address; `off` disables it.
+    #[arg(long, env = "WEAVE_METRICS_ADDR", default_value = ":6781")]
+    pub metrics_addr: String,
+    /// Prefix of the host-side veth names of pods on the bridge.
+    #[arg(long, env = "WEAVE_POD_PORT_PREFIX", default_value = "vethwepl")]
+    pub pod_port_prefix: String,
+    /// nflog group that dropped connections are logged to.
+    #[arg(long, env = "WEAVE_NPC_LOG_GROUP", default_value_t = 86)]
+    pub log_group: u16,
+    /// Drop log entries per second per pod and direction.
+    #[arg(long, env = "WEAVE_NPC_LOG_RATE", default_value_t = 10)]
+    pub log_rate: u32,
+    /// Seconds between full reconciles, which repair drift of our tables.
+    #[arg(long, env = "WEAVE_NPC_RESYNC_SECS", default_value_t = 60)]
+    pub resync_secs: u64,
+    /// Path of the `nft` program.
+    #[arg(long, env = "WEAVE_NFT", default_value = "nft")]
+    pub nft: PathBuf,
+    /// Remove everything weave-npc created (its two `weave-npc` tables) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Log filter (`info`, `debug`, or an EnvFilter directive); `RUST_LOG` wins when set.
+    #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "WEAVE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Validated settings of a running controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Kubeconfig, or `None` to infer.
+    pub kubeconfig: Option<PathBuf>,
+    /// What compile needs to know about the node.
+    pub node: NodeConfig,
+    /// Metrics listener, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Period of the full reconcile.
+    pub resync: Duration,
+    /// The `nft` program.
+    pub nft: PathBuf,
+}
+
+impl Cli {
+    /// Validates the flags.
+    pub fn config(&self) -> Result<Config, String> {
+        if self.node_name.is_empty() {
+            return Err("--node-name (or WEAVE_NODE_NAME) is required".into());
+        }
+        if self.resync_secs == 0 {
+            return Err("--resync-secs must be positive".into());
+        }
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "off" | "" => None,
+            s => Some(parse_listen(s)?),
+        };
+        Ok(Config {
+            kubeconfig: self.kubeconfig.clone(),
+            node: NodeConfig {
+                node_name: self.node_name.clone(),
+                pod_port_prefix: self.pod_port_prefix.clone(),
+                log_group: self.log_group,
+                log_rate: self.log_rate,
+            },
+            metrics_addr,
+            resync: Duration::from_secs(self.resync_secs),
+            nft: self.nft.clone(),
+        })
+    }
+}
+
+/// Parses `host:port` or `:port` (all addresses).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("invalid listen address {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let cli = Cli::parse_from(["weave-npc", "--node-name", "n1"]);
+        let config = cli.config().expect("valid");
+        assert_eq!(
+            config.metrics_addr,
+            Some("0.0.0.0:6781".parse().expect("addr"))
+        );
+        assert_eq!(config.node.node_name, "n1");
+        assert_eq!(config.node.log_group, 86);
+        let cli = Cli::parse_from(["weave-npc"]);
+        assert!(cli.config().is_err(), "node name is required");
+        let cli = Cli::parse_from(["weave-npc", "--node-name", "n", "--metrics-addr", "off"]);
+        assert_eq!(cli.config().expect("valid").metrics_addr, None);
+    }
+}

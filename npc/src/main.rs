@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `weave-npc`: parses flags, sets up logging and runs [`weave_npc::run`] until SIGTERM or
+//! SIGINT. `--cleanup` removes our tables and exits.
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use weave_npc::cli::Cli;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .context("parse --log-level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    if cli.cleanup {
+        weave_npc::controller::cleanup(cli.nft.clone()).await?;
+        tracing::info!("removed the weave-npc tables");
+        return Ok(());
+    }
+    let config = cli.config().map_err(|e| anyhow!(e))?;
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::error!(error = %err, "install SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down; the ruleset stays in force");
+        trigger.cancel();
+    });
+    weave_npc::run(config, cancel).await?;
+    Ok(())
+}
