@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::crypto::Passwords;
 use crate::mesh::PeerName;
 
 /// Everything [`crate::run`] needs.
@@ -40,6 +41,8 @@ pub struct Config {
     pub bridge: Option<String>,
     /// Overlay MTU; derived from the underlay when `None`.
     pub mtu: Option<u32>,
+    /// Mesh password(s); `None` runs unencrypted.
+    pub password: Option<Passwords>,
 }
 
 /// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.

@@ -49,6 +49,9 @@ pub enum Error {
     /// A kernel operation failed.
     #[error(transparent)]
     Platform(#[from] weave_platform::Error),
+    /// The mesh password could not be turned into keys.
+    #[error("derive keys from the mesh password: {0}")]
+    Password(String),
     /// A server task failed.
     #[error("serve {what}")]
     Serve {

@@ -14,6 +14,11 @@
 //! digest of `(name, uid, version)` to one neighbour, which answers with what
 //! it has newer: that repairs anything the push missed. A new connection gets
 //! the full topology at once.
+//!
+//! With a password (`MeshConfig::psks`), each connection first runs the
+//! Noise handshake of [`crate::crypto::handshake`] and then seals every
+//! frame ([`crate::crypto::session`]); the Hello travels sealed, so nothing
+//! about a peer is learnt before it proved it knows the password.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,13 +36,19 @@ use super::overlay::{Neighbour, OverlayView};
 use super::peer::{PeerName, PeerUid};
 use super::routes::{broadcast_children, Graph, Routes};
 use super::topology::{ConnRecord, PeerRecord, Topology, TopologyGossip};
-use super::wire::{self, Decoder, Frame, Hello, Message, WireError};
+use super::wire::{self, Decoder, Frame, Hello, Message, RawFrame, WireError};
+use crate::crypto::handshake::{self, Initiator};
+use crate::crypto::session::{ControlOpener, ControlSealer};
+use crate::crypto::{Secret, SleeveKeys};
 
 /// Gossip channel of the topology.
 pub const CHANNEL_TOPOLOGY: u8 = 0;
 /// Topology changes are batched for this long before reachability, routes
 /// and targets are recomputed (a burst of gossip costs one computation).
 const REFRESH_DELAY: Duration = Duration::from_millis(20);
+/// Start of the reason of a `Close` after a refused handshake; the peer
+/// reports it as an authentication failure too.
+const AUTH_FAILED: &str = "authentication failed";
 
 /// Tunables of the mesh; [`MeshConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -67,6 +78,9 @@ pub struct MeshConfig {
     /// A data plane confirms each connection (UDP path verified) before it
     /// counts as established; without one, the handshake alone does.
     pub overlay: bool,
+    /// Pre-shared keys from the mesh password(s), preferred first; empty:
+    /// no encryption (protocol version 1).
+    pub psks: Vec<Secret>,
 }
 
 impl MeshConfig {
@@ -86,6 +100,16 @@ impl MeshConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             overlay: false,
+            psks: Vec::new(),
+        }
+    }
+
+    /// The protocol version this configuration speaks.
+    fn version(&self) -> u8 {
+        if self.psks.is_empty() {
+            wire::PLAIN_VERSION
+        } else {
+            wire::SEALED_VERSION
         }
     }
 }
@@ -129,6 +153,25 @@ struct Remote {
     listen_addr: SocketAddr,
     /// The data plane confirmed the path (always true without overlay).
     confirmed: bool,
+    /// Sleeve keys agreed in the handshake (none without a password).
+    keys: Option<Arc<SleeveKeys>>,
+}
+
+/// Where a connection stands with encryption.
+#[derive(Debug)]
+enum Crypto {
+    /// No password: plain frames.
+    Plain,
+    /// Waiting for the handshake to start (the peer's header, or its offers).
+    Pending,
+    /// We dialled and sent our offers; waiting for the answer.
+    Offered(Initiator),
+    /// Keys agreed: every frame is sealed.
+    Sealed {
+        sealer: ControlSealer,
+        opener: ControlOpener,
+        sleeve: Arc<SleeveKeys>,
+    },
 }
 
 #[derive(Debug)]
@@ -151,6 +194,7 @@ struct Conn {
     local_conn_id: u64,
     bytes_in: u64,
     bytes_out: u64,
+    crypto: Crypto,
 }
 
 /// Counters, reported by `weave report`.
@@ -166,6 +210,10 @@ pub struct Stats {
     pub gossip_out: u64,
     /// Connections closed for a protocol error of the remote side.
     pub protocol_errors: u64,
+    /// Handshakes refused: wrong password, or only one side has one.
+    pub auth_failures: u64,
+    /// Sealed control frames that did not decrypt (the connection closes).
+    pub decrypt_failures: u64,
 }
 
 /// The mesh of one peer.
@@ -385,18 +433,28 @@ impl Mesh {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            match c.decoder.next_frame() {
+            let frame = match c.decoder.next_raw() {
                 Ok(None) => return,
-                Ok(Some(frame)) => {
-                    if let Err(e) = self.on_frame(id, frame, now) {
-                        self.protocol_error(id, &e, now);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.protocol_error(id, &e, now);
-                    return;
-                }
+                Ok(Some(RawFrame::Header(v))) => Ok(Frame::Header(v)),
+                Ok(Some(RawFrame::Body { len, body })) => match &mut c.crypto {
+                    Crypto::Sealed { opener, .. } => match opener.open(len, &body) {
+                        Ok(Some(plain)) => Message::decode(&plain).map(Frame::Message),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            self.stats.decrypt_failures += 1;
+                            let remote = c.remote;
+                            warn!(%remote, error = %e, "closing connection: sealed frame did not decrypt");
+                            self.close(id, "decryption failed", now);
+                            return;
+                        }
+                    },
+                    _ => Message::decode(&body).map(Frame::Message),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = frame.and_then(|f| self.on_frame(id, f, now)) {
+                self.protocol_error(id, &e, now);
+                return;
             }
         }
     }
@@ -428,6 +486,17 @@ impl Mesh {
         let heartbeat = Message::Heartbeat.encode();
         for id in beat {
             self.send(id, heartbeat.clone());
+        }
+        let mut rekeys = Vec::new();
+        for (id, c) in &mut self.conns {
+            if let Crypto::Sealed { sealer, .. } = &mut c.crypto {
+                if let Some(data) = sealer.rekey_if_due(now) {
+                    rekeys.push((*id, data));
+                }
+            }
+        }
+        for (id, data) in rekeys {
+            self.send_sealed(id, data);
         }
         for (id, reason) in expired {
             self.close(id, &reason, now);
@@ -486,6 +555,11 @@ impl Mesh {
         let id = ConnId(self.next_id);
         self.next_id += 1;
         let local_conn_id = self.rng.gen();
+        let crypto = if self.cfg.psks.is_empty() {
+            Crypto::Plain
+        } else {
+            Crypto::Pending
+        };
         self.conns.insert(
             id,
             Conn {
@@ -493,35 +567,55 @@ impl Mesh {
                 outbound,
                 target,
                 state,
-                decoder: Decoder::new(),
+                decoder: Decoder::for_version(self.cfg.version()),
                 opened: now,
                 last_recv: now,
                 next_heartbeat: now + self.cfg.heartbeat_interval,
                 local_conn_id,
                 bytes_in: 0,
                 bytes_out: 0,
+                crypto,
             },
         );
         id
     }
 
+    /// The version header and, without a password, the Hello right away
+    /// (with one, the Hello waits for the handshake).
     fn send_intro(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get(&id) else { return };
-        let mut data = wire::header().to_vec();
-        data.extend(
-            Message::Hello(Hello {
-                name: self.cfg.name,
-                uid: self.uid,
-                conn_id: c.local_conn_id,
-                listen_port: self.cfg.listen_port,
-                nickname: self.cfg.nickname.clone(),
-            })
-            .encode(),
-        );
-        self.send(id, data);
+        self.send(id, wire::header_for(self.cfg.version()).to_vec());
+        if self.cfg.psks.is_empty() {
+            self.send_hello(id);
+        }
     }
 
+    fn send_hello(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let hello = Message::Hello(Hello {
+            name: self.cfg.name,
+            uid: self.uid,
+            conn_id: c.local_conn_id,
+            listen_port: self.cfg.listen_port,
+            nickname: self.cfg.nickname.clone(),
+        });
+        self.send(id, hello.encode());
+    }
+
+    /// Queues one encoded frame (or the version header), sealing it when
+    /// the connection has its keys.
     fn send(&mut self, id: ConnId, data: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let data = match &mut c.crypto {
+            Crypto::Sealed { sealer, .. } => sealer.seal(&data[4..]),
+            _ => data,
+        };
+        self.send_sealed(id, data);
+    }
+
+    /// Queues bytes exactly as given.
+    fn send_sealed(&mut self, id: ConnId, data: Vec<u8>) {
         if let Some(c) = self.conns.get_mut(&id) {
             c.bytes_out += data.len() as u64;
             self.stats.bytes_out += data.len() as u64;
@@ -544,13 +638,32 @@ impl Mesh {
             .conns
             .get_mut(&id)
             .expect("caller checked the connection exists");
+        let sealing = matches!(c.crypto, Crypto::Pending | Crypto::Offered(_));
         match (&mut c.state, frame) {
             (ConnState::Handshaking { version: v @ None }, Frame::Header(version)) => {
                 *v = Some(version);
+                if c.outbound && matches!(c.crypto, Crypto::Pending) {
+                    self.offer(id);
+                }
                 Ok(())
             }
-            (ConnState::Handshaking { version: Some(_) }, Frame::Message(Message::Hello(h))) => {
+            (
+                ConnState::Handshaking { version: Some(_) },
+                Frame::Message(Message::Handshake(m)),
+            ) if sealing => {
+                self.on_handshake(id, &m, now);
+                Ok(())
+            }
+            (ConnState::Handshaking { version: Some(_) }, Frame::Message(Message::Hello(h)))
+                if !sealing =>
+            {
                 self.on_hello(id, h, now);
+                Ok(())
+            }
+            (_, Frame::Message(Message::Close { reason }))
+                if sealing && reason.starts_with(AUTH_FAILED) =>
+            {
+                self.auth_failed(id, "the peer refused our password", now);
                 Ok(())
             }
             (_, Frame::Message(Message::Close { reason })) => {
@@ -572,6 +685,81 @@ impl Mesh {
             }
             _ => Err(WireError::Invalid("message out of sequence")),
         }
+    }
+
+    /// Our prologue: both version headers, the dialler's first.
+    fn prologue(&self, id: ConnId) -> Vec<u8> {
+        let c = &self.conns[&id];
+        let ours = wire::header_for(self.cfg.version());
+        let theirs = c.decoder.peer_header().unwrap_or(ours);
+        let (first, second) = if c.outbound {
+            (ours, theirs)
+        } else {
+            (theirs, ours)
+        };
+        [first, second].concat()
+    }
+
+    /// The dialling side starts the handshake once it has the peer's header.
+    fn offer(&mut self, id: ConnId) {
+        let prologue = self.prologue(id);
+        let (init, offers) = Initiator::start(&self.cfg.psks, &prologue, &mut rand::rngs::OsRng);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.crypto = Crypto::Offered(init);
+        }
+        self.send(id, Message::Handshake(offers).encode());
+    }
+
+    fn on_handshake(&mut self, id: ConnId, msg: &[u8], now: Instant) {
+        let prologue = self.prologue(id);
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("caller checked the connection exists");
+        let keys = match std::mem::replace(&mut c.crypto, Crypto::Pending) {
+            Crypto::Offered(init) => init.finish(msg),
+            _ => match handshake::respond(&self.cfg.psks, &prologue, msg, &mut rand::rngs::OsRng) {
+                Ok((answer, keys)) => {
+                    self.send(id, Message::Handshake(answer).encode());
+                    Ok(keys)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let keys = match keys {
+            Ok(k) => k,
+            Err(e) => return self.auth_failed(id, &e.to_string(), now),
+        };
+        if keys.psk_index > 0 {
+            debug!(remote = %self.conns[&id].remote, "peer knows only our old password");
+        }
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("caller checked the connection exists");
+        c.crypto = Crypto::Sealed {
+            sealer: ControlSealer::new(keys.send, now),
+            opener: ControlOpener::new(keys.recv),
+            sleeve: Arc::new(SleeveKeys {
+                send: keys.sleeve_send,
+                recv: keys.sleeve_recv,
+            }),
+        };
+        self.send_hello(id);
+    }
+
+    /// One clear line per refused handshake (the dialler backs off, so
+    /// there is no flood), a counter, and a plain `Close` telling the peer.
+    fn auth_failed(&mut self, id: ConnId, why: &str, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        self.stats.auth_failures += 1;
+        let remote = c.remote;
+        // Whatever follows, nothing is sealed on this connection.
+        c.crypto = Crypto::Pending;
+        warn!(%remote, reason = %why, "authentication failed with {remote}");
+        self.close(id, &format!("{AUTH_FAILED}: {why}"), now);
     }
 
     fn on_hello(&mut self, id: ConnId, h: Hello, now: Instant) {
@@ -630,6 +818,10 @@ impl Mesh {
         }
         info!(peer = %h.name, nickname = %h.nickname, %remote, outbound, "connection established");
         let c = self.conns.get_mut(&id).expect("connection checked above");
+        let keys = match &c.crypto {
+            Crypto::Sealed { sleeve, .. } => Some(sleeve.clone()),
+            _ => None,
+        };
         c.state = ConnState::Established(Remote {
             name: h.name,
             uid: h.uid,
@@ -637,6 +829,7 @@ impl Mesh {
             conn_uid,
             listen_addr,
             confirmed: !self.cfg.overlay,
+            keys,
         });
         c.next_heartbeat = now + self.cfg.heartbeat_interval;
         self.topo.update_local(|rec| {
@@ -804,6 +997,7 @@ impl Mesh {
                     Neighbour {
                         addr: r.listen_addr,
                         conn_uid: r.conn_uid,
+                        keys: r.keys.clone(),
                     },
                 )),
                 _ => None,
@@ -886,6 +1080,27 @@ impl Mesh {
     }
 
     fn protocol_error(&mut self, id: ConnId, e: &WireError, now: Instant) {
+        if let WireError::Version {
+            theirs_min,
+            theirs_max,
+            ..
+        } = *e
+        {
+            let ours = self.cfg.version();
+            let other = if ours == wire::PLAIN_VERSION {
+                wire::SEALED_VERSION
+            } else {
+                wire::PLAIN_VERSION
+            };
+            if (theirs_min..=theirs_max).contains(&other) {
+                let why = if ours == wire::PLAIN_VERSION {
+                    "the peer requires encryption and we have no password"
+                } else {
+                    "the peer has no password and we require encryption"
+                };
+                return self.auth_failed(id, why, now);
+            }
+        }
         self.stats.protocol_errors += 1;
         let remote = self.conns.get(&id).map(|c| c.remote);
         warn!(remote = ?remote, error = %e, "closing connection: protocol error");
@@ -1007,7 +1222,7 @@ impl Mesh {
                     state,
                     outbound: c.outbound,
                     mode: self.cfg.overlay.then(|| "sleeve".to_string()),
-                    encrypted: false,
+                    encrypted: matches!(c.crypto, Crypto::Sealed { .. }),
                     info,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
@@ -1046,7 +1261,7 @@ impl Mesh {
         }
         weave_api::Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol: format!("{}..{}", wire::MIN_VERSION, wire::MAX_VERSION),
+            protocol: format!("{v}..{v}", v = self.cfg.version()),
             peer: weave_api::LocalPeer {
                 name: local.name.to_string(),
                 nickname: local.nickname.clone(),
@@ -1076,8 +1291,20 @@ impl Mesh {
                 gossip_in: self.stats.gossip_in,
                 gossip_out: self.stats.gossip_out,
                 protocol_errors: self.stats.protocol_errors,
+                auth_failures: self.stats.auth_failures,
+                decrypt_failures: self.stats.decrypt_failures,
             },
             sleeve: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Conn {
+    fn crypto_keys(&self) -> Option<&SleeveKeys> {
+        match &self.crypto {
+            Crypto::Sealed { sleeve, .. } => Some(sleeve),
+            _ => None,
         }
     }
 }
@@ -1102,13 +1329,16 @@ mod tests {
         )
     }
 
-    /// Runs two meshes against each other over one in-memory connection.
-    fn pump(a: &mut Mesh, a_id: ConnId, b: &mut Mesh, b_id: ConnId, now: Instant) {
+    /// Runs two meshes against each other over one in-memory connection;
+    /// returns every byte that crossed it.
+    fn pump(a: &mut Mesh, a_id: ConnId, b: &mut Mesh, b_id: ConnId, now: Instant) -> Vec<u8> {
+        let mut wire = Vec::new();
         for _ in 0..20 {
             let mut moved = false;
             while let Some(act) = a.poll_action() {
                 if let Action::Send { conn, data } = act {
                     assert_eq!(conn, a_id);
+                    wire.extend_from_slice(&data);
                     b.received(b_id, &data, now);
                     moved = true;
                 }
@@ -1116,13 +1346,141 @@ mod tests {
             while let Some(act) = b.poll_action() {
                 if let Action::Send { conn, data } = act {
                     assert_eq!(conn, b_id);
+                    wire.extend_from_slice(&data);
                     a.received(a_id, &data, now);
                     moved = true;
                 }
             }
             if !moved {
-                return;
+                break;
             }
+        }
+        wire
+    }
+
+    /// Mesh `i` with the given pre-shared keys and a long nickname that is
+    /// easy to look for on the wire.
+    fn sealed_mesh(i: u8, psks: &[u8], now: Instant) -> Mesh {
+        let name = PeerName::from_bytes([2, 0, 0, 0, 0, i]);
+        let mut cfg = MeshConfig::new(name, format!("nickname-in-clear-{i}"), 6783);
+        cfg.psks = psks.iter().map(|b| Secret::new([*b; 32])).collect();
+        Mesh::new(cfg, PeerUid::new(u64::from(i)), u64::from(i), now)
+    }
+
+    /// a dials b; returns both connection ids and the bytes exchanged.
+    fn dial(a: &mut Mesh, b: &mut Mesh, now: Instant) -> (ConnId, ConnId, Vec<u8>) {
+        let b_addr = SocketAddr::from(([10, 0, 0, 2], 6783));
+        a.connect(&[b_addr], false, now);
+        let Some(Action::Dial { conn: a_id, .. }) = a.poll_action() else {
+            panic!("expected a dial");
+        };
+        let b_id = b
+            .accepted(SocketAddr::from(([10, 0, 0, 1], 40000)), now)
+            .unwrap();
+        a.dialled(a_id, now);
+        let wire = pump(a, a_id, b, b_id, now);
+        (a_id, b_id, wire)
+    }
+
+    #[test]
+    fn sealed_peers_connect_and_nothing_readable_crosses() {
+        let now = Instant::now();
+        let mut a = sealed_mesh(1, &[7], now);
+        let mut b = sealed_mesh(2, &[7], now);
+        let (a_id, b_id, wire) = dial(&mut a, &mut b, now);
+        assert!(wire.starts_with(b"weave\x02\x02"));
+        for nick in [&b"nickname-in-clear-1"[..], b"nickname-in-clear-2"] {
+            assert!(!wire.windows(nick.len()).any(|w| w == nick));
+        }
+        let r = a.report(now);
+        assert_eq!(r.protocol, "2..2");
+        assert_eq!(r.connections.len(), 1);
+        assert!(r.connections[0].encrypted);
+        assert_eq!(r.connections[0].peer, Some(b.name().to_string()));
+        assert_eq!(
+            b.report(now).connections[0].state,
+            weave_api::ConnectionState::Established
+        );
+        // the sleeve keys of both ends mirror each other
+        a.tick(now + REFRESH_DELAY);
+        b.tick(now + REFRESH_DELAY);
+        let ka = a.conns[&a_id].crypto_keys().unwrap();
+        let kb = b.conns[&b_id].crypto_keys().unwrap();
+        assert_eq!(ka.send, kb.recv);
+        assert_eq!(ka.recv, kb.send);
+        // keys rotate every two minutes and the connection carries on
+        let mut t = now;
+        for _ in 0..130 {
+            t += Duration::from_secs(1);
+            a.tick(t);
+            b.tick(t);
+            pump(&mut a, a_id, &mut b, b_id, t);
+        }
+        assert!(a.has_conn(a_id) && b.has_conn(b_id));
+        assert_eq!(a.stats().decrypt_failures + b.stats().decrypt_failures, 0);
+        // a flipped bit in a sealed frame ends the connection, counted
+        let mut frame = Message::Heartbeat.encode();
+        if let Crypto::Sealed { sealer, .. } = &mut a.conns.get_mut(&a_id).unwrap().crypto {
+            frame = sealer.seal(&frame[4..]);
+        }
+        frame[6] ^= 1;
+        b.received(b_id, &frame, t);
+        assert!(!b.has_conn(b_id));
+        assert_eq!(b.stats().decrypt_failures, 1);
+    }
+
+    #[test]
+    fn rotation_passwords_interoperate() {
+        let now = Instant::now();
+        // (B, A) dials (A); (A) dials (B, A)
+        for (x, y) in [(&[0xb, 0xa][..], &[0xa][..]), (&[0xa][..], &[0xb, 0xa][..])] {
+            let mut a = sealed_mesh(1, x, now);
+            let mut b = sealed_mesh(2, y, now);
+            dial(&mut a, &mut b, now);
+            assert!(a.report(now).connections[0].encrypted);
+            assert_eq!(b.stats().auth_failures, 0);
+        }
+    }
+
+    #[test]
+    fn wrong_or_missing_password_is_refused_on_both_sides() {
+        let now = Instant::now();
+        let plain = |i| mesh(i, now);
+        let cases: [(Mesh, Mesh, &str); 3] = [
+            (
+                sealed_mesh(1, &[1], now),
+                sealed_mesh(2, &[2], now),
+                "refused our password",
+            ),
+            (sealed_mesh(1, &[1], now), plain(2), "no password"),
+            (plain(1), sealed_mesh(2, &[2], now), "requires encryption"),
+        ];
+        for (mut a, mut b, why) in cases {
+            let (a_id, b_id, wire) = dial(&mut a, &mut b, now);
+            assert!(!a.has_conn(a_id) && !b.has_conn(b_id), "{why}");
+            assert_eq!(a.stats().auth_failures, 1, "{why}");
+            assert_eq!(b.stats().auth_failures, 1, "{why}");
+            assert_eq!(a.stats().protocol_errors + b.stats().protocol_errors, 0);
+            assert_eq!(a.topology().len(), 1);
+            // the dialler backs off, and says why
+            let r = a.report(now);
+            let failed = r
+                .connections
+                .iter()
+                .find(|c| c.state == weave_api::ConnectionState::Failed)
+                .unwrap_or_else(|| panic!("{why}: {:?}", r.connections));
+            assert!(
+                failed.info.contains("authentication failed"),
+                "{}",
+                failed.info
+            );
+            assert!(
+                a.poll_timeout() >= now + Duration::from_millis(500),
+                "{why}"
+            );
+            // a sealed hello never crossed to a peer that failed
+            let nick = b"nickname-in-clear-1";
+            assert!(!wire.windows(nick.len()).any(|w| w == nick), "{why}");
         }
     }
 
