@@ -47,16 +47,45 @@ fn wait_ping(ns: &str, ip: &str) -> Result<()> {
     wait_until(WAIT, &format!("{ns} to ping {ip}"), || {
         Ok(pings(ns, ip).then_some(()))
     })
+    .with_context(|| {
+        // the agents' logs of the bed the pod belongs to
+        let prefix = ns.split('-').next().unwrap_or_default();
+        (1..=3)
+            .map(|i| {
+                let log = std::env::temp_dir()
+                    .join(prefix)
+                    .join(format!("h{i}"))
+                    .join("weaver.log");
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                format!("--- h{i}:\n{}", weave_e2e::weave::tail(&text, 25))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 /// Starts tcpdump in `host` writing to a file; waits until it listens.
 fn capture(host: &Host, iface: &str, filter: &str) -> Result<PathBuf> {
     let file = host.dir().join("capture.pcap");
     let _ = std::fs::remove_file(&file);
-    let mut args: Vec<String> = ["-i", iface, "-U", "-n", "-s", "0", "-w"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // -Z root: keep writing into the test's directory, which only root may;
+    // --immediate-mode: hand each packet over at once, so that none is still
+    // in the kernel ring when tcpdump is stopped.
+    let mut args: Vec<String> = [
+        "-Z",
+        "root",
+        "--immediate-mode",
+        "-i",
+        iface,
+        "-U",
+        "-n",
+        "-s",
+        "0",
+        "-w",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.push(file.display().to_string());
     args.extend(filter.split_whitespace().map(str::to_string));
     host.spawn(TCPDUMP, std::path::Path::new("tcpdump"), &args, &[])?;
@@ -129,7 +158,12 @@ fn marker_on_the_underlay(password: Option<&str>) -> Result<bool> {
     wait_ping(&a, "10.2.1.3")?;
     h2.stop(TCPDUMP)?;
     let bytes = std::fs::read(&pcap).context("read capture")?;
-    ensure!(bytes.len() > 10_000, "capture holds {} bytes", bytes.len());
+    ensure!(
+        bytes.len() > 10_000,
+        "capture holds {} bytes; tcpdump said:\n{}",
+        bytes.len(),
+        h2.log(TCPDUMP)
+    );
     let seen = bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes());
     Ok(seen)
 }
@@ -285,7 +319,11 @@ print(len(out))
         .trim()
         .parse()
         .context("datagram count")?;
-    ensure!(sent >= 8, "only {sent} datagrams captured");
+    ensure!(
+        sent >= 8,
+        "only {sent} datagrams captured; tcpdump said:\n{}",
+        h2.log(TCPDUMP)
+    );
     let after = wait_until(WAIT, "replays and bit flips to be counted", || {
         let r = report(h1)?;
         let replays = drops(&r, "replay") - drops(&before, "replay");
