@@ -4,7 +4,8 @@
 //!
 //! Two dedicated threads move packets, so the async runtime never blocks on
 //! them: `tap → udp` (frames leaving the bridge for other hosts) and
-//! `udp → tap` (frames from peers, injected into the bridge or relayed). Each
+//! `udp → tap` (frames from peers, injected into the bridge or relayed; up
+//! to `RECV_BATCH` datagrams per `recvmmsg`). Each
 //! drains everything ready before it sends, batching the frames for the same
 //! next hop into one datagram up to the underlay MTU. A tokio task sends the
 //! path heartbeats, follows the mesh's [`OverlayView`] and reports path
@@ -55,6 +56,8 @@ const TAP_MTU: u32 = 65521;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// At most this many frames are read before pending batches are sent.
 const BURST: usize = 64;
+/// Datagrams taken from the UDP socket in one system call (`recvmmsg`).
+const RECV_BATCH: usize = 16;
 
 /// Datagram-level drop reasons beyond the switch's.
 const DROP_MALFORMED: &str = "malformed";
@@ -454,38 +457,92 @@ fn tap_loop(shared: Arc<Shared>) {
 
 /// Datagrams from peers.
 fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
-    let mut buf = vec![0u8; 65536];
-    let mut opened = Vec::with_capacity(65536);
-    let mut scratch = Vec::new();
-    let mut hops = Vec::new();
-    let mut batcher = Batcher::new(shared.mtu);
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let mut rx = Receiver {
+        opened: Vec::with_capacity(65536),
+        scratch: Vec::new(),
+        hops: Vec::new(),
+        batcher: Batcher::new(shared.mtu),
+    };
+    let fd = shared.socket.as_raw_fd();
+    let mut received = Vec::with_capacity(RECV_BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, src) = match shared.socket.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        // One system call for everything queued (at least one datagram;
+        // the socket's read timeout bounds the wait, so `stop` is seen).
+        received.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
+            match recvmmsg(
+                fd,
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(msgs) => {
+                    received.extend(msgs.map(|m| (m.bytes, m.address.and_then(|a| std_addr(&a)))))
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
             }
-            Err(e) => {
-                debug!(error = %e, "UDP receive failed");
-                continue;
+        }
+        for (buf, (n, src)) in bufs.iter().zip(received.iter()) {
+            if let Some(src) = src {
+                rx.on_datagram(&shared, &buf[..*n], *src, &events);
             }
-        };
+        }
+        rx.batcher.flush(&shared);
+    }
+}
+
+/// A socket address from what `recvmmsg` reports.
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Buffers of the UDP thread.
+struct Receiver {
+    opened: Vec<u8>,
+    scratch: Vec<u8>,
+    hops: Vec<Hop>,
+    batcher: Batcher,
+}
+
+impl Receiver {
+    /// Handles one datagram from `src`: opens it, answers heartbeats,
+    /// injects frames for us and queues relayed ones.
+    fn on_datagram(
+        &mut self,
+        shared: &Shared,
+        data: &[u8],
+        src: SocketAddr,
+        events: &mpsc::Sender<Command>,
+    ) {
         let now = Instant::now();
         let datagram = match &shared.sealer {
-            Some(sealer) => match sealer.open(&buf[..n], &mut opened) {
+            Some(sealer) => match sealer.open(data, &mut self.opened) {
                 Ok(plain) => plain,
                 Err(e) => {
                     trace!(%src, error = %e, "dropping datagram");
                     shared.drop_frame(e.reason());
-                    continue;
+                    return;
                 }
             },
-            None => &buf[..n],
+            None => data,
         };
         match frame::decode(datagram) {
             Err(e) => {
@@ -496,9 +553,9 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 let answer = lock(&shared.paths).on_heartbeat(hop, to, conn_uid, src, now);
                 match answer {
                     Some((ack, probe)) => {
-                        let _ = shared.send_to_peer(&hop, &ack, src, &mut scratch);
+                        let _ = shared.send_to_peer(&hop, &ack, src, &mut self.scratch);
                         if let Some(probe) = probe {
-                            let _ = shared.send_to_peer(&hop, &probe, src, &mut scratch);
+                            let _ = shared.send_to_peer(&hop, &probe, src, &mut self.scratch);
                         }
                     }
                     None => shared.drop_frame(DROP_UNKNOWN_SENDER),
@@ -513,7 +570,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
             Ok(Datagram::Frames { hop, frames }) => {
                 if !lock(&shared.paths).is_known_sender(&hop, src) {
                     shared.drop_frame(DROP_UNKNOWN_SENDER);
-                    continue;
+                    return;
                 }
                 let view = shared.current_view();
                 let mut count = 0u64;
@@ -526,9 +583,15 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                         }
                     };
                     count += 1;
-                    let verdict = lock(&shared.switch)
-                        .from_peer(f.origin, f.dst, f.data, &view, now, &mut hops);
-                    record_verdict(&shared, verdict);
+                    let verdict = lock(&shared.switch).from_peer(
+                        f.origin,
+                        f.dst,
+                        f.data,
+                        &view,
+                        now,
+                        &mut self.hops,
+                    );
+                    record_verdict(shared, verdict);
                     if verdict == Verdict::InjectAndForward {
                         match shared.tap.write(f.data) {
                             Ok(_) => {
@@ -537,17 +600,14 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                             Err(_) => shared.drop_frame("inject_failed"),
                         }
                     }
-                    for h in &hops {
-                        batcher.push(&shared, *h, f.origin, f.data);
+                    for h in &self.hops {
+                        self.batcher.push(shared, *h, f.origin, f.data);
                     }
                 }
-                {
-                    let mut peers = lock(&shared.peers);
-                    let c = peers.entry(hop).or_default();
-                    c.frames_in += count;
-                    c.bytes_in += n as u64;
-                }
-                batcher.flush(&shared);
+                let mut peers = lock(&shared.peers);
+                let c = peers.entry(hop).or_default();
+                c.frames_in += count;
+                c.bytes_in += data.len() as u64;
             }
         }
     }
