@@ -204,6 +204,12 @@ pub(crate) fn bench() -> Result<()> {
     wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
     time_to_ping("pods to talk over the encrypted sleeve")?;
     let encrypted = measure(&a, &b, "10.2.1.2")?;
+    let mut sealed_drops = Vec::new();
+    for h in [h1, h2] {
+        if let Some(s) = weave_e2e::weave::report(h)?.sleeve {
+            sealed_drops.push(format!("{}: {:?}", h.name(), s.drops));
+        }
+    }
 
     println!();
     println!("# weave bench: data plane, 2 hosts, iperf3 -t {SECONDS}");
@@ -238,6 +244,10 @@ pub(crate) fn bench() -> Result<()> {
         "recovery: traffic back {:.2} s after a 10 s cut is restored (goal ≤ 3 s), {:.2} s after a killed agent's API is up again (goal ≤ 2 s)",
         heal.as_secs_f64(),
         restart.as_secs_f64()
+    );
+    println!(
+        "encrypted sleeve drops after its run: {}",
+        sealed_drops.join("; ")
     );
     println!(
         "goals: sleeve TCP 1 stream ≥ 0.20× veth, UDP-64 ≥ 0.30× veth, RTT ≤ veth + 100 µs, peak RSS ≤ 32 MiB; encrypted sleeve TCP 1 stream ≥ 0.12× veth"
