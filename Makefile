@@ -50,7 +50,7 @@ fuzz-build:
 	cd node-agent/fuzz && $(CARGO) build --quiet
 
 fuzz-smoke: fuzz-build
-	@for t in handshake gossip ipam sleeve; do \
+	@for t in handshake gossip ipam sleeve noise; do \
 	  node-agent/fuzz/target/debug/$$t -max_total_time=5 -print_final_stats=0 2>&1 | tail -1; \
 	done
 

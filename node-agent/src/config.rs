@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::ipam::subnet::Subnet;
 use crate::ipam::Init;
+use crate::crypto::Passwords;
 use crate::mesh::PeerName;
 
 /// Everything [`crate::run`] needs.
@@ -135,6 +136,8 @@ fn parse_init(v: &str) -> Result<Init, String> {
         }
         _ => Err(bad()),
     }
+    /// Mesh password(s); `None` runs unencrypted.
+    pub password: Option<Passwords>,
 }
 
 /// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.

@@ -60,6 +60,9 @@ pub enum Error {
         /// The route.
         route: String,
     },
+    /// The mesh password could not be turned into keys.
+    #[error("derive keys from the mesh password: {0}")]
+    Password(String),
     /// A server task failed.
     #[error("serve {what}")]
     Serve {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod attach;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 mod error;
 pub mod ipam;
 pub mod mesh;
@@ -46,7 +47,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         Some(path) => Some((api::bind_socket(path)?, path.clone())),
         None => None,
     };
-    info!(%name, %uid, nickname = %config.nickname, %peer_addr, http = ?config.http_addr, socket = ?config.api_socket, "weaver starting");
+    info!(%name, %uid, nickname = %config.nickname, %peer_addr, http = ?config.http_addr, socket = ?config.api_socket, encrypted = config.password.is_some(), "weaver starting");
+    // Argon2 is deliberately slow: keep it off the runtime threads.
+    let psks = match config.password.clone() {
+        Some(p) => tokio::task::spawn_blocking(move || p.derive_psks())
+            .await
+            .map_err(|e| Error::Password(e.to_string()))?
+            .map_err(|e| Error::Password(e.to_string()))?,
+        None => Vec::new(),
+    };
 
     let sleeve = match &config.bridge {
         Some(bridge) => {
@@ -55,6 +64,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 bridge: bridge.clone(),
                 mtu: config.mtu,
                 addr: peer_addr,
+                encrypted: !psks.is_empty(),
             };
             Some(router::sleeve::setup(&cfg, name, &netlink).await?)
         }
@@ -88,6 +98,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     mesh_cfg.heartbeat_interval = config.heartbeat;
     mesh_cfg.read_timeout = config.read_timeout;
     mesh_cfg.gossip_interval = config.gossip_interval;
+    mesh_cfg.psks = psks;
     let now = Instant::now();
     let mut mesh = Mesh::new(mesh_cfg, uid, rng.gen(), now);
     if !config.peers.is_empty() {
@@ -236,6 +247,32 @@ pub mod fuzz {
                 );
             }
         }
+    }
+
+    /// Handshake messages and sealed frames from a peer who may not know
+    /// the password: the responder's and the initiator's handshake steps,
+    /// a sealed control frame and a sealed sleeve datagram. None may panic,
+    /// and without the key none may be accepted.
+    pub fn noise(data: &[u8]) {
+        use crate::crypto::handshake::{respond, Initiator};
+        use crate::crypto::session::{ControlOpener, SleeveRx};
+        use crate::crypto::Secret;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let psks = [Secret::new([1; 32]), Secret::new([2; 32])];
+        let prologue = b"weave\x02\x02weave\x02\x02";
+        assert!(
+            respond(&psks, prologue, data, &mut rng).is_err(),
+            "offers forged without the key were accepted"
+        );
+        let (init, _) = Initiator::start(&psks, prologue, &mut rng);
+        assert!(init.finish(data).is_err(), "a forged answer was accepted");
+        let mut opener = ControlOpener::new(Secret::new([3; 32]));
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        assert!(opener.open(len, data).is_err(), "a forged frame opened");
+        let mut rx = SleeveRx::new(Secret::new([4; 32]));
+        let mut out = Vec::new();
+        assert!(rx.open(data, &mut out).is_err(), "a forged datagram opened");
     }
 
     /// Decodes a topology gossip body and re-encodes what decodes.

@@ -50,6 +50,27 @@ pub fn render(r: &Report) -> String {
         "# HELP weave_protocol_errors_total Control connections closed for a protocol error.\n# TYPE weave_protocol_errors_total counter\nweave_protocol_errors_total {}",
         r.stats.protocol_errors
     );
+    let _ = writeln!(
+        out,
+        "# HELP weave_auth_failures_total Handshakes refused: wrong password, or only one side has one.\n# TYPE weave_auth_failures_total counter\nweave_auth_failures_total {}",
+        r.stats.auth_failures
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weave_decrypt_failures_total Sealed control frames that did not decrypt.\n# TYPE weave_decrypt_failures_total counter\nweave_decrypt_failures_total {}",
+        r.stats.decrypt_failures
+    );
+    family(
+        &mut out,
+        "weave_connections_encrypted",
+        "gauge",
+        "Connections whose frames are sealed.",
+    );
+    let _ = writeln!(
+        out,
+        "weave_connections_encrypted {}",
+        r.connections.iter().filter(|c| c.encrypted).count()
+    );
     if let Some(s) = &r.sleeve {
         let _ = writeln!(out, "# HELP weave_sleeve_mtu Overlay MTU.\n# TYPE weave_sleeve_mtu gauge\nweave_sleeve_mtu {}", s.mtu);
         type Pair = fn(&ConnectionReport) -> (u64, u64);
@@ -224,5 +245,6 @@ mod tests {
             text.contains("weave_ipam_unreachable_percentage 50\n"),
             "{text}"
         );
+        assert!(text.contains("weave_auth_failures_total 0\n"));
     }
 }

@@ -176,6 +176,12 @@ pub struct MeshStats {
     pub gossip_out: u64,
     /// Connections closed because of a protocol error by the remote side.
     pub protocol_errors: u64,
+    /// Handshakes refused: a wrong password, or only one side has one.
+    #[serde(default)]
+    pub auth_failures: u64,
+    /// Sealed control frames that did not decrypt.
+    #[serde(default)]
+    pub decrypt_failures: u64,
 }
 
 /// `POST /connect`: add connection targets.

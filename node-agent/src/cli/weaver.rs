@@ -10,6 +10,8 @@ use clap::Parser;
 
 use super::LogFormat;
 use crate::config::{parse_duration, parse_peer_addr, Config, IpamSettings};
+use crate::config::{parse_duration, parse_peer_addr, Config};
+use crate::crypto::Passwords;
 use crate::mesh::PeerName;
 
 /// weaver: the per-node agent of the weave network.
@@ -71,6 +73,14 @@ pub struct Cli {
     /// observer; default: consensus among the initial peers and this one.
     #[arg(long, env = "WEAVE_IPALLOC_INIT")]
     pub ipalloc_init: Option<String>,
+    /// File holding the mesh password: one line, or two during a rotation
+    /// (the new password first, then the old one). Every peer needs it.
+    #[arg(long, env = "WEAVE_PASSWORD_FILE", conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
+    /// The mesh password itself (visible in `ps`: for demos; prefer
+    /// --password-file or WEAVE_PASSWORD).
+    #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
+    pub password: Option<Passwords>,
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -100,6 +110,17 @@ impl Cli {
                 self.read_timeout, self.heartbeat
             ));
         }
+        let password = match (&self.password_file, self.password) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read --password-file {}: {e}", path.display()))?;
+                Some(
+                    text.parse::<Passwords>()
+                        .map_err(|e| format!("invalid --password-file {}: {e}", path.display()))?,
+                )
+            }
+            (None, p) => p,
+        };
         let nickname = self.nickname.unwrap_or_else(hostname);
         let ipam = IpamSettings::parse(
             &self.ipalloc_range,
@@ -132,6 +153,7 @@ impl Cli {
             },
             mtu: self.mtu,
             ipam,
+            password,
         })
     }
 }
@@ -184,6 +206,32 @@ mod tests {
         assert_eq!(cfg.http_addr, None);
         assert_eq!(cfg.nickname, "n1");
         assert_eq!(cfg.conn_limit, 100);
+        assert!(cfg.password.is_none());
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_or_the_flag_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("weaver-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "new-one\nold-one\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["weaver", "--password-file", file.to_str().unwrap()]).unwrap();
+        let cfg = cli.into_config().unwrap();
+        assert_eq!(cfg.password.as_ref().map(Passwords::len), Some(2));
+        assert!(!format!("{cfg:?}").contains("new-one"));
+        let cli = Cli::try_parse_from(["weaver", "--password", "demo-secret"]).unwrap();
+        assert!(!format!("{cli:?}").contains("demo-secret"));
+        assert_eq!(
+            cli.into_config().unwrap().password.map(|p| p.len()),
+            Some(1)
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["weaver", "--password-file", file.to_str().unwrap()]).unwrap();
+        assert!(cli.into_config().unwrap_err().contains("empty"));
+        assert!(Cli::try_parse_from(["weaver", "--password", ""]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! digest of `(name, uid, version)` to one neighbour, which answers with what
 //! it has newer: that repairs anything the push missed. A new connection gets
 //! the full topology at once.
+//!
+//! With a password (`MeshConfig::psks`), each connection first runs the
+//! Noise handshake of [`crate::crypto::handshake`] and then seals every
+//! frame ([`crate::crypto::session`]); the Hello travels sealed, so nothing
+//! about a peer is learnt before it proved it knows the password.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,7 +36,11 @@ use super::overlay::{Neighbour, OverlayView};
 use super::peer::{PeerName, PeerUid};
 use super::routes::{broadcast_children, Graph, Routes};
 use super::topology::{ConnRecord, PeerRecord, Topology, TopologyGossip};
-use super::wire::{self, Decoder, Frame, Hello, Message, WireError};
+use super::wire::{self, Decoder, Frame, Hello, Message, RawFrame, WireError};
+use crate::crypto::{Secret, SleeveKeys};
+use secure::{Crypto, AUTH_FAILED};
+
+mod secure;
 
 /// Gossip channel of the topology.
 pub const CHANNEL_TOPOLOGY: u8 = 0;
@@ -40,7 +49,6 @@ pub const CHANNEL_IPAM: u8 = 1;
 /// Topology changes are batched for this long before reachability, routes
 /// and targets are recomputed (a burst of gossip costs one computation).
 const REFRESH_DELAY: Duration = Duration::from_millis(20);
-
 /// Tunables of the mesh; [`MeshConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -69,6 +77,9 @@ pub struct MeshConfig {
     /// A data plane confirms each connection (UDP path verified) before it
     /// counts as established; without one, the handshake alone does.
     pub overlay: bool,
+    /// Pre-shared keys from the mesh password(s), preferred first; empty:
+    /// no encryption (protocol version 1).
+    pub psks: Vec<Secret>,
 }
 
 impl MeshConfig {
@@ -88,6 +99,16 @@ impl MeshConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             overlay: false,
+            psks: Vec::new(),
+        }
+    }
+
+    /// The protocol version this configuration speaks.
+    fn version(&self) -> u8 {
+        if self.psks.is_empty() {
+            wire::PLAIN_VERSION
+        } else {
+            wire::SEALED_VERSION
         }
     }
 }
@@ -150,6 +171,8 @@ struct Remote {
     listen_addr: SocketAddr,
     /// The data plane confirmed the path (always true without overlay).
     confirmed: bool,
+    /// Sleeve keys agreed in the handshake (none without a password).
+    keys: Option<Arc<SleeveKeys>>,
 }
 
 #[derive(Debug)]
@@ -172,6 +195,7 @@ struct Conn {
     local_conn_id: u64,
     bytes_in: u64,
     bytes_out: u64,
+    crypto: Crypto,
 }
 
 /// Counters, reported by `weave report`.
@@ -187,6 +211,10 @@ pub struct Stats {
     pub gossip_out: u64,
     /// Connections closed for a protocol error of the remote side.
     pub protocol_errors: u64,
+    /// Handshakes refused: wrong password, or only one side has one.
+    pub auth_failures: u64,
+    /// Sealed control frames that did not decrypt (the connection closes).
+    pub decrypt_failures: u64,
 }
 
 /// The mesh of one peer.
@@ -448,18 +476,28 @@ impl Mesh {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            match c.decoder.next_frame() {
+            let frame = match c.decoder.next_raw() {
                 Ok(None) => return,
-                Ok(Some(frame)) => {
-                    if let Err(e) = self.on_frame(id, frame, now) {
-                        self.protocol_error(id, &e, now);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.protocol_error(id, &e, now);
-                    return;
-                }
+                Ok(Some(RawFrame::Header(v))) => Ok(Frame::Header(v)),
+                Ok(Some(RawFrame::Body { len, body })) => match &mut c.crypto {
+                    Crypto::Sealed { opener, .. } => match opener.open(len, &body) {
+                        Ok(Some(plain)) => Message::decode(&plain).map(Frame::Message),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            self.stats.decrypt_failures += 1;
+                            let remote = c.remote;
+                            warn!(%remote, error = %e, "closing connection: sealed frame did not decrypt");
+                            self.close(id, "decryption failed", now);
+                            return;
+                        }
+                    },
+                    _ => Message::decode(&body).map(Frame::Message),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = frame.and_then(|f| self.on_frame(id, f, now)) {
+                self.protocol_error(id, &e, now);
+                return;
             }
         }
     }
@@ -491,6 +529,17 @@ impl Mesh {
         let heartbeat = Message::Heartbeat.encode();
         for id in beat {
             self.send(id, heartbeat.clone());
+        }
+        let mut rekeys = Vec::new();
+        for (id, c) in &mut self.conns {
+            if let Crypto::Sealed { sealer, .. } = &mut c.crypto {
+                if let Some(data) = sealer.rekey_if_due(now) {
+                    rekeys.push((*id, data));
+                }
+            }
+        }
+        for (id, data) in rekeys {
+            self.send_sealed(id, data);
         }
         for (id, reason) in expired {
             self.close(id, &reason, now);
@@ -549,6 +598,11 @@ impl Mesh {
         let id = ConnId(self.next_id);
         self.next_id += 1;
         let local_conn_id = self.rng.gen();
+        let crypto = if self.cfg.psks.is_empty() {
+            Crypto::Plain
+        } else {
+            Crypto::Pending
+        };
         self.conns.insert(
             id,
             Conn {
@@ -556,35 +610,55 @@ impl Mesh {
                 outbound,
                 target,
                 state,
-                decoder: Decoder::new(),
+                decoder: Decoder::for_version(self.cfg.version()),
                 opened: now,
                 last_recv: now,
                 next_heartbeat: now + self.cfg.heartbeat_interval,
                 local_conn_id,
                 bytes_in: 0,
                 bytes_out: 0,
+                crypto,
             },
         );
         id
     }
 
+    /// The version header and, without a password, the Hello right away
+    /// (with one, the Hello waits for the handshake).
     fn send_intro(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get(&id) else { return };
-        let mut data = wire::header().to_vec();
-        data.extend(
-            Message::Hello(Hello {
-                name: self.cfg.name,
-                uid: self.uid,
-                conn_id: c.local_conn_id,
-                listen_port: self.cfg.listen_port,
-                nickname: self.cfg.nickname.clone(),
-            })
-            .encode(),
-        );
-        self.send(id, data);
+        self.send(id, wire::header_for(self.cfg.version()).to_vec());
+        if self.cfg.psks.is_empty() {
+            self.send_hello(id);
+        }
     }
 
+    fn send_hello(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let hello = Message::Hello(Hello {
+            name: self.cfg.name,
+            uid: self.uid,
+            conn_id: c.local_conn_id,
+            listen_port: self.cfg.listen_port,
+            nickname: self.cfg.nickname.clone(),
+        });
+        self.send(id, hello.encode());
+    }
+
+    /// Queues one encoded frame (or the version header), sealing it when
+    /// the connection has its keys.
     fn send(&mut self, id: ConnId, data: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let data = match &mut c.crypto {
+            Crypto::Sealed { sealer, .. } => sealer.seal(&data[4..]),
+            _ => data,
+        };
+        self.send_sealed(id, data);
+    }
+
+    /// Queues bytes exactly as given.
+    fn send_sealed(&mut self, id: ConnId, data: Vec<u8>) {
         if let Some(c) = self.conns.get_mut(&id) {
             c.bytes_out += data.len() as u64;
             self.stats.bytes_out += data.len() as u64;
@@ -607,13 +681,32 @@ impl Mesh {
             .conns
             .get_mut(&id)
             .expect("caller checked the connection exists");
+        let sealing = matches!(c.crypto, Crypto::Pending | Crypto::Offered(_));
         match (&mut c.state, frame) {
             (ConnState::Handshaking { version: v @ None }, Frame::Header(version)) => {
                 *v = Some(version);
+                if c.outbound && matches!(c.crypto, Crypto::Pending) {
+                    self.offer(id);
+                }
                 Ok(())
             }
-            (ConnState::Handshaking { version: Some(_) }, Frame::Message(Message::Hello(h))) => {
+            (
+                ConnState::Handshaking { version: Some(_) },
+                Frame::Message(Message::Handshake(m)),
+            ) if sealing => {
+                self.on_handshake(id, &m, now);
+                Ok(())
+            }
+            (ConnState::Handshaking { version: Some(_) }, Frame::Message(Message::Hello(h)))
+                if !sealing =>
+            {
                 self.on_hello(id, h, now);
+                Ok(())
+            }
+            (_, Frame::Message(Message::Close { reason }))
+                if sealing && reason.starts_with(AUTH_FAILED) =>
+            {
+                self.auth_failed(id, "the peer refused our password", now);
                 Ok(())
             }
             (_, Frame::Message(Message::Close { reason })) => {
@@ -698,6 +791,10 @@ impl Mesh {
         }
         info!(peer = %h.name, nickname = %h.nickname, %remote, outbound, "connection established");
         let c = self.conns.get_mut(&id).expect("connection checked above");
+        let keys = match &c.crypto {
+            Crypto::Sealed { sleeve, .. } => Some(sleeve.clone()),
+            _ => None,
+        };
         c.state = ConnState::Established(Remote {
             name: h.name,
             uid: h.uid,
@@ -705,6 +802,7 @@ impl Mesh {
             conn_uid,
             listen_addr,
             confirmed: !self.cfg.overlay,
+            keys,
         });
         c.next_heartbeat = now + self.cfg.heartbeat_interval;
         self.topo.update_local(|rec| {
@@ -876,6 +974,7 @@ impl Mesh {
                     Neighbour {
                         addr: r.listen_addr,
                         conn_uid: r.conn_uid,
+                        keys: r.keys.clone(),
                     },
                 )),
                 _ => None,
@@ -958,6 +1057,9 @@ impl Mesh {
     }
 
     fn protocol_error(&mut self, id: ConnId, e: &WireError, now: Instant) {
+        if let Some(why) = self.encryption_mismatch(e) {
+            return self.auth_failed(id, why, now);
+        }
         self.stats.protocol_errors += 1;
         let remote = self.conns.get(&id).map(|c| c.remote);
         warn!(remote = ?remote, error = %e, "closing connection: protocol error");
@@ -1079,7 +1181,7 @@ impl Mesh {
                     state,
                     outbound: c.outbound,
                     mode: self.cfg.overlay.then(|| "sleeve".to_string()),
-                    encrypted: false,
+                    encrypted: matches!(c.crypto, Crypto::Sealed { .. }),
                     info,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
@@ -1119,7 +1221,7 @@ impl Mesh {
         weave_api::Report {
             ipam: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol: format!("{}..{}", wire::MIN_VERSION, wire::MAX_VERSION),
+            protocol: format!("{v}..{v}", v = self.cfg.version()),
             peer: weave_api::LocalPeer {
                 name: local.name.to_string(),
                 nickname: local.nickname.clone(),
@@ -1149,6 +1251,8 @@ impl Mesh {
                 gossip_in: self.stats.gossip_in,
                 gossip_out: self.stats.gossip_out,
                 protocol_errors: self.stats.protocol_errors,
+                auth_failures: self.stats.auth_failures,
+                decrypt_failures: self.stats.decrypt_failures,
             },
             sleeve: None,
         }
@@ -1165,7 +1269,7 @@ fn fanout(peers: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn mesh(i: u8, now: Instant) -> Mesh {
+    pub(super) fn mesh(i: u8, now: Instant) -> Mesh {
         let name = PeerName::from_bytes([2, 0, 0, 0, 0, i]);
         Mesh::new(
             MeshConfig::new(name, format!("h{i}"), 6783),
@@ -1175,13 +1279,22 @@ mod tests {
         )
     }
 
-    /// Runs two meshes against each other over one in-memory connection.
-    fn pump(a: &mut Mesh, a_id: ConnId, b: &mut Mesh, b_id: ConnId, now: Instant) {
+    /// Runs two meshes against each other over one in-memory connection;
+    /// returns every byte that crossed it.
+    pub(super) fn pump(
+        a: &mut Mesh,
+        a_id: ConnId,
+        b: &mut Mesh,
+        b_id: ConnId,
+        now: Instant,
+    ) -> Vec<u8> {
+        let mut wire = Vec::new();
         for _ in 0..20 {
             let mut moved = false;
             while let Some(act) = a.poll_action() {
                 if let Action::Send { conn, data } = act {
                     assert_eq!(conn, a_id);
+                    wire.extend_from_slice(&data);
                     b.received(b_id, &data, now);
                     moved = true;
                 }
@@ -1189,14 +1302,16 @@ mod tests {
             while let Some(act) = b.poll_action() {
                 if let Action::Send { conn, data } = act {
                     assert_eq!(conn, b_id);
+                    wire.extend_from_slice(&data);
                     a.received(a_id, &data, now);
                     moved = true;
                 }
             }
             if !moved {
-                return;
+                break;
             }
         }
+        wire
     }
 
     #[test]

@@ -8,15 +8,20 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use super::PeerName;
+use crate::crypto::SleeveKeys;
 
 /// A neighbour reachable over an established control connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neighbour {
     /// Where its sleeve listens (its IP as we see it, its announced port).
     pub addr: SocketAddr,
     /// UID of the control connection, shared by both ends; heartbeats carry it.
     pub conn_uid: u64,
+    /// Sleeve keys from that connection's handshake; `None` without a password.
+    pub keys: Option<Arc<SleeveKeys>>,
 }
 
 /// Snapshot of routes and neighbours for the data plane.

@@ -17,7 +17,13 @@ pub const PROTOCOL_NAME: &[u8; 5] = b"weave";
 /// Lowest protocol version this build speaks.
 pub const MIN_VERSION: u8 = 1;
 /// Highest protocol version this build speaks.
-pub const MAX_VERSION: u8 = 1;
+pub const MAX_VERSION: u8 = 2;
+/// The version of a peer without a password: plain frames.
+pub const PLAIN_VERSION: u8 = 1;
+/// The version of a peer with a password: a Noise handshake, then sealed
+/// frames (`PROTOCOL.md` §9). A peer speaks exactly one of the two, so a
+/// mismatch shows as "no common version" and is reported as such.
+pub const SEALED_VERSION: u8 = 2;
 /// Size of the version header: name, min version, max version.
 pub const HEADER_LEN: usize = 7;
 /// Largest frame body accepted (tag and payload); anything larger closes the
@@ -32,6 +38,7 @@ mod tag {
     pub(super) const HEARTBEAT: u8 = 2;
     pub(super) const GOSSIP: u8 = 3;
     pub(super) const CLOSE: u8 = 4;
+    pub(super) const HANDSHAKE: u8 = 5;
 }
 
 /// Why bytes from a peer were refused.
@@ -88,6 +95,8 @@ pub enum Message {
         /// Human-readable reason.
         reason: String,
     },
+    /// A Noise handshake message (version 2, before any sealed frame).
+    Handshake(Vec<u8>),
 }
 
 /// Identity a peer announces on a new connection.
@@ -115,18 +124,60 @@ pub enum Frame {
     Message(Message),
 }
 
+/// A frame before its body is interpreted (a sealed body must be opened
+/// first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFrame {
+    /// The peer's version header; the value is the negotiated version.
+    Header(u8),
+    /// A frame body and its length prefix.
+    Body {
+        /// The length prefix as received.
+        len: u32,
+        /// The bytes after it.
+        body: Vec<u8>,
+    },
+}
+
 /// Incremental decoder for one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
     pos: usize,
-    header_seen: bool,
+    peer_header: Option<[u8; HEADER_LEN]>,
+    version: u8,
+    max_frame: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Decoder {
-    /// A decoder expecting the version header first.
+    /// A decoder for a peer without a password, expecting the version
+    /// header first.
     pub fn new() -> Self {
-        Self::default()
+        Self::for_version(PLAIN_VERSION)
+    }
+
+    /// A decoder for a peer that speaks only `version` (sealed frames are
+    /// longer by their authentication tag).
+    pub fn for_version(version: u8) -> Self {
+        let tag = if version == SEALED_VERSION { 16 } else { 0 };
+        Self {
+            buf: Vec::new(),
+            pos: 0,
+            peer_header: None,
+            version,
+            max_frame: MAX_FRAME + tag,
+        }
+    }
+
+    /// The version header the peer sent, once it arrived.
+    pub fn peer_header(&self) -> Option<[u8; HEADER_LEN]> {
+        self.peer_header
     }
 
     /// Appends received bytes.
@@ -148,8 +199,18 @@ impl Decoder {
 
     /// The next complete frame, `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        Ok(match self.next_raw()? {
+            None => None,
+            Some(RawFrame::Header(v)) => Some(Frame::Header(v)),
+            Some(RawFrame::Body { body, .. }) => Some(Frame::Message(Message::decode(&body)?)),
+        })
+    }
+
+    /// The next complete frame with its body undecoded, `None` if more
+    /// bytes are needed.
+    pub fn next_raw(&mut self) -> Result<Option<RawFrame>, WireError> {
         let avail = &self.buf[self.pos..];
-        if !self.header_seen {
+        if self.peer_header.is_none() {
             // Check the name as soon as its first bytes arrive, so that a wrong
             // protocol is refused without waiting for seven bytes.
             let n = avail.len().min(PROTOCOL_NAME.len());
@@ -159,34 +220,48 @@ impl Decoder {
             if avail.len() < HEADER_LEN {
                 return Ok(None);
             }
-            let version = negotiate(avail[5], avail[6])?;
+            let version = negotiate_range(self.version, self.version, avail[5], avail[6])?;
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&avail[..HEADER_LEN]);
             self.pos += HEADER_LEN;
-            self.header_seen = true;
-            return Ok(Some(Frame::Header(version)));
+            self.peer_header = Some(header);
+            return Ok(Some(RawFrame::Header(version)));
         }
         if avail.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len == 0 || len > MAX_FRAME {
+        if len == 0 || len > self.max_frame {
             return Err(WireError::FrameLength(len));
         }
         if avail.len() < 4 + len {
             return Ok(None);
         }
-        let msg = Message::decode(&avail[4..4 + len])?;
+        let body = avail[4..4 + len].to_vec();
         self.pos += 4 + len;
-        Ok(Some(Frame::Message(msg)))
+        let len = u32::try_from(len).expect("frame length checked against max_frame");
+        Ok(Some(RawFrame::Body { len, body }))
     }
 }
 
-/// The version both sides speak, given the peer's range.
+/// The version both sides speak, given the peer's range, for a peer that
+/// speaks every version this build knows.
 pub fn negotiate(theirs_min: u8, theirs_max: u8) -> Result<u8, WireError> {
-    let version = MAX_VERSION.min(theirs_max);
-    if theirs_min > theirs_max || MIN_VERSION.max(theirs_min) > version {
+    negotiate_range(MIN_VERSION, MAX_VERSION, theirs_min, theirs_max)
+}
+
+/// The version both sides speak, given both ranges.
+pub fn negotiate_range(
+    ours_min: u8,
+    ours_max: u8,
+    theirs_min: u8,
+    theirs_max: u8,
+) -> Result<u8, WireError> {
+    let version = ours_max.min(theirs_max);
+    if theirs_min > theirs_max || ours_min.max(theirs_min) > version {
         return Err(WireError::Version {
-            ours_min: MIN_VERSION,
-            ours_max: MAX_VERSION,
+            ours_min,
+            ours_max,
             theirs_min,
             theirs_max,
         });
@@ -194,12 +269,17 @@ pub fn negotiate(theirs_min: u8, theirs_max: u8) -> Result<u8, WireError> {
     Ok(version)
 }
 
-/// The version header this build sends.
+/// The version header of a peer without a password.
 pub fn header() -> [u8; HEADER_LEN] {
+    header_for(PLAIN_VERSION)
+}
+
+/// The version header announcing exactly `version`.
+pub fn header_for(version: u8) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..5].copy_from_slice(PROTOCOL_NAME);
-    h[5] = MIN_VERSION;
-    h[6] = MAX_VERSION;
+    h[5] = version;
+    h[6] = version;
     h
 }
 
@@ -225,6 +305,10 @@ impl Message {
             Self::Close { reason } => {
                 out.push(tag::CLOSE);
                 out.extend_from_slice(truncate(reason, 1024).as_bytes());
+            }
+            Self::Handshake(data) => {
+                out.push(tag::HANDSHAKE);
+                out.extend_from_slice(data);
             }
         }
         let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
@@ -274,6 +358,7 @@ impl Message {
             tag::CLOSE => Self::Close {
                 reason: String::from_utf8_lossy(r.rest()).into_owned(),
             },
+            tag::HANDSHAKE => Self::Handshake(r.rest().to_vec()),
             other => return Err(WireError::UnknownTag(other)),
         };
         Ok(msg)

@@ -4,11 +4,15 @@
 //!
 //! Two dedicated threads move packets, so the async runtime never blocks on
 //! them: `tap → udp` (frames leaving the bridge for other hosts) and
-//! `udp → tap` (frames from peers, injected into the bridge or relayed). Each
+//! `udp → tap` (frames from peers, injected into the bridge or relayed; up
+//! to `RECV_BATCH` datagrams per `recvmmsg`). Each
 //! drains everything ready before it sends, batching the frames for the same
 //! next hop into one datagram up to the underlay MTU. A tokio task sends the
 //! path heartbeats, follows the mesh's [`OverlayView`] and reports path
 //! changes back to the mesh.
+//!
+//! With a password every datagram, heartbeats included, is sealed for the
+//! neighbour it goes to ([`Sealer`]) and opened before anything reads it.
 //!
 //! The bridge outlives the agent: a restart recreates the TAP port and
 //! re-adopts the bridge, so pods on the same host keep talking while the
@@ -33,6 +37,7 @@ use crate::mesh::overlay::OverlayView;
 use crate::mesh::PeerName;
 use crate::sleeve::frame::{self, Datagram};
 use crate::sleeve::path::{PathEvent, Paths};
+use crate::sleeve::sealer::Sealer;
 use crate::sleeve::switch::{DropReason, Hop, Switch, Verdict};
 
 /// Name of the TAP port the agent attaches to the bridge.
@@ -41,6 +46,9 @@ pub const TAP_NAME: &str = "vethwe-sleeve";
 /// IPv4 (20) + UDP (8) + datagram header (8) + frame header (14) + the
 /// inner Ethernet header (14).
 pub const OVERHEAD: u32 = 64;
+/// Extra bytes of a sealed datagram: epoch, counter and tag, plus the
+/// plain header repeated inside (`crypto::session`).
+const SEALED_OVERHEAD: u32 = 36;
 /// MTU of the TAP port: the largest the kernel allows.
 const TAP_MTU: u32 = 65521;
 /// Socket buffers: a default-sized receive buffer was where Weave Net's
@@ -48,6 +56,8 @@ const TAP_MTU: u32 = 65521;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// At most this many frames are read before pending batches are sent.
 const BURST: usize = 64;
+/// Datagrams taken from the UDP socket in one system call (`recvmmsg`).
+const RECV_BATCH: usize = 16;
 
 /// Datagram-level drop reasons beyond the switch's.
 const DROP_MALFORMED: &str = "malformed";
@@ -83,6 +93,8 @@ pub struct Shared {
     peers: Mutex<HashMap<PeerName, PeerCounters>>,
     drops: Mutex<BTreeMap<&'static str, u64>>,
     injected: AtomicU64,
+    /// Sessions per neighbour when a password is set.
+    sealer: Option<Sealer>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -122,6 +134,36 @@ impl Shared {
 
     fn drop_frame(&self, reason: &'static str) {
         *lock(&self.drops).entry(reason).or_insert(0) += 1;
+    }
+
+    /// Whether datagrams are sealed.
+    pub fn encrypted(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// Sends a plain datagram to neighbour `peer` at `addr`, sealed when
+    /// encryption is on; `scratch` holds the sealed copy. Returns the bytes
+    /// sent.
+    fn send_to_peer(
+        &self,
+        peer: &PeerName,
+        plain: &[u8],
+        addr: SocketAddr,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        let data = match &self.sealer {
+            Some(sealer) => {
+                if !sealer.seal(peer, plain, scratch, Instant::now()) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "no sleeve session with the peer",
+                    ));
+                }
+                &scratch[..]
+            }
+            None => plain,
+        };
+        self.socket.send_to(data, addr)
     }
 
     fn current_view(&self) -> Arc<OverlayView> {
@@ -167,11 +209,17 @@ pub struct SleeveConfig {
     pub mtu: Option<u32>,
     /// UDP address to listen on (same port as the control connections).
     pub addr: SocketAddr,
+    /// Seal every datagram (a mesh password is set).
+    pub encrypted: bool,
 }
 
 /// Derives the overlay MTU: the underlay MTU of the default route's device
 /// (else the smallest MTU among devices with IPv4 routes) minus [`OVERHEAD`].
-async fn derive_mtu(netlink: &impl Netlink, bridge: &str) -> Result<u32, SleeveError> {
+async fn derive_mtu(
+    netlink: &impl Netlink,
+    bridge: &str,
+    overhead: u32,
+) -> Result<u32, SleeveError> {
     let routes = netlink.routes_v4().await?;
     let default = routes
         .iter()
@@ -195,7 +243,7 @@ async fn derive_mtu(netlink: &impl Netlink, bridge: &str) -> Result<u32, SleeveE
     let underlay =
         best.ok_or_else(|| SleeveError::Mtu("no IPv4 route to any peer network".into()))?;
     underlay
-        .checked_sub(OVERHEAD)
+        .checked_sub(overhead)
         .filter(|m| *m >= 576)
         .ok_or_else(|| SleeveError::Mtu(format!("underlay MTU {underlay} is too small")))
 }
@@ -207,9 +255,14 @@ pub async fn setup(
     local: PeerName,
     netlink: &impl Netlink,
 ) -> Result<Arc<Shared>, SleeveError> {
+    let overhead = if cfg.encrypted {
+        OVERHEAD + SEALED_OVERHEAD
+    } else {
+        OVERHEAD
+    };
     let mtu = match cfg.mtu {
         Some(m) => m,
-        None => derive_mtu(netlink, &cfg.bridge).await?,
+        None => derive_mtu(netlink, &cfg.bridge, overhead).await?,
     };
     let bridge = netlink.ensure_bridge(&cfg.bridge, mtu).await?;
     // The bridge's MAC is the peer name, so it stays stable whatever ports
@@ -239,7 +292,7 @@ pub async fn setup(
             addr: cfg.addr,
             source,
         })?;
-    info!(bridge = %cfg.bridge, mtu, udp = %cfg.addr, "sleeve ready");
+    info!(bridge = %cfg.bridge, mtu, udp = %cfg.addr, encrypted = cfg.encrypted, "sleeve ready");
     Ok(Arc::new(Shared {
         local,
         mtu,
@@ -256,6 +309,7 @@ pub async fn setup(
         peers: Mutex::new(HashMap::new()),
         drops: Mutex::new(BTreeMap::new()),
         injected: AtomicU64::new(0),
+        sealer: cfg.encrypted.then(Sealer::new),
     }))
 }
 
@@ -274,6 +328,7 @@ fn set_buffers(socket: &UdpSocket) {
 struct Batcher {
     max: usize,
     pending: HashMap<PeerName, (Vec<u8>, u64)>,
+    sealed: Vec<u8>,
 }
 
 impl Batcher {
@@ -282,6 +337,7 @@ impl Batcher {
         Self {
             max: mtu as usize + 14 + frame::FRAME_HEADER_LEN + frame::HEADER_LEN,
             pending: HashMap::new(),
+            sealed: Vec::new(),
         }
     }
 
@@ -317,7 +373,7 @@ impl Batcher {
         }
         let addr = lock(&shared.paths).addr(&next);
         match addr {
-            Some(addr) => match shared.socket.send_to(buf, addr) {
+            Some(addr) => match shared.send_to_peer(&next, buf, addr, &mut self.sealed) {
                 Ok(n) => {
                     let mut peers = lock(&shared.peers);
                     let c = peers.entry(next).or_default();
@@ -401,27 +457,94 @@ fn tap_loop(shared: Arc<Shared>) {
 
 /// Datagrams from peers.
 fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
-    let mut buf = vec![0u8; 65536];
-    let mut hops = Vec::new();
-    let mut batcher = Batcher::new(shared.mtu);
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let mut rx = Receiver {
+        opened: Vec::with_capacity(65536),
+        scratch: Vec::new(),
+        hops: Vec::new(),
+        batcher: Batcher::new(shared.mtu),
+    };
+    let fd = shared.socket.as_raw_fd();
+    let mut received = Vec::with_capacity(RECV_BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, src) = match shared.socket.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        // One system call for everything queued (at least one datagram;
+        // the socket's read timeout bounds the wait, so `stop` is seen).
+        received.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(&mut b[..])])
+                .collect();
+            match recvmmsg(
+                fd,
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(msgs) => {
+                    received.extend(msgs.map(|m| (m.bytes, m.address.and_then(|a| std_addr(&a)))))
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
             }
-            Err(e) => {
-                debug!(error = %e, "UDP receive failed");
-                continue;
+        }
+        for (buf, (n, src)) in bufs.iter().zip(received.iter()) {
+            if let Some(src) = src {
+                rx.on_datagram(&shared, &buf[..*n], *src, &events);
             }
-        };
+        }
+        rx.batcher.flush(&shared);
+    }
+}
+
+/// A socket address from what `recvmmsg` reports.
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Buffers of the UDP thread.
+struct Receiver {
+    opened: Vec<u8>,
+    scratch: Vec<u8>,
+    hops: Vec<Hop>,
+    batcher: Batcher,
+}
+
+impl Receiver {
+    /// Handles one datagram from `src`: opens it, answers heartbeats,
+    /// injects frames for us and queues relayed ones.
+    fn on_datagram(
+        &mut self,
+        shared: &Shared,
+        data: &[u8],
+        src: SocketAddr,
+        events: &mpsc::Sender<Command>,
+    ) {
         let now = Instant::now();
-        match frame::decode(&buf[..n]) {
+        let datagram = match &shared.sealer {
+            Some(sealer) => match sealer.open(data, &mut self.opened) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    trace!(%src, error = %e, "dropping datagram");
+                    shared.drop_frame(e.reason());
+                    return;
+                }
+            },
+            None => data,
+        };
+        match frame::decode(datagram) {
             Err(e) => {
                 trace!(%src, error = %e, "dropping malformed datagram");
                 shared.drop_frame(DROP_MALFORMED);
@@ -430,9 +553,9 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 let answer = lock(&shared.paths).on_heartbeat(hop, to, conn_uid, src, now);
                 match answer {
                     Some((ack, probe)) => {
-                        let _ = shared.socket.send_to(&ack, src);
+                        let _ = shared.send_to_peer(&hop, &ack, src, &mut self.scratch);
                         if let Some(probe) = probe {
-                            let _ = shared.socket.send_to(&probe, src);
+                            let _ = shared.send_to_peer(&hop, &probe, src, &mut self.scratch);
                         }
                     }
                     None => shared.drop_frame(DROP_UNKNOWN_SENDER),
@@ -447,7 +570,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
             Ok(Datagram::Frames { hop, frames }) => {
                 if !lock(&shared.paths).is_known_sender(&hop, src) {
                     shared.drop_frame(DROP_UNKNOWN_SENDER);
-                    continue;
+                    return;
                 }
                 let view = shared.current_view();
                 let mut count = 0u64;
@@ -460,9 +583,15 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                         }
                     };
                     count += 1;
-                    let verdict = lock(&shared.switch)
-                        .from_peer(f.origin, f.dst, f.data, &view, now, &mut hops);
-                    record_verdict(&shared, verdict);
+                    let verdict = lock(&shared.switch).from_peer(
+                        f.origin,
+                        f.dst,
+                        f.data,
+                        &view,
+                        now,
+                        &mut self.hops,
+                    );
+                    record_verdict(shared, verdict);
                     if verdict == Verdict::InjectAndForward {
                         match shared.tap.write(f.data) {
                             Ok(_) => {
@@ -471,19 +600,29 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                             Err(_) => shared.drop_frame("inject_failed"),
                         }
                     }
-                    for h in &hops {
-                        batcher.push(&shared, *h, f.origin, f.data);
+                    for h in &self.hops {
+                        self.batcher.push(shared, *h, f.origin, f.data);
                     }
                 }
-                {
-                    let mut peers = lock(&shared.peers);
-                    let c = peers.entry(hop).or_default();
-                    c.frames_in += count;
-                    c.bytes_in += n as u64;
-                }
-                batcher.flush(&shared);
+                let mut peers = lock(&shared.peers);
+                let c = peers.entry(hop).or_default();
+                c.frames_in += count;
+                c.bytes_in += data.len() as u64;
             }
         }
+    }
+}
+
+/// Sends queued heartbeats, each to the peer it names as its receiver.
+fn send_heartbeats(
+    shared: &Shared,
+    out: &mut Vec<(SocketAddr, [u8; frame::HEARTBEAT_LEN])>,
+    scratch: &mut Vec<u8>,
+) {
+    for (addr, hb) in out.drain(..) {
+        let mut to = [0u8; 6];
+        to.copy_from_slice(&hb[frame::HEADER_LEN..frame::HEADER_LEN + 6]);
+        let _ = shared.send_to_peer(&PeerName::from_bytes(to), &hb, addr, scratch);
     }
 }
 
@@ -519,6 +658,7 @@ pub async fn run(
     let mut next_expire = Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
     let mut events = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -528,23 +668,22 @@ pub async fn run(
                 }
                 let view = views.borrow_and_update().clone();
                 let now = Instant::now();
+                if let Some(sealer) = &shared.sealer {
+                    sealer.sync(&view.neighbours, now);
+                }
                 {
                     // New neighbours are probed at once, not at the next tick.
                     let mut paths = lock(&shared.paths);
                     paths.sync(&view.neighbours, now);
                     paths.tick(now, &mut out, &mut events);
                 }
-                for (addr, hb) in out.drain(..) {
-                    let _ = shared.socket.send_to(&hb, addr);
-                }
+                send_heartbeats(&shared, &mut out, &mut scratch);
                 *shared.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = view;
             }
             _ = tick.tick() => {
                 let now = Instant::now();
                 lock(&shared.paths).tick(now, &mut out, &mut events);
-                for (addr, hb) in out.drain(..) {
-                    let _ = shared.socket.send_to(&hb, addr);
-                }
+                send_heartbeats(&shared, &mut out, &mut scratch);
                 for ev in events.drain(..) {
                     if let PathEvent::Failed(peer, _) = ev {
                         debug!(%peer, "UDP path failed");
@@ -586,7 +725,7 @@ mod tests {
             .await
             .unwrap();
         // no default route: the smallest MTU among routed devices
-        assert_eq!(derive_mtu(&nl, "weave").await.unwrap(), 1436);
+        assert_eq!(derive_mtu(&nl, "weave", OVERHEAD).await.unwrap(), 1436);
         // a default route decides
         nl.add_route(
             "0.0.0.0".parse().unwrap(),
@@ -596,10 +735,27 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(derive_mtu(&nl, "weave").await.unwrap(), 9000 - OVERHEAD);
+        assert_eq!(
+            derive_mtu(&nl, "weave", OVERHEAD).await.unwrap(),
+            9000 - OVERHEAD
+        );
+        assert_eq!(
+            derive_mtu(&nl, "weave", OVERHEAD + SEALED_OVERHEAD)
+                .await
+                .unwrap(),
+            9000 - 100
+        );
         // nothing routed: a clear error asking for --mtu
         let empty = FakeNetlink::new();
-        let err = derive_mtu(&empty, "weave").await.unwrap_err();
+        let err = derive_mtu(&empty, "weave", OVERHEAD).await.unwrap_err();
         assert!(err.to_string().contains("set --mtu"), "{err}");
+    }
+
+    #[test]
+    fn sealed_overhead_matches_the_session_format() {
+        assert_eq!(
+            SEALED_OVERHEAD as usize,
+            crate::crypto::session::SEALED_OVERHEAD
+        );
     }
 }

@@ -217,6 +217,7 @@ mod tests {
             Neighbour {
                 addr: addr(peer, 6783),
                 conn_uid: uid,
+                keys: None,
             },
         )])
     }

@@ -75,7 +75,16 @@ pub fn render_status(r: &Report) -> String {
             ),
         ],
         vec!["Targets:".into(), r.targets.len().to_string()],
-        vec!["Encryption:".into(), "disabled".into()],
+        vec![
+            "Encryption:".into(),
+            // Protocol version 2 is the sealed one (PROTOCOL.md §1).
+            if r.protocol.starts_with('2') {
+                "enabled (Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s)"
+            } else {
+                "disabled"
+            }
+            .into(),
+        ],
     ];
     let mut rows = rows;
     match &r.ipam {
@@ -160,6 +169,7 @@ pub fn render_connections(r: &Report) -> String {
         "ADDRESS".into(),
         "STATE".into(),
         "PEER".into(),
+        "ENCRYPTED".into(),
         "INFO".into(),
     ]];
     for c in &r.connections {
@@ -171,6 +181,7 @@ pub fn render_connections(r: &Report) -> String {
                 .as_deref()
                 .map(|n| peer_label(r, n))
                 .unwrap_or_default(),
+            c.encrypted.to_string(),
             c.info.clone(),
         ]);
     }
@@ -322,8 +333,8 @@ mod tests {
         let s = render_connections(&report());
         assert_eq!(
             s,
-            "    ADDRESS        STATE        PEER                   INFO\n\
-             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)\n"
+            "    ADDRESS        STATE        PEER                   ENCRYPTED  INFO\n\
+             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)  false\n"
         );
         let p = render_peers(&report());
         assert!(
