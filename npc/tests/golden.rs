@@ -302,8 +302,8 @@ fn second_new_local_pod_is_programmed_too() {
         new_pod.status.as_mut().expect("status").pod_ip = Some(ip.to_string());
         snapshot.pods.push(new_pod);
         let next = compile(&snapshot, &node);
-        let doc = serde_json::to_string(&next.update_from(&applied).expect("incremental"))
-            .expect("json");
+        let doc =
+            serde_json::to_string(&next.update_from(&applied).expect("incremental")).expect("json");
         assert!(doc.contains(&format!("\"{ip}\"")), "pod {n}: {doc}");
         applied = next;
     }
