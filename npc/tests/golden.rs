@@ -287,3 +287,24 @@ fn churn_is_applied_incrementally_when_possible() {
     changed.policies[0] = policy("x", "from-y", json!({"podSelector": {}}));
     assert!(compile(&changed, &node).update_from(&before).is_none());
 }
+
+#[test]
+fn second_new_local_pod_is_programmed_too() {
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let mut snapshot = cluster();
+    let mut applied = compile(&snapshot, &node);
+    for (n, ip) in ["10.32.1.9", "10.32.1.10"].iter().enumerate() {
+        let mut new_pod = snapshot.pods[0].clone();
+        new_pod.metadata.name = Some(format!("new{n}"));
+        new_pod.status.as_mut().expect("status").pod_ip = Some(ip.to_string());
+        snapshot.pods.push(new_pod);
+        let next = compile(&snapshot, &node);
+        let doc =
+            serde_json::to_string(&next.update_from(&applied).expect("incremental")).expect("json");
+        assert!(doc.contains(&format!("\"{ip}\"")), "pod {n}: {doc}");
+        applied = next;
+    }
+}

@@ -123,7 +123,9 @@ fn ms(d: Duration) -> f64 {
 pub(crate) fn bench() -> Result<()> {
     println!("# weave bench: network policy (weave-npc)");
     println!();
-    compile_apply()?;
+    if std::env::var_os("NPC_BENCH_SKIP_COMPILE").is_none() {
+        compile_apply()?;
+    }
     latency()?;
     throughput()?;
     Ok(())
@@ -220,6 +222,7 @@ fn latency() -> Result<()> {
             let mut p = pod(100_000 + n as usize, NODE);
             p["metadata"]["name"] = json!(format!("new{policies}-{n}"));
             p["status"]["podIP"] = json!(ip.to_string());
+            p["spec"]["nodeName"] = json!(NODE);
             let t = Instant::now();
             pb.stub.apply(Kind::Pod, p);
             loop {
@@ -227,10 +230,14 @@ fn latency() -> Result<()> {
                 if set.contains(&ip.to_string()) {
                     break;
                 }
-                ensure!(
-                    t.elapsed() < Duration::from_secs(30),
-                    "{ip} not programmed within 30 s"
-                );
+                if t.elapsed() > Duration::from_secs(30) {
+                    let log = host.log(weave_e2e::npc::NPC);
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    anyhow::bail!(
+                        "{ip} not programmed within 30 s; set: {set}\nweave-npc log, newest first:\n{}",
+                        tail.join("\n")
+                    );
+                }
             }
             samples.push(t.elapsed());
         }
