@@ -9,6 +9,9 @@
 //! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
 //!   driven by the tokio reactor;
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
+//! - [`wiring`]: [`wiring::wire`] / [`wiring::unwire`], a pod namespace's
+//!   veth pair, addresses and routes (shared by `weave attach` and the CNI
+//!   plugin);
 //! - `fake` (feature `fake`): `FakeNetlink`, an in-memory [`Netlink`] with the
 //!   same idempotency rules, for unit tests that must not need root.
 //!
@@ -22,6 +25,7 @@ pub mod netlink;
 pub mod netns;
 pub mod sysctl;
 pub mod tap;
+pub mod wiring;
 
 pub use error::{Error, Result};
 #[cfg(feature = "fake")]

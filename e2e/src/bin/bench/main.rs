@@ -15,7 +15,11 @@
 //! - IPAM (`ipam.rs`): allocation latency, first allocation of a fresh
 //!   consensus, size of the gossiped state.
 //!
-//! `weave-bench mesh`, `weave-bench dataplane` or `weave-bench ipam` runs one part.
+//! - the CNI plugin (`cni.rs`): ADD/DEL latency of `weave-net` against the
+//!   reference bridge + host-local plugins.
+//!
+//! `weave-bench mesh`, `weave-bench dataplane`, `weave-bench ipam` or
+//! `weave-bench cni` runs one part.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -31,6 +35,7 @@ use weave_api::{Client, ConnectionState, Endpoint, Report};
 use weave_e2e::weave::{api_socket, peer_addr, start_weaver, state_dir, WEAVER};
 use weave_e2e::{bin, Host, TestBed, Topology};
 
+mod cni;
 mod dataplane;
 mod ipam;
 
@@ -140,6 +145,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "ipam" {
         ipam::bench()?;
+    }
+    if what == "all" || what == "cni" {
+        cni::bench()?;
     }
     Ok(())
 }
