@@ -166,7 +166,14 @@ impl NetConf {
     /// object, code 1 for an unsupported `cniVersion`, code 7 for invalid
     /// values.
     pub fn parse(stdin: &[u8]) -> Result<NetConf> {
-        let raw: RawConf = serde_json::from_slice(stdin).map_err(Error::Decode)?;
+        let value: Value = serde_json::from_slice(stdin).map_err(Error::Decode)?;
+        if !value.is_object() {
+            // serde would take an array for a struct, field by field.
+            return Err(Error::Decode(serde::de::Error::custom(
+                "the network config must be a JSON object",
+            )));
+        }
+        let raw: RawConf = serde_json::from_value(value).map_err(Error::Decode)?;
         let cni_version = raw
             .cni_version
             .ok_or_else(|| Error::Config("cniVersion is missing".into()))?;

@@ -4,7 +4,7 @@
 //! Both binaries call [`main`] with their [`Plugin`]; everything else is in
 //! the library so that tests and the fuzz target can drive it.
 //!
-//! - [`env`]: the `CNI_*` variables; [`config`]: the stdin config;
+//! - [`mod@env`]: the `CNI_*` variables; [`config`]: the stdin config;
 //! - [`net`] and [`ipam`]: the verbs of each plugin;
 //! - [`agent`]: requests to `weaver` and the release spool;
 //! - [`result`]: the success result in each version's shape;

@@ -204,6 +204,9 @@ fn del_succeeds_twice_without_add_without_netns_and_with_the_agent_down() -> Res
     Ok(())
 }
 
+/// What is wrong, the stdin, environment overrides, the expected code.
+type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u64);
+
 #[test]
 fn bad_calls_get_the_right_error_codes_and_version_status_answer() -> Result<()> {
     let bed = TestBed::new(Topology::Segment(1))?;
@@ -255,7 +258,7 @@ fn bad_calls_get_the_right_error_codes_and_version_status_answer() -> Result<()>
         c[key] = v;
         c.to_string().into_bytes()
     };
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u64)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "unsupported version",
             with("cniVersion", json!("0.2.0")),

@@ -3,7 +3,7 @@
 //! socket (default `/run/weave/weave.sock`, mode 0600).
 //!
 //! Handlers only translate between JSON and router [`Command`]s (or IPAM
-//! requests, see [`ipam`]). Bodies are
+//! requests, see `api::ipam`). Bodies are
 //! parsed here rather than by axum's extractor so that every bad request
 //! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
 //! changes nothing.

@@ -199,7 +199,7 @@ pub struct PeerInfo {
 /// Everything peers exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipState {
-    /// Encoding version ([`GOSSIP_FORMAT`]).
+    /// Encoding version (`GOSSIP_FORMAT`).
     pub format: u8,
     /// The ring.
     pub ring: Ring,
