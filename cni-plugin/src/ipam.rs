@@ -12,7 +12,7 @@ use tracing::{info, instrument};
 use weave_platform::wiring::Cidr;
 
 use crate::agent::Agent;
-use crate::config::{NetConf, Version};
+use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{Error, Result};
 use crate::result::{CniResult, IpConfig, PrevResult, RouteOut};
@@ -77,20 +77,8 @@ pub fn del(inv: &Invocation, conf: &NetConf) -> Result<()> {
 /// CHECK: every address of `prevResult` is still reserved for this
 /// attachment.
 pub fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
-    if conf.version < Version::V0_4_0 {
-        return Err(Error::Version(format!(
-            "CHECK needs cniVersion 0.4.0 or later, not {}",
-            conf.cni_version
-        )));
-    }
+    let prev = PrevResult::for_check(conf)?.unwrap_or_default();
     let id = conf.ipam_id(&inv.container_id, &inv.ifname);
-    let prev: PrevResult = conf
-        .prev_result
-        .clone()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(Error::Decode)?
-        .unwrap_or_default();
     let held = Agent::new(&conf.socket).lookup(&id)?;
     let mut differences = Vec::new();
     if held.is_empty() {

@@ -22,7 +22,7 @@ use weave_platform::wiring::{self, Cidr, PodRoute, PodWiring};
 use weave_platform::{LinuxNetlink, Netlink};
 
 use crate::agent::Agent;
-use crate::config::{NetConf, Version};
+use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{Error, Result};
 use crate::result::{fmt_mac, CniResult, Interface, IpConfig, PrevResult, RouteOut};
@@ -282,20 +282,9 @@ pub fn del(inv: &Invocation, conf: &NetConf) -> Result<()> {
 /// lists them, the host end, and the reservation in IPAM.
 #[instrument(skip_all)]
 pub fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
-    if conf.version < Version::V0_4_0 {
-        return Err(Error::Version(format!(
-            "CHECK needs cniVersion 0.4.0 or later, not {}",
-            conf.cni_version
-        )));
-    }
-    let id = conf.ipam_id(&inv.container_id, &inv.ifname);
-    let prev: PrevResult = conf
-        .prev_result
-        .clone()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(Error::Decode)?
+    let prev = PrevResult::for_check(conf)?
         .ok_or_else(|| Error::Config("CHECK needs a prevResult".into()))?;
+    let id = conf.ipam_id(&inv.container_id, &inv.ifname);
     let netns = inv
         .netns
         .as_deref()

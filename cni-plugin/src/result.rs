@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use weave_platform::wiring::Cidr;
 
-use crate::config::Version;
+use crate::config::{NetConf, Version};
+use crate::error::{Error, Result};
 
 /// One interface of the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +177,24 @@ pub struct PrevRoute {
     /// Next hop.
     #[serde(default)]
     pub gw: Option<String>,
+}
+
+impl PrevResult {
+    /// The `prevResult` of a CHECK: refused below spec 0.4.0 (code 1), which
+    /// has no CHECK; `None` if the runtime sent none.
+    pub fn for_check(conf: &NetConf) -> Result<Option<PrevResult>> {
+        if conf.version < Version::V0_4_0 {
+            return Err(Error::Version(format!(
+                "CHECK needs cniVersion 0.4.0 or later, not {}",
+                conf.cni_version
+            )));
+        }
+        conf.prev_result
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(Error::Decode)
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -21,6 +21,14 @@ fn agent(host: &Host) -> Result<()> {
     start_weaver(host, &[], &["--ipalloc-init", "consensus=1"])
 }
 
+/// A one-host bed whose agent runs, and the `weave-net` list for `version`.
+fn bed_with_agent(version: &str) -> Result<(TestBed, ConfList)> {
+    let bed = TestBed::new(Topology::Segment(1))?;
+    agent(bed.host(1))?;
+    let list = ConfList::new(weave_net_conf(bed.host(1), version));
+    Ok((bed, list))
+}
+
 /// Addresses the agent holds for `id`.
 fn held(host: &Host, id: &str) -> Result<Vec<String>> {
     let r: AddressesReply =
@@ -123,10 +131,8 @@ fn each_version_gives_a_spec_shaped_result_and_check_follows_the_interface() -> 
 
 #[test]
 fn del_succeeds_twice_without_add_without_netns_and_with_the_agent_down() -> Result<()> {
-    let bed = TestBed::new(Topology::Segment(1))?;
+    let (bed, list) = bed_with_agent("1.0.0")?;
     let h1 = bed.host(1);
-    agent(h1)?;
-    let list = ConfList::new(weave_net_conf(h1, "1.0.0"));
     // Never added.
     let ghost = Attachment::new("never-added", "nowhere");
     list.del(h1, &ghost, None)?;
@@ -326,10 +332,8 @@ fn bad_calls_get_the_right_error_codes_and_version_status_answer() -> Result<()>
 
 #[test]
 fn gc_releases_and_unwires_attachments_not_listed() -> Result<()> {
-    let bed = TestBed::new(Topology::Segment(1))?;
+    let (bed, list) = bed_with_agent("1.1.0")?;
     let h1 = bed.host(1);
-    agent(h1)?;
-    let list = ConfList::new(weave_net_conf(h1, "1.1.0"));
     let mut results = Vec::new();
     for n in 0..3 {
         let ns = bed.add_pod_netns(1, &format!("g{n}"))?;
@@ -406,10 +410,8 @@ fn portmap_chain_forwards_a_host_port_to_the_pod() -> Result<()> {
 
 #[test]
 fn fifty_parallel_adds_then_dels_give_unique_addresses_and_leak_nothing() -> Result<()> {
-    let bed = TestBed::new(Topology::Segment(1))?;
+    let (bed, list) = bed_with_agent("1.0.0")?;
     let h1 = bed.host(1);
-    agent(h1)?;
-    let list = ConfList::new(weave_net_conf(h1, "1.0.0"));
     let atts: Vec<Attachment> = (0..50)
         .map(|n| {
             Ok(Attachment::new(
@@ -501,5 +503,31 @@ fn weave_ipam_gives_the_reference_bridge_addresses() -> Result<()> {
     list.check(h1, &att, &result)?;
     list.del(h1, &att, Some(&result))?;
     assert!(held(h1, "cni:refbr:ctr-ref:eth0")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn status_is_not_ready_while_ipam_waits_for_consensus() -> Result<()> {
+    let bed = TestBed::new(Topology::Segment(1))?;
+    let h1 = bed.host(1);
+    // Two peers must agree on the first split; the second never comes.
+    start_weaver(h1, &[], &["--ipalloc-init", "consensus=2"])?;
+    let out = invoke(
+        h1,
+        "weave-net",
+        "STATUS",
+        None,
+        &net_conf(h1, "1.1.0", None),
+    )?;
+    assert_eq!(out.error_code()?, 50, "{}", out.stdout);
+    assert!(out.stdout.contains("IPAM"), "{}", out.stdout);
+    let ipam = invoke(
+        h1,
+        "weave-ipam",
+        "STATUS",
+        None,
+        &net_conf(h1, "1.1.0", None),
+    )?;
+    assert_eq!(ipam.error_code()?, 50, "{}", ipam.stdout);
     Ok(())
 }
