@@ -38,7 +38,7 @@ deps-guard:
 	if [ -n "$$bad" ]; then echo "weave-cni depends on banned crates:$$bad"; exit 1; fi; \
 	if $(CARGO) tree -p weave-cni -e normal,features --prefix none | grep -q 'tokio feature "rt-multi-thread"'; then \
 	  echo "weave-cni enables tokio's multi-thread runtime"; exit 1; fi; \
-		echo "weave-cni dependency tree: no banned crate"
+	echo "weave-cni dependency tree: no banned crate"
 
 # Unit, wire, simulation and API tests: no root needed.
 unit:
