@@ -135,11 +135,7 @@ pub(crate) fn bench() -> Result<()> {
     println!();
     let bed = TestBed::new(Topology::Segment(1))?;
     let h1 = bed.host(1);
-    start_weaver(
-        h1,
-        &[],
-        &["--ipalloc-init", "consensus=1", "--log-level", "warn"],
-    )?;
+    start_weaver(h1, &[], &["--ipalloc-init", "consensus=1"])?;
     let weave = Plugin {
         label: "weave-net",
         conf: json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-net",
