@@ -3,10 +3,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests, demo and benchmarks need.
-DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps python3
+DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps python3 \
+	containernetworking-plugins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-release lint test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-release lint deps-guard test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,6 +26,19 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+
+# STYLE §1: the CNI plugin starts once per pod and must stay small. Fails if
+# its normal dependency tree holds any banned crate.
+CNI_BANNED := kube k8s-openapi hickory nftables crypto_box clap axum hyper reqwest
+deps-guard:
+	@tree="$$($(CARGO) tree -p weave-cni -e normal --prefix none --no-dedupe)" || exit 1; \
+	bad=""; for c in $(CNI_BANNED); do \
+	  if grep -Eq "^$$c(-[a-z0-9_-]+)? v" <<<"$$tree"; then bad="$$bad $$c"; fi; \
+	done; \
+	if [ -n "$$bad" ]; then echo "weave-cni depends on banned crates:$$bad"; exit 1; fi; \
+	if $(CARGO) tree -p weave-cni -e normal,features --prefix none | grep -q 'tokio feature "rt-multi-thread"'; then \
+	  echo "weave-cni enables tokio's multi-thread runtime"; exit 1; fi; \
+	echo "weave-cni dependency tree: no banned crate"
 
 # Unit, wire, simulation and API tests: no root needed.
 unit:
@@ -48,13 +62,15 @@ endif
 # briefly on random input.
 fuzz-build:
 	cd node-agent/fuzz && $(CARGO) build --quiet
+	cd cni-plugin/fuzz && $(CARGO) build --quiet
 
 fuzz-smoke: fuzz-build
 	@for t in handshake gossip ipam sleeve noise; do \
 	  node-agent/fuzz/target/debug/$$t -max_total_time=5 -print_final_stats=0 2>&1 | tail -1; \
 	done
+	cni-plugin/fuzz/target/debug/cni_config -max_total_time=5 -print_final_stats=0 2>&1 | tail -1
 
-test: deps lint fuzz-smoke unit e2e
+test: deps lint deps-guard fuzz-smoke unit e2e
 
 demo: deps build
 	./target/debug/weave-demo

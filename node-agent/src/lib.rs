@@ -5,6 +5,7 @@
 pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod cni_release;
 pub mod config;
 pub mod crypto;
 mod error;
@@ -118,7 +119,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         let (req_tx, req_rx) = mpsc::channel(1024);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         router = router.with_ipam(ev_tx);
-        services.ipam = Some(req_tx);
+        services.ipam = Some(req_tx.clone());
         let allocator = ipam::allocator::Allocator::new(
             ipam,
             config.state_dir.clone(),
@@ -129,6 +130,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         .with_gossip_interval(config.gossip_interval);
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
+        if let Some(dir) = config
+            .api_socket
+            .as_deref()
+            .and_then(std::path::Path::parent)
+        {
+            let spool = cni_release::ReleaseSpool::new(dir.join(cni_release::SPOOL_DIR), req_tx);
+            let c = cancel.clone();
+            tasks.spawn(async move { ("cni-release", spool.run(c).await) });
+        }
     }
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =

@@ -11,6 +11,9 @@
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
 //! - `firewall` (feature `nft`): the `Firewall` trait, `NftFirewall` and, with
 //!   `fake` too, `FakeFirewall`;
+//! - [`wiring`]: [`wiring::wire`] / [`wiring::unwire`], a pod namespace's
+//!   veth pair, addresses and routes (shared by `weave attach` and the CNI
+//!   plugin);
 //! - `fake` (feature `fake`): `FakeNetlink`, an in-memory [`Netlink`] with the
 //!   same idempotency rules, for unit tests that must not need root.
 //!
@@ -26,6 +29,7 @@ pub mod netlink;
 pub mod netns;
 pub mod sysctl;
 pub mod tap;
+pub mod wiring;
 
 pub use error::{Error, Result};
 #[cfg(feature = "fake")]

@@ -14,9 +14,11 @@
 //! - IPAM (`ipam.rs`): allocation latency, first allocation of a fresh
 //!   consensus, size of the gossiped state;
 //! - network policy (`npc.rs`): compile + apply time, API-to-rules latency and
-//!   throughput with 1,000 policies.
+//!   throughput with 1,000 policies;
+//! - the CNI plugin (`cni.rs`): ADD/DEL latency of `weave-net` against the
+//!   reference bridge + host-local plugins.
 //!
-//! `weave-bench mesh`, `dataplane`, `ipam` or `npc` runs one part.
+//! `weave-bench mesh`, `dataplane`, `ipam`, `npc` or `cni` runs one part.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -32,6 +34,7 @@ use weave_api::{Client, ConnectionState, Endpoint, Report};
 use weave_e2e::weave::{api_socket, peer_addr, start_weaver, state_dir, WEAVER};
 use weave_e2e::{bin, Host, TestBed, Topology};
 
+mod cni;
 mod dataplane;
 mod ipam;
 mod npc;
@@ -145,6 +148,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "npc" {
         npc::bench()?;
+    }
+    if what == "all" || what == "cni" {
+        cni::bench()?;
     }
     Ok(())
 }
