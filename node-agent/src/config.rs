@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::crypto::Passwords;
 use crate::ipam::subnet::Subnet;
 use crate::ipam::Init;
-use crate::crypto::Passwords;
 use crate::mesh::PeerName;
 
 /// Everything [`crate::run`] needs.
@@ -45,6 +45,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// IP address management; `None` disables it.
     pub ipam: Option<IpamSettings>,
+    /// Mesh password(s); `None` runs unencrypted.
+    pub password: Option<Passwords>,
 }
 
 /// IPAM flags, validated.
@@ -136,8 +138,6 @@ fn parse_init(v: &str) -> Result<Init, String> {
         }
         _ => Err(bad()),
     }
-    /// Mesh password(s); `None` runs unencrypted.
-    pub password: Option<Passwords>,
 }
 
 /// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`; a missing port is `default_port`.

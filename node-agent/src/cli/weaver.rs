@@ -10,7 +10,6 @@ use clap::Parser;
 
 use super::LogFormat;
 use crate::config::{parse_duration, parse_peer_addr, Config, IpamSettings};
-use crate::config::{parse_duration, parse_peer_addr, Config};
 use crate::crypto::Passwords;
 use crate::mesh::PeerName;
 
