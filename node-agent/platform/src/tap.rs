@@ -32,6 +32,22 @@ use crate::error::{Error, Result};
 /// The clone device every TUN/TAP is created from.
 const TUN_DEVICE: &str = "/dev/net/tun";
 
+/// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)`: which offloads the
+/// reader of the device handles (its argument is the flags themselves).
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+
+/// Offloads a TAP reader may take on (`TUN_F_*` of `<linux/if_tun.h>`).
+pub mod offload {
+    /// Frames may come with the checksum left to do (`TUN_F_CSUM`).
+    pub const CSUM: u32 = 0x01;
+    /// TCP over IPv4 super-frames (`TUN_F_TSO4`).
+    pub const TSO4: u32 = 0x02;
+    /// TCP over IPv6 super-frames (`TUN_F_TSO6`).
+    pub const TSO6: u32 = 0x04;
+    /// Super-frames with ECN (`TUN_F_TSO_ECN`).
+    pub const TSO_ECN: u32 = 0x08;
+}
+
 /// A TAP device (`IFF_TAP | IFF_NO_PI`, optionally `IFF_VNET_HDR`).
 ///
 /// Implements [`AsRawFd`] and [`AsFd`] for polling; for async code use
@@ -101,6 +117,31 @@ impl Tap {
         &self.name
     }
 
+    /// Tells the kernel which offloads the reader handles ([`offload`]
+    /// flags). With `CSUM | TSO4`, say, the bridge hands over TCP
+    /// super-frames unsegmented and checksums unfinished, described by the
+    /// virtio-net header (the device must have been created with
+    /// `vnet_hdr`).
+    pub fn set_offload(&self, flags: u32) -> Result<()> {
+        // SAFETY: `file` is an open /dev/net/tun descriptor attached to a
+        // device; TUNSETOFFLOAD takes its argument by value and touches no
+        // memory of ours.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::io(
+                format!("set offloads {flags:#x} on tap {}", self.name),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Switches the descriptor between blocking and non-blocking mode
     /// (non-blocking is needed under `tokio::io::unix::AsyncFd`).
     pub fn set_nonblocking(&self, on: bool) -> Result<()> {
@@ -122,6 +163,12 @@ impl Tap {
     /// Writes one whole frame and returns the number of bytes taken.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         (&self.file).write(frame)
+    }
+
+    /// Writes one frame given in parts (say, a virtio-net header and the
+    /// Ethernet frame) with one `writev`.
+    pub fn write_parts(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(parts)
     }
 }
 

@@ -27,8 +27,6 @@
 
 use std::time::Duration;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
@@ -177,17 +175,56 @@ fn next_epoch(k: &Secret) -> Secret {
     Secret::new(a)
 }
 
-fn sleeve_nonce(epoch: u32, counter: u64) -> Nonce {
+fn sleeve_nonce(epoch: u32, counter: u64) -> ring::aead::Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&epoch.to_be_bytes());
     n[4..].copy_from_slice(&counter.to_be_bytes());
-    n.into()
+    ring::aead::Nonce::assume_unique_for_key(n)
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) for sleeve datagrams, from `ring`, whose
+/// assembly implementation is two to three times faster on bulk data than
+/// the portable one the control path uses; the bytes on the wire are the
+/// same. Nonces are unique by construction: (epoch, counter) never repeats
+/// under one key.
+struct SleeveCipher(ring::aead::LessSafeKey);
+
+impl SleeveCipher {
+    fn new(key: &Secret) -> Self {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key.expose())
+            .expect("a 32-byte key is a valid ChaCha20-Poly1305 key");
+        Self(ring::aead::LessSafeKey::new(unbound))
+    }
+
+    fn seal(&self, nonce: ring::aead::Nonce, aad: &[u8], body: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), body)
+            .expect("ChaCha20-Poly1305 seals any datagram shorter than 256 GB");
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    fn open(
+        &self,
+        nonce: ring::aead::Nonce,
+        aad: &[u8],
+        body: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), SessionError> {
+        let tag = ring::aead::Tag::try_from(tag).map_err(|_| SessionError::Truncated)?;
+        self.0
+            .open_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), tag, body, 0..)
+            .map(|_| ())
+            .map_err(|_| SessionError::Decrypt)
+    }
 }
 
 /// Seals sleeve datagrams to one neighbour.
 pub struct SleeveTx {
     key: Secret,
-    cipher: ChaCha20Poly1305,
+    cipher: SleeveCipher,
     epoch: u32,
     counter: u64,
     epoch_start: Instant,
@@ -214,7 +251,7 @@ impl SleeveTx {
     /// datagrams (tests use small values).
     pub fn with_limits(key: Secret, now: Instant, interval: Duration, budget: u64) -> Self {
         Self {
-            cipher: ChaCha20Poly1305::new(key.expose().into()),
+            cipher: SleeveCipher::new(&key),
             key,
             epoch: 0,
             counter: 0,
@@ -234,7 +271,7 @@ impl SleeveTx {
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>, now: Instant) {
         if self.counter >= self.budget || now >= self.epoch_start + self.interval {
             self.key = next_epoch(&self.key);
-            self.cipher = ChaCha20Poly1305::new(self.key.expose().into());
+            self.cipher = SleeveCipher::new(&self.key);
             self.epoch = self.epoch.saturating_add(1);
             self.counter = 0;
             self.epoch_start = now;
@@ -249,8 +286,7 @@ impl SleeveTx {
         let (head, body) = out.split_at_mut(SEALED_HEADER_LEN);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&sleeve_nonce(self.epoch, self.counter), head, body)
-            .expect("ChaCha20-Poly1305 encrypts any datagram");
+            .seal(sleeve_nonce(self.epoch, self.counter), head, body);
         out.extend_from_slice(&tag);
         self.counter += 1;
     }
@@ -258,7 +294,7 @@ impl SleeveTx {
 
 struct RxEpoch {
     epoch: u32,
-    cipher: ChaCha20Poly1305,
+    cipher: SleeveCipher,
     window: ReplayWindow,
 }
 
@@ -283,7 +319,7 @@ impl SleeveRx {
         Self {
             current: RxEpoch {
                 epoch: 0,
-                cipher: ChaCha20Poly1305::new(key.expose().into()),
+                cipher: SleeveCipher::new(&key),
                 window: ReplayWindow::new(),
             },
             key,
@@ -310,7 +346,6 @@ impl SleeveRx {
         let nonce = sleeve_nonce(epoch, counter);
         out.clear();
         out.extend_from_slice(ct);
-        let tag = Tag::from_slice(tag);
 
         let known = if epoch == self.current.epoch {
             Some(&mut self.current)
@@ -321,9 +356,7 @@ impl SleeveRx {
             if !rx.window.check(counter) {
                 return Err(SessionError::Replay);
             }
-            rx.cipher
-                .decrypt_in_place_detached(&nonce, head, out, tag)
-                .map_err(|_| SessionError::Decrypt)?;
+            rx.cipher.open(nonce, head, out, tag)?;
             rx.window.commit(counter);
             return Ok(out);
         }
@@ -337,10 +370,8 @@ impl SleeveRx {
         for _ in 0..ahead {
             key = next_epoch(&key);
         }
-        let cipher = ChaCha20Poly1305::new(key.expose().into());
-        cipher
-            .decrypt_in_place_detached(&nonce, head, out, tag)
-            .map_err(|_| SessionError::Decrypt)?;
+        let cipher = SleeveCipher::new(&key);
+        cipher.open(nonce, head, out, tag)?;
         let mut window = ReplayWindow::new();
         window.commit(counter);
         let old = std::mem::replace(
@@ -426,6 +457,29 @@ mod tests {
         let mut p = vec![1, 1, 2, 0, 0, 0, 0, 1];
         p.extend_from_slice(b"frame bytes of some length");
         p
+    }
+
+    #[test]
+    fn sleeve_datagrams_are_plain_rfc8439_on_the_wire() {
+        // What ring seals, the portable implementation opens: the switch
+        // of implementation changed no byte on the wire.
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        let now = Instant::now();
+        let key = Secret::new([9; 32]);
+        let mut tx = SleeveTx::new(key.clone(), now);
+        let plain: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        let mut sealed = Vec::new();
+        tx.seal(&plain, &mut sealed, now);
+        tx.seal(&plain, &mut sealed, now);
+        let (head, rest) = sealed.split_at(SEALED_HEADER_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&1u64.to_be_bytes());
+        let mut body = ct.to_vec();
+        chacha20poly1305::ChaCha20Poly1305::new(key.expose().into())
+            .decrypt_in_place_detached(&nonce.into(), head, &mut body, tag.into())
+            .expect("opens with the portable implementation");
+        assert_eq!(body, plain);
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //! 0      1      2            8
 //! | ver  | kind | hop sender |  kind 1: { origin(6) dst(6) len(2) frame(len) }+
 //!                             kind 2/3: receiver(6) connection uid(8)
+//!                             kind 5: origin(6) dst(6) id(4) total(4)
+//!                                     chunk(2) index(2) piece
 //! ```
+//!
+//! Kind 5 carries one piece of a frame too large for one datagram (a TCP
+//! super-frame with its offload header, `sleeve::offload`); the receiver
+//! puts the pieces together (`sleeve::reassembly`).
 //!
 //! Decoding never panics and never allocates per frame: [`Frames`] iterates
 //! over borrowed slices of the datagram.
@@ -25,12 +31,20 @@ pub const FRAME_HEADER_LEN: usize = 14;
 pub const HEARTBEAT_LEN: usize = HEADER_LEN + 14;
 /// Largest Ethernet frame carried (fits the 16-bit length).
 pub const MAX_FRAME: usize = 65535;
+/// Bytes before the piece in a fragment datagram.
+pub const FRAGMENT_HEADER_LEN: usize = HEADER_LEN + 24;
+/// Largest frame sent in fragments: offload header, Ethernet header and a
+/// 64 KB IP packet, with room to spare.
+pub const MAX_LARGE: usize = 65536 + 128;
+/// Most fragments one large frame may be cut into.
+pub const MAX_FRAGMENTS: usize = 256;
 
 /// Datagram kinds.
 mod kind {
     pub(super) const FRAMES: u8 = 1;
     pub(super) const HEARTBEAT: u8 = 2;
     pub(super) const HEARTBEAT_ACK: u8 = 3;
+    pub(super) const FRAGMENT: u8 = 5;
 }
 
 /// Why a datagram was dropped.
@@ -54,6 +68,9 @@ pub enum FrameError {
     /// A heartbeat of the wrong size.
     #[error("malformed heartbeat")]
     Heartbeat,
+    /// A fragment whose numbers do not add up.
+    #[error("malformed fragment")]
+    Fragment,
 }
 
 /// A decoded datagram, borrowing from the receive buffer.
@@ -75,6 +92,13 @@ pub enum Datagram<'a> {
         /// UID of the control connection both share.
         conn_uid: u64,
     },
+    /// A piece of a large frame, relayed by `hop`.
+    Fragment {
+        /// The peer that sent this datagram (the last hop).
+        hop: PeerName,
+        /// The piece.
+        fragment: Fragment<'a>,
+    },
     /// The answer to a heartbeat.
     HeartbeatAck {
         /// Sender of the ack.
@@ -84,6 +108,37 @@ pub enum Datagram<'a> {
         /// UID of the control connection both share.
         conn_uid: u64,
     },
+}
+
+/// One piece of a large frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    /// The peer that captured the frame.
+    pub origin: PeerName,
+    /// The peer it is going to, or broadcast.
+    pub dst: PeerName,
+    /// Sender-chosen number shared by all pieces of the frame.
+    pub id: u32,
+    /// Length of the whole frame.
+    pub total: u32,
+    /// Length of every piece but the last.
+    pub chunk: u16,
+    /// Which piece this is, from 0.
+    pub index: u16,
+    /// The piece: bytes `index * chunk ..` of the frame.
+    pub piece: &'a [u8],
+}
+
+impl Fragment<'_> {
+    /// How many pieces the frame was cut into.
+    pub fn count(&self) -> usize {
+        (self.total as usize).div_ceil(usize::from(self.chunk))
+    }
+
+    /// Where the piece goes in the frame.
+    pub fn offset(&self) -> usize {
+        usize::from(self.index) * usize::from(self.chunk)
+    }
 }
 
 /// One carried frame.
@@ -166,8 +221,92 @@ pub fn decode(b: &[u8]) -> Result<Datagram<'_>, FrameError> {
                 Datagram::HeartbeatAck { hop, to, conn_uid }
             })
         }
+        kind::FRAGMENT => decode_fragment(b).map(|fragment| Datagram::Fragment { hop, fragment }),
         k => Err(FrameError::Kind(k)),
     }
+}
+
+fn decode_fragment(b: &[u8]) -> Result<Fragment<'_>, FrameError> {
+    if b.len() < FRAGMENT_HEADER_LEN {
+        return Err(FrameError::Truncated);
+    }
+    let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    let f = Fragment {
+        origin: name_at(b, HEADER_LEN),
+        dst: name_at(b, HEADER_LEN + 6),
+        id: u32_at(HEADER_LEN + 12),
+        total: u32_at(HEADER_LEN + 16),
+        chunk: u16_at(HEADER_LEN + 20),
+        index: u16_at(HEADER_LEN + 22),
+        piece: &b[FRAGMENT_HEADER_LEN..],
+    };
+    let total = f.total as usize;
+    if f.chunk == 0 || total == 0 || usize::from(f.chunk) > total || total > MAX_LARGE {
+        return Err(FrameError::Fragment);
+    }
+    let count = f.count();
+    if count > MAX_FRAGMENTS || usize::from(f.index) >= count {
+        return Err(FrameError::Fragment);
+    }
+    let want = usize::from(f.chunk).min(total - f.offset());
+    if f.piece.len() != want {
+        return Err(FrameError::Fragment);
+    }
+    Ok(f)
+}
+
+/// The piece size that cuts a frame of `total` bytes into datagrams of at
+/// most `max_datagram` bytes, or `None` if that takes more than
+/// [`MAX_FRAGMENTS`] pieces or the frame is empty or too large. A frame
+/// that fits in one datagram is one piece.
+pub fn chunk_for(total: usize, max_datagram: usize) -> Option<u16> {
+    let room = max_datagram.checked_sub(FRAGMENT_HEADER_LEN)?;
+    // Pieces of equal size (the last may be shorter), as few as fit.
+    let count = total.div_ceil(room.max(1));
+    if count == 0 || count > MAX_FRAGMENTS || total > MAX_LARGE {
+        return None;
+    }
+    u16::try_from(total.div_ceil(count)).ok()
+}
+
+/// The pieces of `frame`, cut in `chunk`-byte pieces, as fragments from
+/// `origin` to `dst` numbered `id`.
+pub fn pieces<'a>(
+    frame: &'a [u8],
+    origin: PeerName,
+    dst: PeerName,
+    id: u32,
+    chunk: u16,
+) -> impl Iterator<Item = Fragment<'a>> {
+    let total = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    frame
+        .chunks(usize::from(chunk.max(1)))
+        .enumerate()
+        .map(move |(i, piece)| Fragment {
+            origin,
+            dst,
+            id,
+            total,
+            chunk,
+            index: u16::try_from(i).unwrap_or(u16::MAX),
+            piece,
+        })
+}
+
+/// Writes `f` as a datagram from `hop` into `buf` (cleared first).
+pub fn push_fragment(buf: &mut Vec<u8>, hop: PeerName, f: &Fragment<'_>) {
+    buf.clear();
+    buf.push(VERSION);
+    buf.push(kind::FRAGMENT);
+    buf.extend_from_slice(&hop.to_bytes());
+    buf.extend_from_slice(&f.origin.to_bytes());
+    buf.extend_from_slice(&f.dst.to_bytes());
+    buf.extend_from_slice(&f.id.to_be_bytes());
+    buf.extend_from_slice(&f.total.to_be_bytes());
+    buf.extend_from_slice(&f.chunk.to_be_bytes());
+    buf.extend_from_slice(&f.index.to_be_bytes());
+    buf.extend_from_slice(f.piece);
 }
 
 /// Starts a frames datagram from `hop` in `buf` (cleared first).
@@ -261,6 +400,76 @@ mod tests {
             }
         );
         assert_eq!(decode(&hb[..20]), Err(FrameError::Heartbeat));
+    }
+
+    #[test]
+    fn fragments_round_trip_and_cover_the_frame() {
+        let frame: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let chunk = chunk_for(frame.len(), 1500).unwrap();
+        // four pieces of equal size, each datagram within 1500 bytes
+        assert_eq!(chunk, 1250);
+        let mut rebuilt = vec![0u8; frame.len()];
+        let mut buf = Vec::new();
+        for f in pieces(&frame, n(3), n(2), 77, chunk) {
+            push_fragment(&mut buf, n(1), &f);
+            assert!(buf.len() <= 1500);
+            let Datagram::Fragment { hop, fragment } = decode(&buf).unwrap() else {
+                panic!("not a fragment")
+            };
+            assert_eq!((hop, fragment), (n(1), f));
+            assert_eq!(fragment.count(), 4);
+            rebuilt[fragment.offset()..fragment.offset() + fragment.piece.len()]
+                .copy_from_slice(fragment.piece);
+        }
+        assert_eq!(rebuilt, frame);
+        #[rustfmt::skip]
+        let head: &[u8] = &[
+            1, 5,                 // version, kind fragment
+            2, 0, 0, 0, 0, 1,     // hop sender
+            2, 0, 0, 0, 0, 3,     // origin
+            2, 0, 0, 0, 0, 2,     // destination
+            0, 0, 0, 77,          // id
+            0, 0, 0x13, 0x88,     // total 5000
+            0x04, 0xe2,           // chunk 1250
+            0, 3,                 // index
+        ];
+        assert_eq!(&buf[..FRAGMENT_HEADER_LEN], head);
+        // a frame that fits one datagram is one piece; too many pieces or
+        // nothing at all is refused
+        assert_eq!(chunk_for(1000, 1500), Some(1000));
+        assert_eq!(chunk_for(MAX_LARGE, 100), None);
+        assert_eq!(chunk_for(0, 1500), None);
+    }
+
+    #[test]
+    fn fragments_that_do_not_add_up_are_refused() {
+        let frame = vec![9u8; 3000];
+        let f = pieces(&frame, n(3), n(2), 1, 1000).nth(1).unwrap();
+        let mut good = Vec::new();
+        push_fragment(&mut good, n(1), &f);
+        assert!(decode(&good).is_ok());
+        assert_eq!(decode(&good[..20]), Err(FrameError::Truncated));
+        let bad = |patch: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            patch(&mut b);
+            decode(&b).map(|_| ())
+        };
+        // piece shorter than the chunk, index past the end, zero chunk,
+        // chunk larger than the frame, total beyond the largest frame
+        assert_eq!(bad(&|b| b.truncate(b.len() - 1)), Err(FrameError::Fragment));
+        assert_eq!(bad(&|b| b[31] = 3), Err(FrameError::Fragment));
+        assert_eq!(
+            bad(&|b| b[28..30].copy_from_slice(&[0, 0])),
+            Err(FrameError::Fragment)
+        );
+        assert_eq!(
+            bad(&|b| b[24..28].copy_from_slice(&999u32.to_be_bytes())),
+            Err(FrameError::Fragment)
+        );
+        assert_eq!(
+            bad(&|b| b[24..28].copy_from_slice(&u32::MAX.to_be_bytes())),
+            Err(FrameError::Fragment)
+        );
     }
 
     #[test]
