@@ -156,6 +156,19 @@ fn big_df_transfer_and_subnet_isolation() -> Result<()> {
     })?;
     let n = srv.join().expect("nc thread")?;
     ensure!(n.trim() == "10000000", "received {n} bytes");
+    // the stream crossed as TCP super-frames, not frame by frame
+    let rx = report(bed.host(1))?.sleeve.context("sleeve report")?;
+    let tx = report(bed.host(2))?.sleeve.context("sleeve report")?;
+    ensure!(
+        rx.offload && tx.offload,
+        "TAP offloads off: {rx:?} / {tx:?}"
+    );
+    ensure!(
+        tx.superframes_out > 0 && rx.superframes_in > 0,
+        "no super-frames crossed: sent {}, received {}",
+        tx.superframes_out,
+        rx.superframes_in
+    );
     // the largest packet with DF that fits the overlay MTU crosses, one byte more is refused
     let mtu = report(bed.host(1))?.sleeve.context("sleeve report")?.mtu;
     let payload = (mtu - 28).to_string();

@@ -245,17 +245,39 @@ pub mod fuzz {
         let _ = ipam.on_gossip(from, &ipam.gossip_state().encode(), now);
     }
 
-    /// Decodes a sleeve datagram and walks all its frames.
+    /// Decodes a sleeve datagram and walks all its frames; a fragment goes
+    /// through a reassembly pool.
     pub fn sleeve(data: &[u8]) {
-        if let Ok(crate::sleeve::frame::Datagram::Frames { frames, .. }) =
-            crate::sleeve::frame::decode(data)
-        {
-            for f in frames.flatten() {
-                assert!(
-                    f.data.len() >= 14,
-                    "frames shorter than Ethernet are refused"
-                );
+        use crate::sleeve::frame::{decode, Datagram};
+        use crate::sleeve::reassembly::{Outcome, Reassembly};
+        match decode(data) {
+            Ok(Datagram::Frames { frames, .. }) => {
+                for f in frames.flatten() {
+                    assert!(
+                        f.data.len() >= 14,
+                        "frames shorter than Ethernet are refused"
+                    );
+                }
             }
+            Ok(Datagram::Fragment { hop, fragment }) => {
+                // A decoded piece always fits its frame; a single-piece
+                // frame completes at once and is then a duplicate.
+                let mut pool = Reassembly::new();
+                let single = fragment.count() == 1;
+                match pool.take(hop, &fragment) {
+                    Outcome::Complete(w) => {
+                        assert!(single, "a frame of several pieces completed from one");
+                        assert_eq!(w.data, fragment.piece);
+                        if let Ok(h) = crate::sleeve::offload::VnetHdr::parse(w.data) {
+                            let _ = h.validate(w.data.len().saturating_sub(10));
+                        }
+                    }
+                    Outcome::Kept => assert!(!single),
+                    Outcome::Duplicate => panic!("the first piece is never a duplicate"),
+                }
+                assert_eq!(pool.take(hop, &fragment), Outcome::Duplicate);
+            }
+            _ => {}
         }
     }
 

@@ -107,6 +107,11 @@ pub fn render(r: &Report) -> String {
             "# HELP weave_sleeve_injected_total Frames from peers handed to the local bridge.\n# TYPE weave_sleeve_injected_total counter\nweave_sleeve_injected_total {}",
             s.injected
         );
+        let _ = writeln!(
+            out,
+            "# HELP weave_sleeve_superframes_total TCP super-frames carried whole in fragment datagrams.\n# TYPE weave_sleeve_superframes_total counter\nweave_sleeve_superframes_total{{direction=\"in\"}} {}\nweave_sleeve_superframes_total{{direction=\"out\"}} {}",
+            s.superframes_in, s.superframes_out
+        );
     }
     if let Some(ipam) = &r.ipam {
         render_ipam(&mut out, ipam);
@@ -205,6 +210,10 @@ mod tests {
                 bridge: "weave".into(),
                 mtu: 1436,
                 injected: 3,
+                superframes_in: 4,
+                superframes_out: 5,
+                offload: true,
+                udp_gso: true,
                 drops: [("malformed".to_string(), 2)].into_iter().collect(),
             }),
             ipam: Some(IpamReport {
@@ -236,6 +245,8 @@ mod tests {
         assert!(text.contains("weave_control_bytes_total{direction=\"out\"} 7\n"));
         assert!(text.contains("weave_sleeve_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("weave_sleeve_mtu 1436\n"));
+        assert!(text.contains("weave_sleeve_superframes_total{direction=\"in\"} 4\n"));
+        assert!(text.contains("weave_sleeve_superframes_total{direction=\"out\"} 5\n"));
         assert!(
             text.contains("weave_ips{state=\"local-used\"} 4\n"),
             "{text}"

@@ -290,6 +290,10 @@ fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Shared) {
         bridge: s.bridge().to_string(),
         mtu: s.mtu(),
         injected: s.injected(),
+        offload: s.offload(),
+        udp_gso: s.udp_gso(),
+        superframes_out: s.superframes().0,
+        superframes_in: s.superframes().1,
         drops: s
             .drops()
             .into_iter()

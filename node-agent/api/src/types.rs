@@ -41,6 +41,19 @@ pub struct SleeveReport {
     pub mtu: u32,
     /// Frames from peers handed to the local bridge.
     pub injected: u64,
+    /// Whether the TAP port takes checksum and TCP segmentation offload
+    /// (TCP then crosses in super-frames).
+    #[serde(default)]
+    pub offload: bool,
+    /// Whether fragments are sent with UDP segmentation offload.
+    #[serde(default)]
+    pub udp_gso: bool,
+    /// Super-frames sent to peers (each in fragment datagrams).
+    #[serde(default)]
+    pub superframes_out: u64,
+    /// Super-frames received from peers and put back together.
+    #[serde(default)]
+    pub superframes_in: u64,
     /// Dropped frames and datagrams by reason.
     pub drops: std::collections::BTreeMap<String, u64>,
 }

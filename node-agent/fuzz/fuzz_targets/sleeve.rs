@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Fuzz target: sleeve datagrams (frames, heartbeats) as they arrive on UDP.
+//! Fuzz target: sleeve datagrams (frames, fragments, heartbeats) as they
+//! arrive on UDP, fragments through the reassembly pool.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

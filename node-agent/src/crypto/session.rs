@@ -467,7 +467,7 @@ mod tests {
         let now = Instant::now();
         let key = Secret::new([9; 32]);
         let mut tx = SleeveTx::new(key.clone(), now);
-        let plain: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        let plain: Vec<u8> = (0..1500u32).map(|i| i.to_le_bytes()[0]).collect();
         let mut sealed = Vec::new();
         tx.seal(&plain, &mut sealed, now);
         tx.seal(&plain, &mut sealed, now);

@@ -122,6 +122,11 @@ pub struct Shared {
     sealer: Option<Sealer>,
     /// Whether `UDP_SEGMENT` works here (cleared at the first refusal).
     udp_gso: AtomicBool,
+    /// Whether the TAP port took the offloads.
+    offload: bool,
+    /// Super-frames sent and received.
+    superframes_out: AtomicU64,
+    superframes_in: AtomicU64,
     /// Number of the next large frame sent in fragments.
     next_fragment_id: AtomicU32,
 }
@@ -159,6 +164,25 @@ impl Shared {
     /// Frames handed to the local bridge.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the TAP port took checksum and segmentation offload.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Whether fragments go out with UDP segmentation offload (until the
+    /// kernel first refuses it).
+    pub fn udp_gso(&self) -> bool {
+        self.udp_gso.load(Ordering::Relaxed)
+    }
+
+    /// Super-frames sent and received whole.
+    pub fn superframes(&self) -> (u64, u64) {
+        (
+            self.superframes_out.load(Ordering::Relaxed),
+            self.superframes_in.load(Ordering::Relaxed),
+        )
     }
 
     fn drop_frame(&self, reason: &'static str) {
@@ -349,11 +373,15 @@ pub async fn setup(
     netlink.set_mac(bridge, local.to_bytes()).await?;
     netlink.delete_link(TAP_NAME).await?;
     let tap = Tap::create(TAP_NAME, true)?;
-    if let Err(e) = tap.set_offload(TAP_OFFLOADS) {
-        // Still correct without: every frame then arrives whole and
-        // checksummed, only slower.
-        warn!(error = %e, "TAP offloads unavailable; TCP crosses the sleeve in single frames");
-    }
+    let offload = match tap.set_offload(TAP_OFFLOADS) {
+        Ok(()) => true,
+        Err(e) => {
+            // Still correct without: every frame then arrives whole and
+            // checksummed, only slower.
+            warn!(error = %e, "TAP offloads unavailable; TCP crosses the sleeve in single frames");
+            false
+        }
+    };
     let tap_index = netlink
         .link_index(TAP_NAME)
         .await?
@@ -395,6 +423,9 @@ pub async fn setup(
         injected: AtomicU64::new(0),
         sealer: cfg.encrypted.then(Sealer::new),
         udp_gso: AtomicBool::new(true),
+        offload,
+        superframes_out: AtomicU64::new(0),
+        superframes_in: AtomicU64::new(0),
         next_fragment_id: AtomicU32::new(rand::random()),
     }))
 }
@@ -486,6 +517,7 @@ impl Batcher {
                 let c = peers.entry(hop.next).or_default();
                 c.frames_out += 1;
                 c.bytes_out += (sent + n) as u64;
+                shared.superframes_out.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 trace!(peer = %hop.next, error = %e, "send failed");
@@ -848,6 +880,7 @@ fn on_fragment(
         shared.drop_frame(DROP_MALFORMED);
         return false;
     }
+    shared.superframes_in.fetch_add(1, Ordering::Relaxed);
     let view = shared.current_view();
     let verdict = lock(&shared.switch).from_peer(
         whole.origin,

@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn a_partial_checksum_is_finished_like_the_textbook_one() {
         for len in [0usize, 1, 7, 64, 1401] {
-            let payload: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let payload: Vec<u8> = (0..len).map(|i| (i * 37 + 11).to_le_bytes()[0]).collect();
             let (mut frame, want) = udp_frame(&payload);
             // What a stack with checksum offload leaves in the field: the
             // pseudo-header sum, not complemented.

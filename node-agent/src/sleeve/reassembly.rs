@@ -186,7 +186,7 @@ mod tests {
 
     fn frame(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(seed))
             .collect()
     }
 
@@ -195,7 +195,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut r = Reassembly::new();
         for round in 0..20u32 {
-            let data = frame(3000 + round as usize * 2000, round as u8);
+            let data = frame(3000 + round as usize * 2000, round.to_le_bytes()[0]);
             let mut all: Vec<_> = pieces(&data, n(3), n(2), round, 1400).collect();
             let dup = all[0];
             all.push(dup);
@@ -242,7 +242,7 @@ mod tests {
         assert!(matches!(r.take(n(1), &pa[3]), Outcome::Complete(w) if w.data == &a[..]));
         // fill the pool with unfinished frames: the frame from hop 5 is the
         // oldest and is given up
-        for id in 0..SLOTS as u32 {
+        for id in 0..u32::try_from(SLOTS).unwrap() {
             let p = pieces(&a, n(3), n(2), 100 + id, 1400).next().unwrap();
             assert_eq!(r.take(n(6), &p), Outcome::Kept);
         }
