@@ -398,6 +398,7 @@ pub async fn setup(
         source,
     })?;
     set_buffers(&socket);
+    set_gro(&socket);
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|source| SleeveError::Socket {
@@ -428,6 +429,20 @@ pub async fn setup(
         superframes_in: AtomicU64::new(0),
         next_fragment_id: AtomicU32::new(rand::random()),
     }))
+}
+
+/// Asks the kernel to hand over runs of datagrams from one sender as one
+/// buffer (`UDP_GRO`), cut again by the receive loop; the fragments of a
+/// super-frame then cross the socket in one piece instead of forty.
+fn set_gro(socket: &UdpSocket) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    match setsockopt(&socket.as_fd(), sockopt::UdpGroSegment, &true) {
+        Ok(()) => true,
+        Err(e) => {
+            info!(error = %e, "UDP receive offload unavailable; datagrams are taken one by one");
+            false
+        }
+    }
 }
 
 fn set_buffers(socket: &UdpSocket) {
@@ -674,7 +689,6 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
     use std::os::fd::AsRawFd;
 
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
     let mut rx = Receiver {
         opened: Vec::with_capacity(65536),
         scratch: Vec::new(),
@@ -688,6 +702,11 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
         // One system call for everything queued (at least one datagram;
         // the socket's read timeout bounds the wait, so `stop` is seen).
         received.clear();
+        // Room for the `UDP_GRO` control message (an int) of each datagram.
+        // Made afresh for every call: the kernel shrinks each header's
+        // control length to what it wrote, and nix does not reset it.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(i32)));
         {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
                 .iter_mut()
@@ -700,9 +719,13 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 MsgFlags::MSG_WAITFORONE,
                 None,
             ) {
-                Ok(msgs) => {
-                    received.extend(msgs.map(|m| (m.bytes, m.address.and_then(|a| std_addr(&a)))))
-                }
+                Ok(msgs) => received.extend(msgs.map(|m| {
+                    (
+                        m.bytes,
+                        m.address.and_then(|a| std_addr(&a)),
+                        gro_segment(&m),
+                    )
+                })),
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     debug!(error = %e, "UDP receive failed");
@@ -710,13 +733,25 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 }
             }
         }
-        for (buf, (n, src)) in bufs.iter().zip(received.iter()) {
-            if let Some(src) = src {
-                rx.on_datagram(&shared, &buf[..*n], *src, &events);
+        for (buf, (n, src, segment)) in bufs.iter().zip(received.iter()) {
+            let Some(src) = src else { continue };
+            // Datagrams the kernel coalesced are laid end to end, all
+            // `segment` bytes long but the last.
+            for datagram in buf[..*n].chunks(segment.unwrap_or(*n).max(1)) {
+                rx.on_datagram(&shared, datagram, *src, &events);
             }
         }
         rx.batcher.flush(&shared);
     }
+}
+
+/// The segment size of a buffer of coalesced datagrams, if it is one.
+fn gro_segment<S>(m: &nix::sys::socket::RecvMsg<'_, '_, S>) -> Option<usize> {
+    use nix::sys::socket::ControlMessageOwned;
+    m.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::UdpGroSegments(size) => usize::try_from(size).ok().filter(|s| *s > 0),
+        _ => None,
+    })
 }
 
 /// A socket address from what `recvmmsg` reports.

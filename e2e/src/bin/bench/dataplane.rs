@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use weave_e2e::weave::{attach_pod, in_pod, peer_addr, pings, start_weaver, wait_for_mesh, WEAVER};
-use weave_e2e::{wait_until, TestBed, Topology};
+use weave_e2e::{wait_until, Host, TestBed, Topology};
 
 const SECONDS: &str = "5";
 
@@ -122,6 +122,32 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// Runs the data-plane benchmark and prints a table.
+/// CPU seconds both agents spend per GB of one TCP stream from `client_ns`
+/// to an iperf3 server in `server_ns`.
+fn weaver_cpu_per_gb(
+    hosts: &[&Host],
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+) -> Result<f64> {
+    let pids = hosts
+        .iter()
+        .map(|h| {
+            h.pid(WEAVER)
+                .with_context(|| format!("weaver on {}", h.name()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ticks = || pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>();
+    let before = ticks()?;
+    let server = Server::start(server_ns)?;
+    let tcp1 = iperf(client_ns, server_ip, &[])?;
+    let after = ticks()?;
+    drop(server);
+    let bytes = tcp1["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    Ok((after - before) as f64 / ticks_per_sec / (bytes / 1e9).max(1e-9))
+}
+
 pub(crate) fn bench() -> Result<()> {
     if Command::new("iperf3").arg("--version").output().is_err() {
         bail!("iperf3 is not installed (make deps installs it)");
@@ -160,14 +186,7 @@ pub(crate) fn bench() -> Result<()> {
         h1.pid(WEAVER).context("weaver 1")?,
         h2.pid(WEAVER).context("weaver 2")?,
     ];
-    let before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
-    let _server = Server::start(&b)?;
-    let tcp1 = iperf(&a, "10.2.1.2", &[])?;
-    let after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
-    drop(_server);
-    let bytes = tcp1["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let cpu_per_gb = (after - before) as f64 / ticks_per_sec / (bytes / 1e9).max(1e-9);
+    let cpu_per_gb = weaver_cpu_per_gb(&[h1, h2], &a, &b, "10.2.1.2")?;
     let sleeve = measure(&a, &b, "10.2.1.2")?;
     let peak_rss = pids
         .iter()
@@ -203,6 +222,7 @@ pub(crate) fn bench() -> Result<()> {
     start_weaver(h2, &[peer_addr(h1)], &password)?;
     wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
     time_to_ping("pods to talk over the encrypted sleeve")?;
+    let encrypted_cpu_per_gb = weaver_cpu_per_gb(&[h1, h2], &a, &b, "10.2.1.2")?;
     let encrypted = measure(&a, &b, "10.2.1.2")?;
     let mut sealed_drops = Vec::new();
     for h in [h1, h2] {
@@ -236,7 +256,7 @@ pub(crate) fn bench() -> Result<()> {
     }
     println!();
     println!(
-        "weaver CPU: {cpu_per_gb:.2} s per GB (both ends, TCP 1 stream); peak RSS {:.1} / {:.1} MiB",
+        "weaver CPU: {cpu_per_gb:.2} s per GB (both ends, TCP 1 stream; encrypted {encrypted_cpu_per_gb:.2} s); peak RSS {:.1} / {:.1} MiB",
         peak_rss[0] as f64 / 1024.0,
         peak_rss[1] as f64 / 1024.0
     );
