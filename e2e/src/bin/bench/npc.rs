@@ -321,13 +321,13 @@ fn throughput() -> Result<()> {
     // both alike; the figures are medians. The policies are installed and removed through
     // the API each round, and weave-npc runs throughout.
     const ROUNDS: usize = 5;
-    let rules = || -> Result<usize> {
+    let rules = || -> Result<f64> {
         Ok(pb
             .metrics()?
             .lines()
             .find_map(|l| l.strip_prefix("weavenpc_rules "))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as usize))
+            .unwrap_or(0.0))
     };
     let mut none = Vec::new();
     let mut with = Vec::new();
@@ -336,7 +336,7 @@ fn throughput() -> Result<()> {
             pb.delete_policy("x", &format!("p{i}"));
         }
         weave_e2e::wait_until(Duration::from_secs(60), "policies removed", || {
-            Ok((rules()? < 100).then_some(()))
+            Ok((rules()? < 100.0).then_some(()))
         })?;
         weave_e2e::wait_until(Duration::from_secs(10), "client reaches", || Ok(run().ok()))?;
         none.push(run()?);
@@ -350,7 +350,7 @@ fn throughput() -> Result<()> {
             }));
         }
         weave_e2e::wait_until(Duration::from_secs(60), "1,000 policies applied", || {
-            Ok((rules()? >= 1000).then_some(()))
+            Ok((rules()? >= 1000.0).then_some(()))
         })?;
         weave_e2e::wait_until(Duration::from_secs(10), "client allowed", || Ok(run().ok()))?;
         with.push(run()?);
