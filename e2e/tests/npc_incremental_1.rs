@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! weave-npc's incremental updates against real nftables: host 1 gets a full ruleset once
-//! and then only the element updates (`Compiled::update`) after each pod or namespace change;
+//! and then only the updates (`Compiled::update`) after each pod or namespace change;
 //! host 2 gets a fresh full compile of the same snapshot every time. After every step both
 //! kernels must hold the same tables, chains, rules, sets and elements.
 //!
 //! Listings are compared as JSON without handles, with set elements sorted, and with the
-//! per-pod rules of the `*-denied` chains and the counters as sets: an update appends a new
-//! pod's accounting at the end, a rebuild writes it in name order, and each such rule
-//! matches only its own pod's address.
+//! per-pod accounting chains, their rules and the counters as sets: an update creates a new
+//! pod's accounting last, a rebuild in name order, and only a verdict map refers to them.
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -102,9 +101,12 @@ fn listing(host: &Host) -> Result<(Vec<String>, Vec<String>)> {
                 continue;
             }
             let per_pod = object.get("counter").is_some()
+                || object["chain"]["name"]
+                    .as_str()
+                    .is_some_and(|c| c.contains('/'))
                 || object["rule"]["chain"]
                     .as_str()
-                    .is_some_and(|c| c.ends_with("-denied"));
+                    .is_some_and(|c| c.contains('/'));
             if per_pod {
                 unordered.push(object.to_string());
             } else {
@@ -211,7 +213,6 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
             Box::new(|s| s.pods.push(pod("x", "d", "n1", "10.32.1.4", "db", 80))),
         ),
     ];
-    let (mut updates, mut rebuilds) = (0, 0);
     for (what, change) in steps {
         let before: Vec<Pod> = snap.pods.clone();
         let before_ns: Vec<Namespace> = snap.namespaces.clone();
@@ -241,16 +242,7 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
         for n in &snap.namespaces {
             compiled.set_namespace(n);
         }
-        match compiled.update() {
-            Some(script) => {
-                updates += 1;
-                nft(incremental, &script).with_context(|| what.to_owned())?;
-            }
-            None => {
-                rebuilds += 1;
-                nft(incremental, &compiled.full()).with_context(|| what.to_owned())?;
-            }
-        }
+        nft(incremental, &compiled.update()).with_context(|| what.to_owned())?;
         nft(rebuilt, &compile(&snap, &node).full())?;
         let (got, want) = (listing(incremental)?, listing(rebuilt)?);
         ensure!(
@@ -258,9 +250,5 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
             "after {what}: kernel state differs\nincremental: {got:#?}\nrebuilt: {want:#?}"
         );
     }
-    ensure!(
-        updates == 9 && rebuilds == 1,
-        "{updates} updates, {rebuilds} rebuilds"
-    );
     Ok(())
 }

@@ -56,6 +56,8 @@ const INGRESS_ISOLATED: &str = "ingress-isolated";
 const EGRESS_ISOLATED: &str = "egress-isolated";
 /// Set (bridge table) of every known local pod address.
 const LOCAL_PODS: &str = "local-pods";
+/// The directions and the address field naming the local pod in each.
+const DIRECTIONS: [(&str, &str); 2] = [("egress", "saddr"), ("ingress", "daddr")];
 
 /// What compile needs to know about the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,9 +125,6 @@ pub struct DropCounter {
     /// `ingress` or `egress`.
     pub direction: &'static str,
 }
-
-/// A local pod as its drop accounting knows it: namespace, name, address.
-type PodTailKey = (String, String, Ipv4Addr);
 
 /// A pod's identity: namespace and name.
 type PodKey = (String, String);
@@ -265,17 +264,17 @@ pub struct Compiled {
     pods_by_ns: HashMap<String, BTreeSet<String>>,
     /// Known namespaces' labels.
     namespaces: HashMap<String, BTreeMap<String, String>>,
-    /// Local pods with drop accounting.
-    tails: BTreeSet<PodTailKey>,
+    /// Local pods (with drop accounting) and their addresses.
+    tails: BTreeMap<PodKey, Ipv4Addr>,
     /// Policies that were rejected, with the reason.
     pub rejected: Vec<Rejection>,
     /// Changes since the last [`update`](Self::update) or [`applied`](Self::applied): set
     /// elements touched and whether each was present before.
     touched: HashMap<(SetId, Elem), bool>,
-    /// Local pods added since then.
-    new_tails: BTreeSet<PodTailKey>,
-    /// A change since then that element updates cannot express (a local pod gone).
-    needs_full: bool,
+    /// Local pods whose accounting chains the kernel holds.
+    applied_tails: BTreeSet<PodKey>,
+    /// The accounting maps' elements the kernel holds: address → pod.
+    applied_owners: BTreeMap<Ipv4Addr, PodKey>,
 }
 
 /// Builds the ruleset for `node` from `snapshot`.
@@ -378,11 +377,11 @@ impl Compiled {
             pods: HashMap::new(),
             pods_by_ns: HashMap::new(),
             namespaces: HashMap::new(),
-            tails: BTreeSet::new(),
+            tails: BTreeMap::new(),
             rejected,
             touched: HashMap::new(),
-            new_tails: BTreeSet::new(),
-            needs_full: false,
+            applied_tails: BTreeSet::new(),
+            applied_owners: BTreeMap::new(),
         }
     }
 
@@ -416,20 +415,14 @@ impl Compiled {
         if self.pods.get(&key) == Some(&info) {
             return;
         }
-        let old_tail = self.pods.remove(&key).and_then(|old| {
+        if let Some(old) = self.pods.remove(&key) {
             self.contribute(&old, false);
-            self.tail_of(&old)
-        });
+        }
         self.contribute(&info, true);
-        let new_tail = self.tail_of(&info);
-        if old_tail != new_tail {
-            if let Some(t) = old_tail {
-                self.drop_tail(t);
-            }
-            if let Some(t) = new_tail {
-                self.tails.insert(t.clone());
-                self.new_tails.insert(t);
-            }
+        if info.node == self.node.node_name {
+            self.tails.insert(key.clone(), info.ip);
+        } else {
+            self.tails.remove(&key);
         }
         self.pods_by_ns
             .entry(key.0.clone())
@@ -451,22 +444,7 @@ impl Compiled {
                 self.pods_by_ns.remove(namespace);
             }
         }
-        if let Some(t) = self.tail_of(&old) {
-            self.drop_tail(t);
-        }
-    }
-
-    /// The drop accounting key of `pod` if it is local.
-    fn tail_of(&self, pod: &PodInfo) -> Option<PodTailKey> {
-        (pod.node == self.node.node_name).then(|| (pod.namespace.clone(), pod.name.clone(), pod.ip))
-    }
-
-    /// Forgets the drop accounting of a local pod that went away.
-    fn drop_tail(&mut self, tail: PodTailKey) {
-        if self.tails.remove(&tail) && !self.new_tails.remove(&tail) {
-            // Its counter and log rules are in the kernel; only a rebuild removes them.
-            self.needs_full = true;
-        }
+        self.tails.remove(&key);
     }
 
     /// Known pods, for the controller's bookkeeping.
@@ -477,24 +455,26 @@ impl Compiled {
     /// Marks the current state as what the kernel holds (after applying [`full`](Self::full)).
     pub fn applied(&mut self) {
         self.touched.clear();
-        self.new_tails.clear();
-        self.needs_full = false;
+        self.applied_tails = self.tails.keys().cloned().collect();
+        self.applied_owners = self.owners();
+    }
+
+    /// The accounting maps' elements: each local address jumps to the chain of one pod (the
+    /// first by name when a stale pod and its successor share the address).
+    fn owners(&self) -> BTreeMap<Ipv4Addr, PodKey> {
+        let mut out = BTreeMap::new();
+        for (key, ip) in &self.tails {
+            out.entry(*ip).or_insert_with(|| key.clone());
+        }
+        out
     }
 
     /// The transaction that brings the kernel from the state last marked applied (by
-    /// [`applied`](Self::applied) or a previous `update`) to this one, with element
-    /// changes and the drop accounting of new local pods only; `None` when that cannot be
-    /// expressed so (a local pod went away) and [`full`](Self::full) must be applied. An
-    /// empty script means nothing changed. Either way the current state counts as applied
-    /// from now on.
-    pub fn update(&mut self) -> Option<String> {
-        let needs_full = self.needs_full;
+    /// [`applied`](Self::applied) or a previous `update`) to this one: set element changes,
+    /// plus creating and removing the accounting chains of local pods that came or went. An
+    /// empty script means nothing changed. The current state counts as applied from now on.
+    pub fn update(&mut self) -> String {
         let touched = std::mem::take(&mut self.touched);
-        let new_tails = std::mem::take(&mut self.new_tails);
-        self.needs_full = false;
-        if needs_full {
-            return None;
-        }
         let mut add: BTreeMap<SetId, Vec<Elem>> = BTreeMap::new();
         let mut del: BTreeMap<SetId, Vec<Elem>> = BTreeMap::new();
         for ((set, elem), was) in touched {
@@ -519,10 +499,41 @@ impl Compiled {
                 );
             }
         }
-        for tail in &new_tails {
-            self.write_tail(&mut out, tail);
+        let owners = self.owners();
+        let tails: BTreeSet<PodKey> = self.tails.keys().cloned().collect();
+        let gone: Vec<Ipv4Addr> = self
+            .applied_owners
+            .iter()
+            .filter(|(ip, owner)| owners.get(ip) != Some(owner))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for (dir, _) in DIRECTIONS {
+            if !gone.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "delete element inet {TABLE} {dir}-denied-pods {{ {} }}",
+                    join(gone.iter())
+                );
+            }
+            for (namespace, name) in self.applied_tails.difference(&tails) {
+                let chain = format!("{dir}-denied/{namespace}/{name}");
+                let _ = writeln!(
+                    out,
+                    "flush chain inet {TABLE} {chain}\ndelete chain inet {TABLE} {chain}\ndelete counter inet {TABLE} {chain}"
+                );
+            }
         }
-        Some(out)
+        for key in tails.difference(&self.applied_tails) {
+            self.write_tail(&mut out, key);
+        }
+        let came: BTreeMap<&Ipv4Addr, &PodKey> = owners
+            .iter()
+            .filter(|(ip, owner)| self.applied_owners.get(ip) != Some(owner))
+            .collect();
+        self.write_owners(&mut out, came.iter().map(|(ip, key)| (*ip, *key)));
+        self.applied_tails = tails;
+        self.applied_owners = owners;
+        out
     }
 
     /// The whole ruleset as one transaction: both tables are created if missing, deleted,
@@ -566,20 +577,44 @@ impl Compiled {
                 "add rule bridge {TABLE} forward {dir} \"{port}*\" meta protocol ip ip {field} != @{LOCAL_PODS} drop comment \"address of no known local pod\""
             );
         }
-        for tail in &self.tails {
-            self.write_tail(&mut out, tail);
+        for key in self.tails.keys() {
+            self.write_tail(&mut out, key);
         }
+        let owners = self.owners();
+        self.write_owners(&mut out, owners.iter());
         out
     }
 
-    /// The drop counter and log rule of local pod `tail`, for both directions.
-    fn write_tail(&self, out: &mut String, tail: &PodTailKey) {
-        let (namespace, name, ip) = tail;
-        for (dir, field) in [("egress", "saddr"), ("ingress", "daddr")] {
-            let counter = format!("{dir}-denied/{namespace}/{name}");
+    /// The accounting maps' elements for `owners`.
+    fn write_owners<'a>(
+        &self,
+        out: &mut String,
+        owners: impl Iterator<Item = (&'a Ipv4Addr, &'a PodKey)> + Clone,
+    ) {
+        if owners.clone().next().is_none() {
+            return;
+        }
+        for (dir, _) in DIRECTIONS {
+            let elems = owners.clone().map(|(ip, (namespace, name))| {
+                format!("{ip} : jump {dir}-denied/{namespace}/{name}")
+            });
             let _ = writeln!(
                 out,
-                "add counter inet {TABLE} {counter}\nadd rule inet {TABLE} {dir}-denied ip {field} {ip} counter name \"{counter}\" limit rate {}/second log prefix \"weave-npc {dir} denied {namespace}/{name}: \" group {}",
+                "add element inet {TABLE} {dir}-denied-pods {{ {} }}",
+                join(elems)
+            );
+        }
+    }
+
+    /// The drop counter and accounting chain of local pod `key`, for both directions: the
+    /// chain counts every drop and logs it (rate-limited) with the pod's name.
+    fn write_tail(&self, out: &mut String, key: &PodKey) {
+        let (namespace, name) = key;
+        for (dir, _) in DIRECTIONS {
+            let chain = format!("{dir}-denied/{namespace}/{name}");
+            let _ = writeln!(
+                out,
+                "add counter inet {TABLE} {chain}\nadd chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} counter name \"{chain}\" limit rate {}/second log prefix \"weave-npc {dir} denied {namespace}/{name}: \" group {}",
                 self.node.log_rate, self.node.log_group
             );
         }
@@ -587,14 +622,15 @@ impl Compiled {
 
     /// Number of rules, for logs and benchmarks.
     pub fn rule_count(&self) -> usize {
-        self.rules.len() + 2 + 2 * self.tails.len()
+        // Bridge rules, the two accounting map lookups, one rule per pod and direction.
+        self.rules.len() + 2 + 2 + 2 * self.tails.len()
     }
 
     /// Drop counters of local pods.
     pub fn counters(&self) -> Vec<DropCounter> {
         let mut out = Vec::with_capacity(2 * self.tails.len());
         for direction in ["ingress", "egress"] {
-            for (namespace, pod, _) in &self.tails {
+            for (namespace, pod) in self.tails.keys() {
                 out.push(DropCounter {
                     name: format!("{direction}-denied/{namespace}/{pod}"),
                     namespace: namespace.clone(),
@@ -751,6 +787,12 @@ fn base_chains() -> String {
     );
     for chain in ["ingress", "egress", "ingress-denied", "egress-denied"] {
         let _ = writeln!(out, "add chain inet {TABLE} {chain}");
+    }
+    for (dir, field) in DIRECTIONS {
+        let _ = writeln!(
+            out,
+            "add map inet {TABLE} {dir}-denied-pods {{ type ipv4_addr : verdict; }}\nadd rule inet {TABLE} {dir}-denied ip {field} vmap @{dir}-denied-pods"
+        );
     }
     let _ = writeln!(
         out,

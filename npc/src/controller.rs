@@ -9,8 +9,7 @@
 //! - The loop works on the caches' state, not on individual events, so their order cannot
 //!   matter. A policy change rebuilds the ruleset; a pod or namespace change is fed to the
 //!   kept [`Compiled`], which updates the set contents it affects, and only the changed set
-//!   elements (and the drop accounting of new local pods) are sent. A local pod going away
-//!   needs a rebuild (its accounting rules are removed with the table).
+//!   elements (and the accounting chains of local pods that came or went) are sent.
 //! - A watch that fails keeps its cache: the watcher relists with backoff and the ruleset stays
 //!   as it was meanwhile. A failed transaction is retried as a full rebuild.
 //! - Every `resync` a full rebuild is applied even without changes, repairing drift (someone
@@ -284,10 +283,7 @@ impl Controller {
                 }
             }
             state.seen_pods = pods;
-            match compiled.update() {
-                Some(script) => (script, false),
-                None => (compiled.full(), true),
-            }
+            (compiled.update(), false)
         };
         if let Some(compiled) = &state.compiled {
             self.metrics.compiled(

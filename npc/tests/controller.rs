@@ -279,7 +279,9 @@ async fn watch_events_update_sets_only() {
         "{doc}"
     );
     assert!(
-        doc.contains("add rule inet weave-npc ingress-denied ip daddr 10.32.0.2"),
+        doc.contains(
+            "add element inet weave-npc ingress-denied-pods { 10.32.0.2 : jump ingress-denied/x/"
+        ),
         "{doc}"
     );
     assert!(!doc.contains("delete table"), "no rebuild: {doc}");
@@ -291,7 +293,8 @@ async fn gone_watch_relists_and_replaces_the_cache() {
     let (firewall, cancel, _server) = start(Scenario::RelistAfterGone);
     applied_where(&firewall, TIMEOUT, "initial", |d| d.contains("10.32.0.1")).await;
     let i = applied_where(&firewall, TIMEOUT_AFTER_ERROR, "after the relist", |d| {
-        d.contains("10.32.0.3") && !d.contains("10.32.0.1")
+        d.contains("add element bridge weave-npc local-pods { 10.32.0.3 }")
+            && d.contains("delete element bridge weave-npc local-pods { 10.32.0.1 }")
     })
     .await;
     assert!(i > 0);

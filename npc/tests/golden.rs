@@ -242,18 +242,14 @@ fn churn_is_applied_incrementally_when_possible() {
         json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
     )];
     let mut compiled = compile(&snapshot, &node);
-    assert_eq!(
-        compiled.update().as_deref(),
-        Some(""),
-        "no change, nothing to send"
-    );
+    assert_eq!(compiled.update(), "", "no change, nothing to send");
 
     // A new local pod: sets change and its drop accounting is appended; no rebuild.
     let mut new_pod = snapshot.pods[0].clone();
     new_pod.metadata.name = Some("d".into());
     new_pod.status.as_mut().expect("status").pod_ip = Some("10.32.1.9".into());
     compiled.set_pod(&new_pod);
-    let script = compiled.update().expect("incremental");
+    let script = compiled.update();
     assert!(
         script.contains("add element bridge weave-npc local-pods { 10.32.1.9 }")
             && script.contains("add counter inet weave-npc ingress-denied/x/d"),
@@ -268,15 +264,21 @@ fn churn_is_applied_incrementally_when_possible() {
         .get_or_insert_default()
         .insert("ns".into(), "y".into());
     compiled.set_namespace(&z);
-    let script = compiled.update().expect("incremental");
+    let script = compiled.update();
     assert_eq!(
         script,
         "add element inet weave-npc peer1 { 10.32.3.1, 10.32.3.2, 10.32.3.3 }\n"
     );
 
-    // A local pod gone: full rebuild.
+    // A local pod gone: its elements and accounting chains go; no rebuild.
     compiled.remove_pod("x", "a");
-    assert_eq!(compiled.update(), None);
+    let script = compiled.update();
+    assert!(
+        script.contains("delete chain inet weave-npc egress-denied/x/a")
+            && script.contains("delete element inet weave-npc egress-denied-pods { 10.32.1.1 }"),
+        "{script}"
+    );
+    assert!(!script.contains("table"), "{script}");
 }
 
 #[test]
@@ -292,7 +294,7 @@ fn second_new_local_pod_is_programmed_too() {
         new_pod.metadata.name = Some(format!("new{n}"));
         new_pod.status.as_mut().expect("status").pod_ip = Some(ip.to_string());
         compiled.set_pod(&new_pod);
-        let script = compiled.update().expect("incremental");
+        let script = compiled.update();
         assert!(
             script.contains(&format!(
                 "add element bridge weave-npc local-pods {{ {ip} }}"

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The incremental path against the pure one: a `Compiled` fed pod and namespace changes one
 //! by one must render exactly what `compile` renders for the resulting snapshot, and the
-//! element updates it emits, applied to a model of the kernel's sets, must leave the same
-//! set contents and drop accounting as a full rebuild.
+//! updates it emits, applied to a model of the kernel (set and map elements, counters,
+//! accounting chains), must leave the same state as a full rebuild.
 //!
 //! Random clusters and event sequences from a fixed-seed generator (no dependency): pods
 //! come, go, are relabelled, readdressed and finish; namespaces are relabelled, deleted and
@@ -107,13 +107,16 @@ fn policies() -> Vec<NetworkPolicy> {
         .collect()
 }
 
-/// The kernel's view: elements per set plus the drop accounting lines.
+/// The kernel's view of what updates may touch: set and map elements, counters, the
+/// per-pod accounting chains and their rules.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Kernel {
-    /// Set (family, name) → elements.
+    /// Set or map (family, name) → elements.
     sets: BTreeMap<(String, String), BTreeSet<String>>,
-    /// `add counter` and `-denied` rule lines.
-    tails: BTreeSet<String>,
+    /// Counter names.
+    counters: BTreeSet<String>,
+    /// Accounting chains (names with a `/`) → their rules.
+    chains: BTreeMap<String, Vec<String>>,
 }
 
 impl Kernel {
@@ -124,8 +127,8 @@ impl Kernel {
         k
     }
 
-    /// Applies element and accounting commands of `script`; `full`: a rebuild (elements of
-    /// absent sets are fine). Panics on commands nft would refuse.
+    /// Applies `script`; `full`: a rebuild (which may add policy rules and base chains).
+    /// Panics on commands nft would refuse and on updates touching anything else.
     fn apply(&mut self, script: &str, full: bool) {
         for line in script.lines() {
             let words: Vec<&str> = line.splitn(6, ' ').collect();
@@ -137,30 +140,84 @@ impl Kernel {
                         .split(", ");
                     let set = self
                         .sets
-                        .entry((family.to_string(), name.to_string()))
-                        .or_default();
+                        .get_mut(&(family.to_string(), name.to_string()))
+                        .unwrap_or_else(|| panic!("no such set: {line}"));
                     for e in elems {
                         if words[0] == "add" {
-                            assert!(full || set.insert(e.to_owned()), "{e} added twice: {line}");
-                            set.insert(e.to_owned());
+                            if let Some((_, target)) = e.split_once(" : jump ") {
+                                assert!(
+                                    self.chains.contains_key(target),
+                                    "jump to nothing: {line}"
+                                );
+                            }
+                            assert!(set.insert(e.to_owned()), "{e} added twice: {line}");
                         } else {
-                            assert!(set.remove(e), "{e} deleted but absent: {line}");
+                            // Map elements are deleted by key.
+                            let found = set
+                                .iter()
+                                .find(|x| *x == e || x.starts_with(&format!("{e} : ")))
+                                .cloned();
+                            assert!(
+                                found.is_some_and(|x| set.remove(&x)),
+                                "{e} deleted but absent: {line}"
+                            );
                         }
                     }
                 }
-                ["add", "set", family, "weave-npc", name, ..] => {
+                ["add", "set" | "map", family, "weave-npc", name, ..] => {
+                    assert!(full, "an update declares a set: {line}");
                     self.sets
-                        .entry((family.to_string(), name.to_string()))
-                        .or_default();
+                        .insert((family.to_string(), name.to_string()), BTreeSet::new());
                 }
-                ["add", "counter", ..] => {
-                    assert!(self.tails.insert(line.to_owned()), "counter twice: {line}");
+                ["add", "counter", "inet", "weave-npc", name] => {
+                    assert!(
+                        self.counters.insert(name.to_string()),
+                        "counter twice: {line}"
+                    );
                 }
-                ["add", "rule", "inet", "weave-npc", chain, ..] if chain.ends_with("-denied") => {
-                    assert!(self.tails.insert(line.to_owned()), "rule twice: {line}");
+                ["delete", "counter", "inet", "weave-npc", name] => {
+                    assert!(self.counters.remove(*name), "no such counter: {line}");
                 }
-                ["add", "rule", ..] => assert!(full, "an update adds a policy rule: {line}"),
-                _ => assert!(full, "an update may only change elements: {line}"),
+                ["add", "chain", "inet", "weave-npc", name] if name.contains('/') => {
+                    assert!(
+                        self.chains.insert(name.to_string(), Vec::new()).is_none(),
+                        "chain twice: {line}"
+                    );
+                }
+                ["flush", "chain", "inet", "weave-npc", name] => {
+                    self.chains
+                        .get_mut(*name)
+                        .unwrap_or_else(|| panic!("no such chain: {line}"))
+                        .clear();
+                }
+                ["delete", "chain", "inet", "weave-npc", name] => {
+                    let rules = self.chains.remove(*name);
+                    assert!(
+                        rules.is_some_and(|r| r.is_empty()),
+                        "chain absent or not empty: {line}"
+                    );
+                    let used = self
+                        .sets
+                        .values()
+                        .flatten()
+                        .any(|e| e.ends_with(&format!(" jump {name}")));
+                    assert!(!used, "chain still referenced: {line}");
+                }
+                ["add", "rule", "inet", "weave-npc", chain, rest] if chain.contains('/') => {
+                    let counter = rest
+                        .split('"')
+                        .nth(1)
+                        .unwrap_or_else(|| panic!("no counter: {line}"));
+                    assert!(self.counters.contains(counter), "no counter: {line}");
+                    self.chains
+                        .get_mut(*chain)
+                        .unwrap_or_else(|| panic!("no such chain: {line}"))
+                        .push(rest.to_string());
+                }
+                _ => assert!(
+                    full,
+                    "an update may only touch elements and accounting: {line}"
+                ),
             }
         }
     }
@@ -235,7 +292,7 @@ fn incremental_updates_match_a_full_compile() {
         node_name: "n1".into(),
         ..NodeConfig::default()
     };
-    let (mut updates, mut rebuilds) = (0, 0);
+    let mut local_pods_gone = 0;
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut snap = Snapshot {
@@ -262,29 +319,23 @@ fn incremental_updates_match_a_full_compile() {
                 fresh.full(),
                 "seed {seed}: the incremental state renders as a fresh compile"
             );
-            match inc.update() {
-                Some(script) => {
-                    kernel.apply(&script, false);
-                    updates += 1;
-                }
-                None => {
-                    kernel = Kernel::from_full(&inc.full());
-                    rebuilds += 1;
-                }
+            let script = inc.update();
+            kernel.apply(&script, false);
+            if script.contains("delete chain") {
+                local_pods_gone += 1;
             }
             assert_eq!(
                 kernel,
                 Kernel::from_full(&fresh.full()),
                 "seed {seed}: kernel after the update equals a full rebuild"
             );
-            assert_eq!(kernel.sets, fresh.set_contents(), "seed {seed}");
+            for (set, elems) in fresh.set_contents() {
+                assert_eq!(kernel.sets.get(&set), Some(&elems), "seed {seed}: {set:?}");
+            }
         }
     }
-    // Both paths were exercised.
-    assert!(
-        updates > 0 && rebuilds > 0,
-        "{updates} updates, {rebuilds} rebuilds"
-    );
+    // Local pods going away (accounting chains removed) were among the updates.
+    assert!(local_pods_gone > 0);
 }
 
 #[test]
@@ -300,7 +351,7 @@ fn a_new_local_pod_is_an_element_update() {
     };
     let mut c = compile(&snap, &node);
     c.set_pod(&pod("x", "b", 5));
-    let script = c.update().expect("no rebuild for a new pod");
+    let script = c.update();
     assert!(
         script.contains("add element bridge weave-npc local-pods { 10.32.0.6 }"),
         "{script}"
@@ -310,9 +361,20 @@ fn a_new_local_pod_is_an_element_update() {
         "{script}"
     );
     assert!(!script.contains("delete table"), "{script}");
+    assert!(
+        script.contains("add element inet weave-npc ingress-denied-pods { 10.32.0.6 : jump ingress-denied/x/b }"),
+        "{script}"
+    );
     // Nothing changed since: an empty update.
-    assert_eq!(c.update().as_deref(), Some(""));
-    // The local pod goes away: its accounting rules need a rebuild.
+    assert_eq!(c.update(), "");
+    // The local pod goes away: elements and its accounting chains go, nothing else.
     c.remove_pod("x", "b");
-    assert_eq!(c.update(), None);
+    let script = c.update();
+    assert!(
+        script.contains("delete element inet weave-npc ingress-denied-pods { 10.32.0.6 }")
+            && script.contains("delete chain inet weave-npc ingress-denied/x/b")
+            && script.contains("delete element bridge weave-npc local-pods { 10.32.0.6 }"),
+        "{script}"
+    );
+    assert!(!script.contains("table"), "{script}");
 }
