@@ -11,9 +11,10 @@
 //!   always pass. New flows from a local pod isolated for egress jump to `egress`, whose
 //!   allow rules `return` so the same packet still meets the destination's ingress check;
 //!   new flows to a local pod isolated for ingress jump to `ingress`, whose allow rules
-//!   `accept`. Both chains end by jumping to `ingress-denied`/`egress-denied`, where each
-//!   local pod has a rule with its own counter and a rate-limited nflog entry naming it, and
-//!   then `drop`. Traffic from the node itself to its pods leaves through the output hook
+//!   `accept`. Both chains end by jumping to `ingress-denied`/`egress-denied`, where a
+//!   verdict map keyed by the local pod's address jumps to that pod's own chain
+//!   (`ingress-denied/<namespace>/<pod>`: its counter and a rate-limited nflog entry naming
+//!   it), and then `drop`. Traffic from the node itself to its pods leaves through the output hook
 //!   and is never filtered (kubelet probes).
 //! - `bridge weave-npc`, chain `forward`: IPv4 frames to or from a pod port whose address is
 //!   not a known local pod are dropped. A pod the controller has not seen yet is therefore
@@ -28,7 +29,8 @@
 //! [`Compiled::set_namespace`] retract what the old version of an object put into the sets
 //! and add what the new one puts there, so a pod event costs a few selector matches instead
 //! of a recompile, and [`Compiled::update`] turns the difference into `add element` /
-//! `delete element` commands. A policy change rebuilds the whole thing.
+//! `delete element` commands (plus creating or removing the accounting chains of local pods
+//! that came or went). A policy change rebuilds the whole thing.
 //!
 //! The output is a script in nft's native syntax (`nft -f -`): nft parses it faster than the
 //! equivalent JSON. No rule uses an anonymous set (`{ 80, 443 }`), because nft 1.0 spends
@@ -516,7 +518,7 @@ impl Compiled {
                 );
             }
             for (namespace, name) in self.applied_tails.difference(&tails) {
-                let chain = format!("{dir}-denied/{namespace}/{name}");
+                let chain = accounting_name(dir, namespace, name);
                 let _ = writeln!(
                     out,
                     "flush chain inet {TABLE} {chain}\ndelete chain inet {TABLE} {chain}\ndelete counter inet {TABLE} {chain}"
@@ -596,7 +598,7 @@ impl Compiled {
         }
         for (dir, _) in DIRECTIONS {
             let elems = owners.clone().map(|(ip, (namespace, name))| {
-                format!("{ip} : jump {dir}-denied/{namespace}/{name}")
+                format!("{ip} : jump {}", accounting_name(dir, namespace, name))
             });
             let _ = writeln!(
                 out,
@@ -611,10 +613,13 @@ impl Compiled {
     fn write_tail(&self, out: &mut String, key: &PodKey) {
         let (namespace, name) = key;
         for (dir, _) in DIRECTIONS {
-            let chain = format!("{dir}-denied/{namespace}/{name}");
+            let chain = accounting_name(dir, namespace, name);
+            // nflog prefixes hold at most 127 bytes; names are ASCII (DNS names).
+            let mut prefix = format!("weave-npc {dir} denied {namespace}/{name}");
+            prefix.truncate(125);
             let _ = writeln!(
                 out,
-                "add counter inet {TABLE} {chain}\nadd chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} counter name \"{chain}\" limit rate {}/second log prefix \"weave-npc {dir} denied {namespace}/{name}: \" group {}",
+                "add counter inet {TABLE} {chain}\nadd chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} counter name \"{chain}\" limit rate {}/second log prefix \"{prefix}: \" group {}",
                 self.node.log_rate, self.node.log_group
             );
         }
@@ -632,7 +637,7 @@ impl Compiled {
         for direction in ["ingress", "egress"] {
             for (namespace, pod) in self.tails.keys() {
                 out.push(DropCounter {
-                    name: format!("{direction}-denied/{namespace}/{pod}"),
+                    name: accounting_name(direction, namespace, pod),
                     namespace: namespace.clone(),
                     pod: pod.clone(),
                     direction,
@@ -799,6 +804,25 @@ fn base_chains() -> String {
         "add table bridge {TABLE}\nadd chain bridge {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}"
     );
     out
+}
+
+/// The name of a local pod's accounting chain and counter: `<dir>-denied/<namespace>/<pod>`,
+/// or, when that would not fit nftables' 255-byte names, a prefix of it followed by a hash of
+/// the whole (FNV-1a, stable across runs).
+fn accounting_name(dir: &str, namespace: &str, pod: &str) -> String {
+    const MAX: usize = 200;
+    let full = format!("{dir}-denied/{namespace}/{pod}");
+    if full.len() <= MAX {
+        return full;
+    }
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = MAX - 17;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &full[..cut])
 }
 
 /// `a, b, c`.

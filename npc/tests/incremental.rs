@@ -378,3 +378,28 @@ fn a_new_local_pod_is_an_element_update() {
     );
     assert!(!script.contains("table"), "{script}");
 }
+
+#[test]
+fn long_pod_names_still_fit_nftables_limits() {
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let long = "p".repeat(253);
+    let snap = Snapshot {
+        pods: vec![pod("x", &long, 1)],
+        namespaces: vec![namespace("x", 0)],
+        policies: policies(),
+    };
+    let script = compile(&snap, &node).full();
+    for line in script.lines() {
+        if let Some(prefix) = line.split("log prefix \"").nth(1) {
+            let prefix = prefix.split('"').next().unwrap_or_default();
+            assert!(prefix.len() <= 127, "{line}");
+        }
+        if let Some(name) = line.strip_prefix("add chain inet weave-npc ") {
+            assert!(name.len() <= 255, "{line}");
+        }
+    }
+    assert!(script.contains("add counter inet weave-npc ingress-denied/x/ppp"));
+}
