@@ -449,11 +449,6 @@ impl Compiled {
         self.tails.remove(&key);
     }
 
-    /// Known pods, for the controller's bookkeeping.
-    pub fn pod_count(&self) -> usize {
-        self.pods.len()
-    }
-
     /// Marks the current state as what the kernel holds (after applying [`full`](Self::full)).
     pub fn applied(&mut self) {
         self.touched.clear();
