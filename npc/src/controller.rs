@@ -6,14 +6,16 @@
 //! - Nothing is applied before all three caches have been listed once, so a restart keeps
 //!   the previous process's ruleset in force until a complete new one replaces it in one
 //!   transaction (no window without rules, no window with partial rules).
-//! - Every change is a recompile of the whole snapshot, so the order of watch events cannot
-//!   matter. When only set contents differ from what was applied, only those are sent.
+//! - The loop works on the caches' state, not on individual events, so their order cannot
+//!   matter. A policy change rebuilds the ruleset; a pod or namespace change is fed to the
+//!   kept [`Compiled`], which updates the set contents it affects, and only the changed set
+//!   elements (and the accounting chains of local pods that came or went) are sent.
 //! - A watch that fails keeps its cache: the watcher relists with backoff and the ruleset stays
 //!   as it was meanwhile. A failed transaction is retried as a full rebuild.
 //! - Every `resync` a full rebuild is applied even without changes, repairing drift (someone
 //!   deleting or editing our tables).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,7 @@ use tracing::{debug, error, info, instrument, warn};
 use weave_platform::firewall::{Firewall, NftFirewall};
 
 use crate::cli::Config;
-use crate::compile::{compile, Compiled, NodeConfig, Snapshot};
+use crate::compile::{Compiled, NodeConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 
@@ -93,7 +95,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
 /// Removes both `weave-npc` tables (and nothing else) with `nft` at `program`.
 pub async fn cleanup(program: std::path::PathBuf) -> Result<()> {
     let firewall = NftFirewall::with_program(program);
-    tokio::task::spawn_blocking(move || firewall.apply(&crate::compile::cleanup()))
+    tokio::task::spawn_blocking(move || firewall.apply_script(&crate::compile::cleanup()))
         .await
         .map_err(|source| Error::Join {
             what: "cleanup",
@@ -190,30 +192,25 @@ impl Controller {
         }
         info!(node = %self.node.node_name, "caches synced; enforcing");
         let mut state = Reconciler {
-            applied: None,
+            compiled: None,
+            seen_policies: HashMap::new(),
+            seen_pods: HashMap::new(),
+            seen_namespaces: HashMap::new(),
             next_full: Instant::now(),
             reported: BTreeSet::new(),
         };
         loop {
-            let snapshot = Snapshot {
-                pods: pods.state().iter().map(|p| Pod::clone(p)).collect(),
-                namespaces: namespaces
-                    .state()
-                    .iter()
-                    .map(|n| Namespace::clone(n))
-                    .collect(),
-                policies: policies
-                    .state()
-                    .iter()
-                    .map(|p| NetworkPolicy::clone(p))
-                    .collect(),
+            let stores = Stores {
+                pods: pods.state(),
+                namespaces: namespaces.state(),
+                policies: policies.state(),
             };
-            let wait = match self.reconcile(&mut state, &snapshot).await {
+            let wait = match self.reconcile(&mut state, &stores).await {
                 Ok(()) => state.next_full,
                 Err(err) => {
                     error!(error = %err, "apply failed; retrying with a full rebuild");
                     self.metrics.apply_failed();
-                    state.applied = None;
+                    state.compiled = None;
                     Instant::now() + RETRY
                 }
             };
@@ -226,10 +223,96 @@ impl Controller {
         }
     }
 
-    /// Compiles `snapshot` and applies the difference to what was applied before.
-    #[instrument(skip_all, fields(pods = snapshot.pods.len(), policies = snapshot.policies.len()))]
-    async fn reconcile(&self, state: &mut Reconciler, snapshot: &Snapshot) -> Result<()> {
-        let compiled = compile(snapshot, &self.node);
+    /// Brings the kernel up to `stores`: a full rebuild when policies changed, the resync is
+    /// due or the last transaction failed; otherwise only the pods and namespaces that
+    /// changed are fed to the kept [`Compiled`] and its element changes applied.
+    #[instrument(skip_all, fields(pods = stores.pods.len(), policies = stores.policies.len()))]
+    async fn reconcile(&self, state: &mut Reconciler, stores: &Stores) -> Result<()> {
+        let now = Instant::now();
+        let policies = versions(&stores.policies, |p| p.metadata.namespace.clone());
+        let rebuild = state.compiled.is_none()
+            || now >= state.next_full
+            || !same_versions(&policies, &state.seen_policies);
+        let (script, full) = if rebuild {
+            let mut compiled = Compiled::new(stores.policies.iter().map(AsRef::as_ref), &self.node);
+            for ns in &stores.namespaces {
+                compiled.set_namespace(ns);
+            }
+            for pod in &stores.pods {
+                compiled.set_pod(pod);
+            }
+            compiled.applied();
+            state.seen_policies = policies;
+            state.seen_namespaces = versions(&stores.namespaces, |_| None);
+            state.seen_pods = versions(&stores.pods, |p| p.metadata.namespace.clone());
+            let script = compiled.full();
+            self.report(state, &compiled);
+            state.compiled = Some(compiled);
+            (script, true)
+        } else {
+            let compiled = state
+                .compiled
+                .as_mut()
+                .expect("rebuild is chosen when nothing is compiled");
+            let namespaces = versions(&stores.namespaces, |_| None);
+            for ns in &stores.namespaces {
+                let key = (None, ns.metadata.name.clone().unwrap_or_default());
+                if state.seen_namespaces.get(&key) != namespaces.get(&key) {
+                    compiled.set_namespace(ns);
+                }
+            }
+            for (_, name) in state.seen_namespaces.keys() {
+                if !namespaces.contains_key(&(None, name.clone())) {
+                    compiled.remove_namespace(name);
+                }
+            }
+            state.seen_namespaces = namespaces;
+            let pods = versions(&stores.pods, |p| p.metadata.namespace.clone());
+            for pod in &stores.pods {
+                let key = (
+                    pod.metadata.namespace.clone(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                );
+                if state.seen_pods.get(&key) != pods.get(&key) {
+                    compiled.set_pod(pod);
+                }
+            }
+            for (ns, name) in state.seen_pods.keys() {
+                if !pods.contains_key(&(ns.clone(), name.clone())) {
+                    compiled.remove_pod(ns.as_deref().unwrap_or_default(), name);
+                }
+            }
+            state.seen_pods = pods;
+            (compiled.update(), false)
+        };
+        if let Some(compiled) = &state.compiled {
+            self.metrics.compiled(
+                &compiled.rejected,
+                &compiled.counters(),
+                compiled.rule_count(),
+            );
+        }
+        if !script.is_empty() {
+            let firewall = Arc::clone(&self.firewall);
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || firewall.apply_script(&script))
+                .await
+                .map_err(|source| Error::Join {
+                    what: "nft",
+                    source,
+                })??;
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.applied(full, seconds);
+            debug!(full, seconds, "ruleset applied");
+        }
+        if rebuild {
+            state.next_full = now + self.resync;
+        }
+        Ok(())
+    }
+
+    /// Logs rejections not logged before.
+    fn report(&self, state: &mut Reconciler, compiled: &Compiled) {
         for r in &compiled.rejected {
             let key = (r.policy.clone(), r.reason.clone());
             if !state.reported.contains(&key) {
@@ -241,48 +324,62 @@ impl Controller {
             .iter()
             .map(|r| (r.policy.clone(), r.reason.clone()))
             .collect();
-        self.metrics.compiled(
-            &compiled.rejected,
-            &compiled.counters,
-            compiled.rule_count(),
-        );
-        let now = Instant::now();
-        let incremental = match &state.applied {
-            Some(previous) if now < state.next_full => compiled.update_from(previous),
-            _ => None,
-        };
-        let full = incremental.is_none();
-        let doc = incremental.unwrap_or_else(|| compiled.full());
-        if !doc.objects.is_empty() {
-            let firewall = Arc::clone(&self.firewall);
-            let started = Instant::now();
-            tokio::task::spawn_blocking(move || firewall.apply(&doc))
-                .await
-                .map_err(|source| Error::Join {
-                    what: "nft",
-                    source,
-                })??;
-            let seconds = started.elapsed().as_secs_f64();
-            self.metrics.applied(full, seconds);
-            debug!(
-                full,
-                seconds,
-                rules = compiled.rule_count(),
-                "ruleset applied"
-            );
-        }
-        if full {
-            state.next_full = now + self.resync;
-        }
-        state.applied = Some(compiled);
-        Ok(())
     }
+}
+
+/// The reflectors' contents at one moment.
+struct Stores {
+    /// All pods.
+    pods: Vec<Arc<Pod>>,
+    /// All namespaces.
+    namespaces: Vec<Arc<Namespace>>,
+    /// All NetworkPolicies.
+    policies: Vec<Arc<NetworkPolicy>>,
+}
+
+/// An object's identity (namespace, name).
+type ObjectKey = (Option<String>, String);
+
+/// An object's version: its resourceVersion, or, without one, the address of the cached copy
+/// (the reflector replaces the copy whenever the object changes).
+type Version = (Option<String>, usize);
+
+/// The versions of `objects` by identity.
+fn versions<K: Resource>(
+    objects: &[Arc<K>],
+    namespace: impl Fn(&K) -> Option<String>,
+) -> HashMap<ObjectKey, Version> {
+    objects
+        .iter()
+        .map(|o| {
+            let meta = o.meta();
+            let version = match &meta.resource_version {
+                Some(rv) => (Some(rv.clone()), 0),
+                None => (None, Arc::as_ptr(o).cast::<()>() as usize),
+            };
+            (
+                (namespace(o), meta.name.clone().unwrap_or_default()),
+                version,
+            )
+        })
+        .collect()
+}
+
+/// Whether two version maps are equal.
+fn same_versions(a: &HashMap<ObjectKey, Version>, b: &HashMap<ObjectKey, Version>) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k) == Some(v))
 }
 
 /// What the reconcile loop remembers between rounds.
 struct Reconciler {
-    /// What the kernel holds, as far as we know.
-    applied: Option<Compiled>,
+    /// The compiled state the kernel holds, as far as we know; `None` forces a rebuild.
+    compiled: Option<Compiled>,
+    /// Versions of the policies `compiled` was built from.
+    seen_policies: HashMap<ObjectKey, Version>,
+    /// Versions of the pods fed to `compiled`.
+    seen_pods: HashMap<ObjectKey, Version>,
+    /// Versions of the namespaces fed to `compiled`.
+    seen_namespaces: HashMap<ObjectKey, Version>,
     /// When the next full rebuild is due.
     next_full: Instant,
     /// Rejections already logged.

@@ -253,7 +253,9 @@ async fn applied_where(
 async fn initial_sync_applies_one_full_ruleset() {
     let (firewall, cancel, _server) = start(Scenario::InitialSync);
     let i = applied_where(&firewall, TIMEOUT, "with x/a isolated", |d| {
-        d.contains("\"delete\"") && d.contains("ingress-isolated") && d.contains("10.32.0.1")
+        d.contains("delete table inet weave-npc")
+            && d.contains("ingress-isolated")
+            && d.contains("10.32.0.1")
     })
     .await;
     assert_eq!(i, 0, "nothing may be applied before all caches are synced");
@@ -264,12 +266,25 @@ async fn initial_sync_applies_one_full_ruleset() {
 async fn watch_events_update_sets_only() {
     let (firewall, cancel, _server) = start(Scenario::WatchRestart);
     applied_where(&firewall, TIMEOUT, "initial", |d| d.contains("10.32.0.1")).await;
-    // The new local pod adds a drop counter and log rule (structure), so this is a rebuild
-    // that contains the new address.
-    applied_where(&firewall, TIMEOUT, "with the watched pod", |d| {
+    // The new local pod is added to the sets and gets its drop counter and log rules
+    // appended; nothing is rebuilt.
+    let i = applied_where(&firewall, TIMEOUT, "with the watched pod", |d| {
         d.contains("10.32.0.2")
     })
     .await;
+    let doc = &firewall.applied()[i];
+    assert!(i > 0, "the pod came through the watch");
+    assert!(
+        doc.contains("add element bridge weave-npc local-pods { 10.32.0.2 }"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains(
+            "add element inet weave-npc ingress-denied-pods { 10.32.0.2 : jump ingress-denied/x/"
+        ),
+        "{doc}"
+    );
+    assert!(!doc.contains("delete table"), "no rebuild: {doc}");
     cancel.cancel();
 }
 
@@ -278,7 +293,8 @@ async fn gone_watch_relists_and_replaces_the_cache() {
     let (firewall, cancel, _server) = start(Scenario::RelistAfterGone);
     applied_where(&firewall, TIMEOUT, "initial", |d| d.contains("10.32.0.1")).await;
     let i = applied_where(&firewall, TIMEOUT_AFTER_ERROR, "after the relist", |d| {
-        d.contains("10.32.0.3") && !d.contains("10.32.0.1")
+        d.contains("add element bridge weave-npc local-pods { 10.32.0.3 }")
+            && d.contains("delete element bridge weave-npc local-pods { 10.32.0.1 }")
     })
     .await;
     assert!(i > 0);
@@ -295,9 +311,10 @@ async fn remote_pod_churn_changes_set_elements_only() {
     let doc = &firewall.applied()[i];
     assert!(i > 0, "the remote pod came through the watch");
     assert!(
-        doc.contains("\"flush\""),
-        "a set-only update flushes and refills sets: {doc}"
+        doc.starts_with("add element inet weave-npc peer") && doc.contains("{ 10.32.1.9 }"),
+        "a set-only update adds the element: {doc}"
     );
-    assert!(!doc.contains("\"rule\""), "no rule is touched: {doc}");
+    assert!(!doc.contains("rule"), "no rule is touched: {doc}");
+    assert!(!doc.contains("delete table"), "no rebuild: {doc}");
     cancel.cancel();
 }

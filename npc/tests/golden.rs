@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Golden tests of `compile`: each case compiles a snapshot (namespaces x, y, z with pods
 //! a, b, c, the x pods local to node n1) plus representative policies, and compares the
-//! full transaction with `tests/golden/<case>.json`. Set `UPDATE_GOLDEN=1` to rewrite the
+//! full transaction with `tests/golden/<case>.nft`. Set `UPDATE_GOLDEN=1` to rewrite the
 //! files after an intended change, then review the diff.
 
 use std::path::PathBuf;
@@ -64,8 +64,7 @@ fn check(case: &str, policies: Vec<NetworkPolicy>) -> Vec<String> {
         ..NodeConfig::default()
     };
     let compiled = compile(&snapshot, &node);
-    let mut got = serde_json::to_string_pretty(&compiled.full()).expect("serialise");
-    got.push('\n');
+    let got = compiled.full();
     let rejected: Vec<String> = compiled
         .rejected
         .iter()
@@ -73,7 +72,7 @@ fn check(case: &str, policies: Vec<NetworkPolicy>) -> Vec<String> {
         .collect();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
-        .join(format!("{case}.json"));
+        .join(format!("{case}.nft"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &got).expect("write golden file");
         return rejected;
@@ -242,50 +241,44 @@ fn churn_is_applied_incrementally_when_possible() {
         "from-y",
         json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
     )];
-    let before = compile(&snapshot, &node);
-    assert_eq!(
-        before.update_from(&before).map(|d| d.objects.len()),
-        Some(0),
-        "no change, nothing to send"
-    );
+    let mut compiled = compile(&snapshot, &node);
+    assert_eq!(compiled.update(), "", "no change, nothing to send");
 
     // A new local pod: sets change and its drop accounting is appended; no rebuild.
-    let mut grown = snapshot.clone();
-    let mut new_pod = grown.pods[0].clone();
+    let mut new_pod = snapshot.pods[0].clone();
     new_pod.metadata.name = Some("d".into());
     new_pod.status.as_mut().expect("status").pod_ip = Some("10.32.1.9".into());
-    grown.pods.push(new_pod);
-    let after = compile(&grown, &node);
-    let doc =
-        serde_json::to_string(&after.update_from(&before).expect("incremental")).expect("json");
+    compiled.set_pod(&new_pod);
+    let script = compiled.update();
     assert!(
-        doc.contains("10.32.1.9") && doc.contains("ingress-denied/x/d"),
-        "{doc}"
+        script.contains("add element bridge weave-npc local-pods { 10.32.1.9 }")
+            && script.contains("add counter inet weave-npc ingress-denied/x/d"),
+        "{script}"
     );
-    assert!(!doc.contains("\"delete\""), "{doc}");
+    assert!(!script.contains("delete"), "{script}");
 
-    // A remote pod relabelled into a peer set: set elements only.
-    let mut relabelled = snapshot.clone();
-    relabelled.namespaces[2]
-        .metadata
+    // A namespace relabelled so that its remote pods become peers: set elements only.
+    let mut z = snapshot.namespaces[2].clone();
+    z.metadata
         .labels
         .get_or_insert_default()
         .insert("ns".into(), "y".into());
-    let after = compile(&relabelled, &node);
-    let doc =
-        serde_json::to_string(&after.update_from(&before).expect("incremental")).expect("json");
-    assert!(
-        doc.contains("\"flush\"") && doc.contains("10.32.3.1") && !doc.contains("\"rule\""),
-        "{doc}"
+    compiled.set_namespace(&z);
+    let script = compiled.update();
+    assert_eq!(
+        script,
+        "add element inet weave-npc peer1 { 10.32.3.1, 10.32.3.2, 10.32.3.3 }\n"
     );
 
-    // A local pod gone, or a policy changed: full rebuild.
-    let mut shrunk = snapshot.clone();
-    shrunk.pods.remove(0);
-    assert!(compile(&shrunk, &node).update_from(&before).is_none());
-    let mut changed = snapshot;
-    changed.policies[0] = policy("x", "from-y", json!({"podSelector": {}}));
-    assert!(compile(&changed, &node).update_from(&before).is_none());
+    // A local pod gone: its elements and accounting chains go; no rebuild.
+    compiled.remove_pod("x", "a");
+    let script = compiled.update();
+    assert!(
+        script.contains("delete chain inet weave-npc egress-denied/x/a")
+            && script.contains("delete element inet weave-npc egress-denied-pods { 10.32.1.1 }"),
+        "{script}"
+    );
+    assert!(!script.contains("table"), "{script}");
 }
 
 #[test]
@@ -294,17 +287,19 @@ fn second_new_local_pod_is_programmed_too() {
         node_name: "n1".into(),
         ..NodeConfig::default()
     };
-    let mut snapshot = cluster();
-    let mut applied = compile(&snapshot, &node);
+    let snapshot = cluster();
+    let mut compiled = compile(&snapshot, &node);
     for (n, ip) in ["10.32.1.9", "10.32.1.10"].iter().enumerate() {
         let mut new_pod = snapshot.pods[0].clone();
         new_pod.metadata.name = Some(format!("new{n}"));
         new_pod.status.as_mut().expect("status").pod_ip = Some(ip.to_string());
-        snapshot.pods.push(new_pod);
-        let next = compile(&snapshot, &node);
-        let doc =
-            serde_json::to_string(&next.update_from(&applied).expect("incremental")).expect("json");
-        assert!(doc.contains(&format!("\"{ip}\"")), "pod {n}: {doc}");
-        applied = next;
+        compiled.set_pod(&new_pod);
+        let script = compiled.update();
+        assert!(
+            script.contains(&format!(
+                "add element bridge weave-npc local-pods {{ {ip} }}"
+            )),
+            "pod {n}: {script}"
+        );
     }
 }

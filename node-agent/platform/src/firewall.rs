@@ -2,8 +2,9 @@
 //! The `Firewall` seam (STYLE §2): nftables side effects go through [`Firewall`].
 //!
 //! Callers compute a complete `nftables` JSON document first and hand it over as one
-//! transaction, which the kernel applies atomically or not at all. [`NftFirewall`] runs
-//! `nft -j -f -` (blocking: call it from `spawn_blocking` or a dedicated thread);
+//! transaction, which the kernel applies atomically or not at all: a JSON document
+//! (`nftables` crate) or a script in nft's native syntax. [`NftFirewall`] runs `nft -j -f -`
+//! or `nft -f -` (blocking: call it from `spawn_blocking` or a dedicated thread);
 //! `FakeFirewall` (feature `fake`) records what was applied, for unit tests.
 //!
 //! Only the tables a caller names are ever listed or changed; this module never flushes the
@@ -26,6 +27,23 @@ pub enum FirewallError {
         #[source]
         source: nftables::helper::NftablesError,
     },
+    /// `nft -f -` could not be run or fed.
+    #[error("{op}")]
+    Spawn {
+        /// What was being done, e.g. `apply an nftables script of 120 lines`.
+        op: String,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft -f -` refused the script.
+    #[error("{op}: nft said: {stderr}")]
+    Refused {
+        /// What was being done.
+        op: String,
+        /// What `nft` printed on stderr.
+        stderr: String,
+    },
 }
 
 /// A named counter's value.
@@ -41,6 +59,10 @@ pub struct CounterValue {
 pub trait Firewall: Send + Sync {
     /// Applies `doc` as one atomic transaction.
     fn apply(&self, doc: &Nftables<'_>) -> Result<(), FirewallError>;
+
+    /// Applies `script`, commands in nft's native syntax (`nft -f`), as one atomic
+    /// transaction. nft parses this much faster than JSON for large rulesets.
+    fn apply_script(&self, script: &str) -> Result<(), FirewallError>;
 
     /// The named counters of table `table` in `family`; empty when the table is absent.
     fn counters(&self, family: NfFamily, table: &str) -> Result<Vec<CounterValue>, FirewallError>;
@@ -86,6 +108,42 @@ impl Firewall for NftFirewall {
         })
     }
 
+    fn apply_script(&self, script: &str) -> Result<(), FirewallError> {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        if script.trim().is_empty() {
+            return Ok(());
+        }
+        let op = || {
+            format!(
+                "apply an nftables script of {} lines",
+                script.lines().count()
+            )
+        };
+        let mut child = Command::new(&self.program)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| FirewallError::Spawn { op: op(), source })?;
+        let written = child
+            .stdin
+            .take()
+            .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
+        // Wait even when writing failed, so no zombie is left; nft's own error says more.
+        let out = child
+            .wait_with_output()
+            .map_err(|source| FirewallError::Spawn { op: op(), source })?;
+        if !out.status.success() {
+            return Err(FirewallError::Refused {
+                op: op(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        written.map_err(|source| FirewallError::Spawn { op: op(), source })
+    }
+
     fn counters(&self, family: NfFamily, table: &str) -> Result<Vec<CounterValue>, FirewallError> {
         let family_name = match family {
             NfFamily::IP => "ip",
@@ -126,18 +184,18 @@ impl Firewall for NftFirewall {
     }
 }
 
-/// An in-memory firewall that records every applied transaction as its JSON text
-/// (feature `fake`).
+/// An in-memory firewall that records every applied transaction as text: JSON documents as
+/// their JSON, scripts as they are (feature `fake`).
 #[cfg(feature = "fake")]
 #[derive(Debug, Default)]
 pub struct FakeFirewall {
-    /// Applied documents as JSON, oldest first.
+    /// Applied transactions (JSON documents or scripts), oldest first.
     applied: std::sync::Mutex<Vec<String>>,
 }
 
 #[cfg(feature = "fake")]
 impl FakeFirewall {
-    /// Every transaction applied so far, as JSON text.
+    /// Every transaction applied so far, as text.
     pub fn applied(&self) -> Vec<String> {
         self.applied
             .lock()
@@ -154,6 +212,14 @@ impl Firewall for FakeFirewall {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(json);
+        Ok(())
+    }
+
+    fn apply_script(&self, script: &str) -> Result<(), FirewallError> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(script.to_owned());
         Ok(())
     }
 
