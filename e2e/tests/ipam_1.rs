@@ -142,6 +142,37 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
         std::fs::read(state_dir(h1).join("ipam.json"))?,
         state_before
     );
+    // An attach that allocates and then cannot wire (the path is a plain
+    // file, not a network namespace) gives its new address back, and a
+    // failing repeat attach of an id keeps what the id already held.
+    let not_netns = state_dir(h1).join("not-a-netns");
+    std::fs::write(&not_netns, b"")?;
+    for (id, cidrs) in [
+        ("failing", vec![]),
+        ("keep", vec!["net:10.32.5.0/24".to_string()]),
+    ] {
+        let resp = c.request(
+            "POST",
+            "/attach",
+            Some(
+                serde_json::json!({"netns": not_netns, "cidrs": cidrs, "id": id})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )?;
+        assert!(
+            resp.status >= 400,
+            "attach to a plain file: {}",
+            resp.status
+        );
+    }
+    let after = ipam(h1)?;
+    assert_eq!(
+        after.used, before.used,
+        "the failed attach leaked an address"
+    );
+    let kept: AddressesReply = c.post_json("/ipam/lookup", &serde_json::json!({"id": "keep"}))?;
+    assert_eq!(kept.addresses, ok.addresses);
     Ok(())
 }
 

@@ -354,24 +354,63 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
     if !netns.exists() {
         return Err(attach_error(AttachError::NoNetns(req.netns)));
     }
-    let mut cidrs = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let c = match spec {
-            AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr.is_ipv6() => c,
-            AddrSpec::Allocate(_) | AddrSpec::Fixed(_) => {
-                let a = ipam::resolve(&api, &id, spec, ipam::DEFAULT_TIMEOUT).await?;
-                Cidr {
-                    addr: std::net::Ipv4Addr::from(a.addr).into(),
-                    prefix_len: a.subnet.prefix(),
+    // What the id held before, so that a failed attach gives back only
+    // what it took (a repeated attach of a working pod keeps its addresses).
+    let held: Vec<u32> = match api.ipam {
+        Some(_) => ipam::call(&api, ipam::DEFAULT_TIMEOUT, |reply| IpamRequest::Lookup {
+            ident: id.clone(),
+            reply,
+        })
+        .await?
+        .iter()
+        .map(|a| a.addr)
+        .collect(),
+        None => Vec::new(),
+    };
+    let mut taken = Vec::new();
+    let wired = async {
+        let mut cidrs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let c = match spec {
+                AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr.is_ipv6() => c,
+                AddrSpec::Allocate(_) | AddrSpec::Fixed(_) => {
+                    let a = ipam::resolve(&api, &id, spec, ipam::DEFAULT_TIMEOUT).await?;
+                    if !held.contains(&a.addr) {
+                        taken.push(std::net::Ipv4Addr::from(a.addr));
+                    }
+                    Cidr {
+                        addr: std::net::Ipv4Addr::from(a.addr).into(),
+                        prefix_len: a.subnet.prefix(),
+                    }
+                }
+            };
+            cidrs.push(c);
+        }
+        let host = host_netlink()?;
+        let ifname = attach::attach(&host, &b.name, b.mtu, &netns, &cidrs)
+            .await
+            .map_err(attach_error)?;
+        Ok::<_, ApiError>((ifname, cidrs))
+    }
+    .await;
+    let (ifname, cidrs) = match wired {
+        Ok(w) => w,
+        Err(e) => {
+            for addr in taken {
+                let released =
+                    ipam::call(&api, ipam::DEFAULT_TIMEOUT, |reply| IpamRequest::Release {
+                        ident: id.clone(),
+                        addr: Some(addr),
+                        reply,
+                    })
+                    .await;
+                if released.is_err() {
+                    warn!(%id, %addr, "attach failed and its address could not be released");
                 }
             }
-        };
-        cidrs.push(c);
-    }
-    let host = host_netlink()?;
-    let ifname = attach::attach(&host, &b.name, b.mtu, &netns, &cidrs)
-        .await
-        .map_err(attach_error)?;
+            return Err(e);
+        }
+    };
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply {
         ifname,

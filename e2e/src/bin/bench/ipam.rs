@@ -10,7 +10,7 @@ use weave_api::{AddressesReply, AllocateRequest, IpamReport, ReleaseRequest, Rep
 use weave_e2e::weave::{peer_addr, start_weaver, wait_for_mesh};
 use weave_e2e::{TestBed, Topology};
 
-use crate::client;
+use crate::{client, percentile};
 
 fn allocate(c: &weave_api::Client, id: &str) -> Result<AddressesReply> {
     Ok(c.post_json(
@@ -24,11 +24,6 @@ fn allocate(c: &weave_api::Client, id: &str) -> Result<AddressesReply> {
 }
 
 /// The `pct`th percentile (0..=100) of sorted samples.
-fn percentile(sorted: &[Duration], pct: usize) -> Duration {
-    let i = (sorted.len() - 1) * pct / 100;
-    sorted[i]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }

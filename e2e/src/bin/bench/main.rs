@@ -130,6 +130,11 @@ fn bytes_out(bed: &TestBed) -> Result<u64> {
     Ok(sum)
 }
 
+/// The `pct`-th percentile of samples sorted in ascending order.
+pub(crate) fn percentile(sorted: &[Duration], pct: usize) -> Duration {
+    sorted[(sorted.len() - 1) * pct / 100]
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
