@@ -9,7 +9,11 @@
 //! drains everything ready before it sends, batching the frames for the same
 //! next hop into one datagram up to the underlay MTU. A tokio task sends the
 //! path heartbeats, follows the mesh's [`OverlayView`] and reports path
-//! changes back to the mesh.
+//! changes back to the mesh. Right after injecting frames, the UDP thread
+//! also reads the TAP port once if the TAP thread is not at it: a pod's
+//! answer is often queued by then, and sending it at once saves waking the
+//! other thread (on a VM, waking an idle vCPU is the largest part of the
+//! sleeve's added latency).
 //!
 //! The TAP port takes checksum and TCP segmentation offload
 //! (`sleeve::offload`): a pod's TCP stream leaves the bridge as super-frames
@@ -129,6 +133,10 @@ pub struct Shared {
     superframes_in: AtomicU64,
     /// Number of the next large frame sent in fragments.
     next_fragment_id: AtomicU32,
+    /// The TAP port's reader: the TAP thread's, lent to the UDP thread
+    /// right after it injects frames (a pod's answer is often queued by
+    /// then, and taking it saves waking the TAP thread on the way back).
+    tap_reader: Mutex<TapReader>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -428,6 +436,7 @@ pub async fn setup(
         superframes_out: AtomicU64::new(0),
         superframes_in: AtomicU64::new(0),
         next_fragment_id: AtomicU32::new(rand::random()),
+        tap_reader: Mutex::new(TapReader::new(mtu)),
     }))
 }
 
@@ -607,26 +616,33 @@ fn record_verdict(shared: &Shared, v: Verdict) {
     }
 }
 
-/// Frames leaving the bridge through the TAP port.
-fn tap_loop(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65536];
-    let mut hops = Vec::new();
-    let mut batcher = Batcher::new(shared.mtu);
-    while !shared.stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(200u16)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                warn!(error = %e, "poll on the TAP device failed; sleeve stops sending");
-                return;
-            }
+/// What reads the TAP port: a buffer, the hops and batches of the frames
+/// read. One at a time (behind a mutex in [`Shared`]), and it sends what it
+/// reads before letting go, so frames leave in the order the bridge gave
+/// them whichever thread reads.
+struct TapReader {
+    buf: Vec<u8>,
+    hops: Vec<Hop>,
+    batcher: Batcher,
+}
+
+impl TapReader {
+    fn new(mtu: u32) -> Self {
+        Self {
+            buf: vec![0u8; frame::MAX_LARGE],
+            hops: Vec::new(),
+            batcher: Batcher::new(mtu),
         }
+    }
+
+    /// Reads and sends up to [`BURST`] frames; returns how many were read.
+    fn drain(&mut self, shared: &Shared) -> usize {
+        let TapReader { buf, hops, batcher } = self;
         let view = shared.current_view();
         let now = Instant::now();
+        let mut read = 0;
         for _ in 0..BURST {
-            let n = match shared.tap.read(&mut buf) {
+            let n = match shared.tap.read(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -634,6 +650,7 @@ fn tap_loop(shared: Arc<Shared>) {
                     break;
                 }
             };
+            read += 1;
             let hdr = match VnetHdr::parse(&buf[..n]) {
                 Ok(h) if n >= offload::LEN + 14 => h,
                 _ => {
@@ -644,10 +661,10 @@ fn tap_loop(shared: Arc<Shared>) {
             if hdr.is_gso() {
                 // A TCP super-frame: it travels whole, header included.
                 let verdict =
-                    lock(&shared.switch).from_local(&buf[offload::LEN..n], &view, now, &mut hops);
-                record_verdict(&shared, verdict);
-                for hop in &hops {
-                    batcher.push_large(&shared, *hop, shared.local, &buf[..n]);
+                    lock(&shared.switch).from_local(&buf[offload::LEN..n], &view, now, hops);
+                record_verdict(shared, verdict);
+                for hop in hops.iter() {
+                    batcher.push_large(shared, *hop, shared.local, &buf[..n]);
                 }
                 continue;
             }
@@ -672,13 +689,31 @@ fn tap_loop(shared: Arc<Shared>) {
                 }
                 continue;
             }
-            let verdict = lock(&shared.switch).from_local(data, &view, now, &mut hops);
-            record_verdict(&shared, verdict);
-            for hop in &hops {
-                batcher.push(&shared, *hop, shared.local, data);
+            let verdict = lock(&shared.switch).from_local(data, &view, now, hops);
+            record_verdict(shared, verdict);
+            for hop in hops.iter() {
+                batcher.push(shared, *hop, shared.local, data);
             }
         }
-        batcher.flush(&shared);
+        batcher.flush(shared);
+        read
+    }
+}
+
+/// Frames leaving the bridge through the TAP port.
+fn tap_loop(shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "poll on the TAP device failed; sleeve stops sending");
+                return;
+            }
+        }
+        lock(&shared.tap_reader).drain(&shared);
     }
 }
 
@@ -733,6 +768,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 }
             }
         }
+        let injected_before = shared.injected();
         for (buf, (n, src, segment)) in bufs.iter().zip(received.iter()) {
             let Some(src) = src else { continue };
             // Datagrams the kernel coalesced are laid end to end, all
@@ -742,6 +778,13 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
             }
         }
         rx.batcher.flush(&shared);
+        if shared.injected() != injected_before {
+            // Whatever the pods answered while we injected goes out now,
+            // unless the TAP thread is already at it.
+            if let Ok(mut reader) = shared.tap_reader.try_lock() {
+                reader.drain(&shared);
+            }
+        }
     }
 }
 
