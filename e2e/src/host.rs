@@ -101,6 +101,11 @@ impl Host {
         command::run(self.cmd(program).args(args))
     }
 
+    /// Like [`Host::run`], feeding `input` to the program's stdin (e.g. `nft -f -`).
+    pub fn run_with_input(&self, program: &str, args: &[&str], input: &str) -> Result<String> {
+        command::run_with_input(self.cmd(program).args(args), Some(input))
+    }
+
     /// Starts a long-running process `name` in this host with `program args…` and `env`
     /// added to the environment; stdout and stderr are appended to `<dir>/<name>.log`. It
     /// runs in its own process group and is killed (SIGKILL) when the test bed is dropped.

@@ -8,9 +8,6 @@
 //! per-pod accounting chains, their rules and the counters as sets: an update creates a new
 //! pod's accounting last, a rebuild in name order, and only a verdict map refers to them.
 
-use std::io::Write as _;
-use std::process::Stdio;
-
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -48,24 +45,8 @@ fn nft(host: &Host, script: &str) -> Result<()> {
     if script.is_empty() {
         return Ok(());
     }
-    let mut child = host
-        .cmd("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "nft in {}: {}\n{script}",
-        host.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host.run_with_input("nft", &["-f", "-"], script)
+        .with_context(|| format!("nft in {}:\n{script}", host.name()))?;
     Ok(())
 }
 

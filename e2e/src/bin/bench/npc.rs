@@ -88,25 +88,7 @@ fn snapshot(policies: usize, pods: usize) -> Result<Snapshot> {
 
 /// Applies a script with `nft -f -` in `host`.
 fn nft_apply(bed: &TestBed, script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = bed
-        .host(1)
-        .cmd("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "nft failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bed.host(1).run_with_input("nft", &["-f", "-"], script)?;
     Ok(())
 }
 
