@@ -262,19 +262,33 @@ impl Shared {
         addr: SocketAddr,
         scratch: &mut Vec<u8>,
     ) -> std::io::Result<usize> {
-        let data = match &self.sealer {
-            Some(sealer) => {
-                if !sealer.seal(peer, plain, scratch, Instant::now()) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        "no sleeve session with the peer",
-                    ));
-                }
-                &scratch[..]
-            }
-            None => plain,
-        };
+        let data = self
+            .wire_form(peer, plain, scratch, Instant::now())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no sleeve session with the peer",
+                )
+            })?;
         self.socket.send_to(data, addr)
+    }
+
+    /// What goes on the wire for the plain datagram `plain` to neighbour
+    /// `peer`: `plain` itself, or its sealed copy in `scratch` when
+    /// encryption is on (`None` without a session with the peer).
+    fn wire_form<'a>(
+        &self,
+        peer: &PeerName,
+        plain: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+        now: Instant,
+    ) -> Option<&'a [u8]> {
+        match &self.sealer {
+            Some(sealer) => sealer
+                .seal(peer, plain, scratch, now)
+                .then_some(&scratch[..]),
+            None => Some(plain),
+        }
     }
 
     fn current_view(&self) -> Arc<OverlayView> {
@@ -507,15 +521,10 @@ impl Batcher {
         self.segments.clear();
         for piece in frame::pieces(payload, origin, hop.dst, id, chunk) {
             frame::push_fragment(&mut self.piece, shared.local, &piece);
-            let datagram: &[u8] = match &shared.sealer {
-                Some(sealer) => {
-                    if !sealer.seal(&hop.next, &self.piece, &mut self.sealed, now) {
-                        shared.drop_frame(DROP_SEND_FAILED);
-                        return;
-                    }
-                    &self.sealed
-                }
-                None => &self.piece,
+            let Some(datagram) = shared.wire_form(&hop.next, &self.piece, &mut self.sealed, now)
+            else {
+                shared.drop_frame(DROP_SEND_FAILED);
+                return;
             };
             if count == GSO_MAX_SEGMENTS || self.segments.len() + datagram.len() > GSO_MAX_BYTES {
                 match shared.send_segments(&self.segments, seg, count, addr) {
