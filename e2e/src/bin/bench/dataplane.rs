@@ -274,3 +274,65 @@ pub(crate) fn bench() -> Result<()> {
     );
     Ok(())
 }
+
+/// `weave-bench rtt [FLAGS...]`: only the ping RTT, veth against the
+/// sleeve, over several rounds (the sleeve's RTT depends much on whether
+/// the VM's CPUs were asleep). Each argument is one set of extra `weaver`
+/// flags (space-separated) measured on its own pair of hosts; rounds go
+/// through the sets in turn so they see the same machine. With `--hold`
+/// the hosts stay up until standard input closes.
+pub(crate) fn rtt_bench(sets: &[String], hold: bool) -> Result<()> {
+    let sets: Vec<String> = if sets.is_empty() {
+        vec![String::new()]
+    } else {
+        sets.to_vec()
+    };
+    let mut beds = Vec::new();
+    for set in &sets {
+        let extra: Vec<&str> = set.split_whitespace().collect();
+        let bed = TestBed::new(Topology::Segment(2))?;
+        let (h1, h2) = (bed.host(1), bed.host(2));
+        start_weaver(h1, &[], &extra)?;
+        start_weaver(h2, &[peer_addr(h1)], &extra)?;
+        wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
+        let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
+        attach_pod(&bed, 2, "b", "10.2.1.2/24")?;
+        wait_until(Duration::from_secs(10), "pods to talk", || {
+            Ok(pings(&a, "10.2.1.2").then_some(()))
+        })?;
+        beds.push((bed, a));
+    }
+    const ROUNDS: usize = 9;
+    let mut added = vec![Vec::new(); sets.len()];
+    for _ in 0..ROUNDS {
+        for ((bed, a), added) in beds.iter().zip(added.iter_mut()) {
+            let veth = rtt_us(bed.host(1).netns(), &bed.host(2).addr().to_string())?;
+            let sleeve = rtt_us(a, "10.2.1.2")?;
+            added.push(sleeve - veth);
+        }
+    }
+    println!("| weaver flags | sleeve − veth: median of {ROUNDS} rounds | min | max |");
+    println!("|---|---|---|---|");
+    for (set, mut v) in sets.iter().zip(added) {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "| {} | +{:.0} µs | +{:.0} µs | +{:.0} µs |",
+            if set.is_empty() { "(defaults)" } else { set },
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+    if hold {
+        for (bed, _) in &beds {
+            println!(
+                "holding: hosts {} {}",
+                bed.host(1).netns(),
+                bed.host(2).netns()
+            );
+        }
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink)? > 0 {}
+    }
+    Ok(())
+}

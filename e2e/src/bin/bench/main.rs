@@ -18,7 +18,9 @@
 //! - the CNI plugin (`cni.rs`): ADD/DEL latency of `weave-net` against the
 //!   reference bridge + host-local plugins.
 //!
-//! `weave-bench mesh`, `dataplane`, `ipam`, `npc` or `cni` runs one part.
+//! `weave-bench mesh`, `dataplane`, `ipam`, `npc` or `cni` runs one part;
+//! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
+//! `weave-bench wakeup` what a thread wake-up costs on this machine.
 
 // A benchmark prints its results, and measures wall-clock time.
 #![allow(
@@ -38,6 +40,7 @@ mod cni;
 mod dataplane;
 mod ipam;
 mod npc;
+mod wakeup;
 
 fn client(h: &Host) -> Client {
     // The API socket is a file: the bench (in the root namespace) reaches
@@ -147,6 +150,14 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "dataplane" {
         dataplane::bench()?;
+    }
+    if what == "all" || what == "wakeup" {
+        wakeup::bench()?;
+    }
+    if what == "rtt" {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let sets: Vec<String> = args.iter().filter(|a| *a != "--hold").cloned().collect();
+        dataplane::rtt_bench(&sets, args.iter().any(|a| a == "--hold"))?;
     }
     if what == "all" || what == "ipam" {
         ipam::bench()?;
