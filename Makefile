@@ -7,7 +7,7 @@ DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps pyth
 	containernetworking-plugins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-release lint deps-guard test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-tests build-release lint deps-guard test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -40,28 +40,33 @@ deps-guard:
 	  echo "weave-cni enables tokio's multi-thread runtime"; exit 1; fi; \
 	echo "weave-cni dependency tree: no banned crate"
 
+# Every binary and every test of the workspace in one cargo invocation: one
+# invocation gives each dependency one feature set (dev-dependencies
+# included), so the unit and e2e stages below reuse these artifacts instead of
+# compiling the dependency tree again for a different package selection.
+build-tests:
+	$(CARGO) build --workspace --bins --tests
+
 # Unit, wire, simulation and API tests: no root needed.
-unit:
+unit: build-tests
 ifeq ($(NEXTEST),yes)
-	$(CARGO) nextest run --workspace --exclude weave-e2e --no-fail-fast
+	$(CARGO) nextest run --workspace -E 'not package(weave-e2e)' --no-fail-fast
 else
 	$(CARGO) test --workspace --exclude weave-e2e --no-fail-fast
 endif
 
 # Test bed self-tests and multi-host end-to-end tests: need root, run the
-# real binaries in network namespaces.
-e2e: deps build
+# real binaries (built by build-tests) in network namespaces.
+e2e: deps build-tests
 ifeq ($(NEXTEST),yes)
-	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) nextest run -p weave-e2e --no-fail-fast
+	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) nextest run --workspace -E 'package(weave-e2e)' --no-fail-fast
 else
 	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test -p weave-e2e --no-fail-fast
 endif
 
-# Builds the libFuzzer targets (stable toolchain: no coverage instrumentation,
-# `cargo fuzz run` on a nightly toolchain gives guided fuzzing) and runs each
-# briefly on random input.
-# The fuzz targets are built with sanitizer coverage (what cargo-fuzz adds), so libFuzzer is
-# guided by the code it reaches; --target keeps the flags off build scripts and proc macros.
+# The libFuzzer targets, built with sanitizer coverage (what cargo-fuzz adds) so that
+# libFuzzer is guided by the code it reaches; --target keeps the flags off build scripts
+# and proc macros.
 FUZZ_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
