@@ -174,14 +174,7 @@ pub(crate) fn bench() -> Result<()> {
     let vxlan = measure(h1.netns(), h2.netns(), "10.9.0.2")?;
 
     // the sleeve, pod to pod
-    start_weaver(h1, &[], &[])?;
-    start_weaver(h2, &[peer_addr(h1)], &[])?;
-    wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
-    let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
-    let b = attach_pod(&bed, 2, "b", "10.2.1.2/24")?;
-    wait_until(Duration::from_secs(10), "pods to talk", || {
-        Ok(pings(&a, "10.2.1.2").then_some(()))
-    })?;
+    let (a, b) = start_sleeve(&bed, &[])?;
     let pids = [
         h1.pid(WEAVER).context("weaver 1")?,
         h2.pid(WEAVER).context("weaver 2")?,
@@ -275,6 +268,22 @@ pub(crate) fn bench() -> Result<()> {
     Ok(())
 }
 
+/// Starts `weaver` with `extra` flags on both hosts of `bed` and attaches
+/// a pod to each (10.2.1.1 on h1, 10.2.1.2 on h2); returns their namespaces
+/// once they talk.
+fn start_sleeve(bed: &TestBed, extra: &[&str]) -> Result<(String, String)> {
+    let h1 = bed.host(1);
+    start_weaver(h1, &[], extra)?;
+    start_weaver(bed.host(2), &[peer_addr(h1)], extra)?;
+    wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
+    let a = attach_pod(bed, 1, "a", "10.2.1.1/24")?;
+    let b = attach_pod(bed, 2, "b", "10.2.1.2/24")?;
+    wait_until(Duration::from_secs(10), "pods to talk", || {
+        Ok(pings(&a, "10.2.1.2").then_some(()))
+    })?;
+    Ok((a, b))
+}
+
 /// `weave-bench rtt [FLAGS...]`: only the ping RTT, veth against the
 /// sleeve, over several rounds (the sleeve's RTT depends much on whether
 /// the VM's CPUs were asleep). Each argument is one set of extra `weaver`
@@ -291,36 +300,34 @@ pub(crate) fn rtt_bench(sets: &[String], hold: bool) -> Result<()> {
     for set in &sets {
         let extra: Vec<&str> = set.split_whitespace().collect();
         let bed = TestBed::new(Topology::Segment(2))?;
-        let (h1, h2) = (bed.host(1), bed.host(2));
-        start_weaver(h1, &[], &extra)?;
-        start_weaver(h2, &[peer_addr(h1)], &extra)?;
-        wait_for_mesh(h1, &["h1", "h2"], 1, Duration::from_secs(20))?;
-        let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
-        attach_pod(&bed, 2, "b", "10.2.1.2/24")?;
-        wait_until(Duration::from_secs(10), "pods to talk", || {
-            Ok(pings(&a, "10.2.1.2").then_some(()))
-        })?;
+        let (a, _) = start_sleeve(&bed, &extra)?;
         beds.push((bed, a));
     }
     const ROUNDS: usize = 9;
-    let mut added = vec![Vec::new(); sets.len()];
+    // per set: (veth, sleeve, sleeve − veth) of each round
+    let mut rounds = vec![Vec::new(); sets.len()];
     for _ in 0..ROUNDS {
-        for ((bed, a), added) in beds.iter().zip(added.iter_mut()) {
+        for ((bed, a), rounds) in beds.iter().zip(rounds.iter_mut()) {
             let veth = rtt_us(bed.host(1).netns(), &bed.host(2).addr().to_string())?;
             let sleeve = rtt_us(a, "10.2.1.2")?;
-            added.push(sleeve - veth);
+            rounds.push((veth, sleeve, sleeve - veth));
         }
     }
-    println!("| weaver flags | sleeve − veth: median of {ROUNDS} rounds | min | max |");
-    println!("|---|---|---|---|");
-    for (set, mut v) in sets.iter().zip(added) {
+    let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "| weaver flags | veth | sleeve | sleeve − veth (median of {ROUNDS} rounds) | min … max |"
+    );
+    println!("|---|---|---|---|---|");
+    for (set, r) in sets.iter().zip(rounds) {
+        let (veth, ..) = median(r.iter().map(|x| x.0).collect());
+        let (sleeve, ..) = median(r.iter().map(|x| x.1).collect());
+        let (added, low, high) = median(r.iter().map(|x| x.2).collect());
         println!(
-            "| {} | +{:.0} µs | +{:.0} µs | +{:.0} µs |",
+            "| {} | {veth:.0} µs | {sleeve:.0} µs | +{added:.0} µs | +{low:.0} … +{high:.0} µs |",
             if set.is_empty() { "(defaults)" } else { set },
-            v[v.len() / 2],
-            v[0],
-            v[v.len() - 1]
         );
     }
     if hold {
