@@ -3,17 +3,19 @@
 //! and one UDP socket (port 6783) to the peers.
 //!
 //! Two dedicated threads move packets, so the async runtime never blocks on
-//! them: `tap → udp` (frames leaving the bridge for other hosts) and
-//! `udp → tap` (frames from peers, injected into the bridge or relayed; up
-//! to `RECV_BATCH` datagrams per `recvmmsg`). Each
-//! drains everything ready before it sends, batching the frames for the same
-//! next hop into one datagram up to the underlay MTU. A tokio task sends the
-//! path heartbeats, follows the mesh's [`OverlayView`] and reports path
-//! changes back to the mesh. Right after injecting frames, the UDP thread
-//! also reads the TAP port once if the TAP thread is not at it: a pod's
-//! answer is often queued by then, and sending it at once saves waking the
-//! other thread (on a VM, waking an idle vCPU is the largest part of the
-//! sleeve's added latency).
+//! them. The I/O thread waits on both devices: datagrams from peers
+//! (injected into the bridge or relayed; up to `RECV_BATCH` per `recvmmsg`)
+//! and frames leaving the bridge through the TAP port. Right after injecting
+//! it reads the TAP port too: a pod's answer is often queued by then, and
+//! with one waiter for both devices that answer wakes nobody (on a VM,
+//! waking a thread on an idle vCPU is the largest part of the sleeve's
+//! added latency). When the I/O thread is busy more than half the time, it
+//! calls in the TAP thread, which then serves the TAP port on a core of its
+//! own until the port has been idle for a while. Whichever thread reads
+//! frames drains everything ready before it sends, batching the frames for
+//! the same next hop into one datagram up to the underlay MTU. A tokio task
+//! sends the path heartbeats, follows the mesh's [`OverlayView`] and
+//! reports path changes back to the mesh.
 //!
 //! The TAP port takes checksum and TCP segmentation offload
 //! (`sleeve::offload`): a pod's TCP stream leaves the bridge as super-frames
@@ -33,8 +35,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -70,6 +73,11 @@ const TAP_MTU: u32 = 65521;
 const SOCKET_BUFFER: usize = 4 << 20;
 /// At most this many frames are read before pending batches are sent.
 const BURST: usize = 64;
+/// The I/O thread calls in the TAP thread when it was busy more than half
+/// of such a window.
+const BUSY_WINDOW: Duration = Duration::from_millis(100);
+/// The TAP thread hands the TAP port back after this long without frames.
+const HELPER_IDLE_MS: u16 = 100;
 /// Datagrams taken from the UDP socket in one system call (`recvmmsg`).
 const RECV_BATCH: usize = 16;
 /// Offloads the TAP port takes on: checksums and TCP super-frames.
@@ -133,10 +141,17 @@ pub struct Shared {
     superframes_in: AtomicU64,
     /// Number of the next large frame sent in fragments.
     next_fragment_id: AtomicU32,
-    /// The TAP port's reader: the TAP thread's, lent to the UDP thread
-    /// right after it injects frames (a pod's answer is often queued by
-    /// then, and taking it saves waking the TAP thread on the way back).
+    /// The TAP port's reader, taken by whichever thread reads the port (it
+    /// sends what it reads before letting go, so frames keep their order).
     tap_reader: Mutex<TapReader>,
+    /// Whether the TAP thread serves the TAP port (the I/O thread is
+    /// busy); when it is false the I/O thread polls the TAP port itself.
+    tap_helper: AtomicBool,
+    /// The TAP thread waits here while it is not needed.
+    helper_wait: (Mutex<()>, Condvar),
+    /// The TAP thread writes a byte here when it hands the TAP port back,
+    /// so that the I/O thread polls it again at once.
+    handback: (UnixDatagram, UnixDatagram),
 }
 
 impl std::fmt::Debug for Shared {
@@ -421,8 +436,12 @@ pub async fn setup(
     })?;
     set_buffers(&socket);
     set_gro(&socket);
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
+    let handback = UnixDatagram::pair()
+        .and_then(|(a, b)| {
+            a.set_nonblocking(true)?;
+            b.set_nonblocking(true)?;
+            Ok((a, b))
+        })
         .map_err(|source| SleeveError::Socket {
             addr: cfg.addr,
             source,
@@ -451,6 +470,9 @@ pub async fn setup(
         superframes_in: AtomicU64::new(0),
         next_fragment_id: AtomicU32::new(rand::random()),
         tap_reader: Mutex::new(TapReader::new(mtu)),
+        tap_helper: AtomicBool::new(false),
+        helper_wait: (Mutex::new(()), Condvar::new()),
+        handback,
     }))
 }
 
@@ -709,24 +731,76 @@ impl TapReader {
     }
 }
 
-/// Frames leaving the bridge through the TAP port.
+/// The TAP thread: helps the I/O thread when that one is busy, by serving
+/// the TAP port (frames leaving the bridge) on a core of its own; hands the
+/// port back after `HELPER_IDLE_MS` without frames.
 fn tap_loop(shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
+        if !shared.tap_helper.load(Ordering::Acquire) {
+            let (m, cv) = &shared.helper_wait;
+            let guard = lock(m);
+            let _ = cv.wait_timeout_while(guard, Duration::from_millis(200), |()| {
+                !shared.tap_helper.load(Ordering::Acquire) && !shared.stop.load(Ordering::Relaxed)
+            });
+            continue;
+        }
         let mut fds = [PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(200u16)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
+        match poll(&mut fds, PollTimeout::from(HELPER_IDLE_MS)) {
+            Ok(0) => {
+                shared.tap_helper.store(false, Ordering::Release);
+                let _ = shared.handback.1.send(&[1]);
+            }
+            Ok(_) => {
+                lock(&shared.tap_reader).drain(&shared);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
-                warn!(error = %e, "poll on the TAP device failed; sleeve stops sending");
+                warn!(error = %e, "poll on the TAP device failed; the I/O thread keeps it");
+                shared.tap_helper.store(false, Ordering::Release);
+                let _ = shared.handback.1.send(&[1]);
                 return;
             }
         }
-        lock(&shared.tap_reader).drain(&shared);
     }
 }
 
-/// Datagrams from peers.
+/// Calls in the TAP thread when the I/O thread was busy for more than half
+/// of a [`BUSY_WINDOW`]; the TAP thread then serves the TAP port until it
+/// has been idle for `HELPER_IDLE_MS`.
+struct Load {
+    window_start: Instant,
+    busy: Duration,
+}
+
+impl Load {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            busy: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, shared: &Shared, work_started: Instant) {
+        let now = Instant::now();
+        self.busy += now - work_started;
+        if now - self.window_start < BUSY_WINDOW {
+            return;
+        }
+        if self.busy * 2 > BUSY_WINDOW && !shared.tap_helper.load(Ordering::Acquire) {
+            let (m, cv) = &shared.helper_wait;
+            {
+                let _guard = lock(m);
+                shared.tap_helper.store(true, Ordering::Release);
+            }
+            cv.notify_one();
+        }
+        self.window_start = now;
+        self.busy = Duration::ZERO;
+    }
+}
+
+/// The I/O thread: datagrams from peers, and the TAP port unless the TAP
+/// thread serves it.
 fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
     use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
@@ -742,9 +816,44 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
     };
     let fd = shared.socket.as_raw_fd();
     let mut received = Vec::with_capacity(RECV_BATCH);
+    let mut load = Load::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        // One system call for everything queued (at least one datagram;
-        // the socket's read timeout bounds the wait, so `stop` is seen).
+        // Waits for datagrams, for a hand-back from the TAP thread and,
+        // unless the TAP thread serves it, for frames on the TAP port: one
+        // waiter for both devices, so a pod's answer to an injected frame
+        // wakes nobody (the thread that injected reads it).
+        let helper = shared.tap_helper.load(Ordering::Acquire);
+        let (udp_ready, tap_ready) = {
+            let mut fds = [
+                PollFd::new(shared.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(shared.handback.0.as_fd(), PollFlags::POLLIN),
+                PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN),
+            ];
+            let n = if helper { 2 } else { 3 };
+            match poll(&mut fds[..n], PollTimeout::from(200u16)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "poll in the sleeve's I/O thread failed");
+                    continue;
+                }
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[1]) {
+                let mut sink = [0u8; 16];
+                while shared.handback.0.recv(&mut sink).is_ok() {}
+            }
+            (ready(&fds[0]), n == 3 && ready(&fds[2]))
+        };
+        let work_started = Instant::now();
+        if tap_ready {
+            lock(&shared.tap_reader).drain(&shared);
+        }
+        if !udp_ready {
+            load.record(&shared, work_started);
+            continue;
+        }
+        // Everything queued, up to RECV_BATCH datagrams, in one call.
         received.clear();
         // Room for the `UDP_GRO` control message (an int) of each datagram.
         // Made afresh for every call: the kernel shrinks each header's
@@ -760,7 +869,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 fd,
                 &mut headers,
                 iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
+                MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
                 Ok(msgs) => received.extend(msgs.map(|m| {
@@ -794,6 +903,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 reader.drain(&shared);
             }
         }
+        load.record(&shared, work_started);
     }
 }
 
@@ -1024,7 +1134,7 @@ pub async fn run(
             let s = shared.clone();
             let c = commands.clone();
             std::thread::Builder::new()
-                .name("sleeve-udp".into())
+                .name("sleeve-io".into())
                 .spawn(move || udp_loop(s, c))
         },
     ];
