@@ -147,6 +147,8 @@ pub struct Shared {
     /// Whether the TAP thread serves the TAP port (the I/O thread is
     /// busy); when it is false the I/O thread polls the TAP port itself.
     tap_helper: AtomicBool,
+    /// Set if the TAP thread stopped for an error: it is not called in again.
+    helper_failed: AtomicBool,
     /// The TAP thread waits here while it is not needed.
     helper_wait: (Mutex<()>, Condvar),
     /// The TAP thread writes a byte here when it hands the TAP port back,
@@ -471,6 +473,7 @@ pub async fn setup(
         next_fragment_id: AtomicU32::new(rand::random()),
         tap_reader: Mutex::new(TapReader::new(mtu)),
         tap_helper: AtomicBool::new(false),
+        helper_failed: AtomicBool::new(false),
         helper_wait: (Mutex::new(()), Condvar::new()),
         handback,
     }))
@@ -755,7 +758,8 @@ fn tap_loop(shared: Arc<Shared>) {
             }
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
-                warn!(error = %e, "poll on the TAP device failed; the I/O thread keeps it");
+                warn!(error = %e, "poll on the TAP device failed; the I/O thread serves it alone");
+                shared.helper_failed.store(true, Ordering::Release);
                 shared.tap_helper.store(false, Ordering::Release);
                 let _ = shared.handback.1.send(&[1]);
                 return;
@@ -786,7 +790,10 @@ impl Load {
         if now - self.window_start < BUSY_WINDOW {
             return;
         }
-        if self.busy * 2 > BUSY_WINDOW && !shared.tap_helper.load(Ordering::Acquire) {
+        if self.busy * 2 > BUSY_WINDOW
+            && !shared.tap_helper.load(Ordering::Acquire)
+            && !shared.helper_failed.load(Ordering::Acquire)
+        {
             let (m, cv) = &shared.helper_wait;
             {
                 let _guard = lock(m);
@@ -834,7 +841,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(error = %e, "poll in the sleeve's I/O thread failed");
+                    debug!(error = %e, "poll in the sleeve's I/O thread failed");
                     continue;
                 }
             }
@@ -1138,6 +1145,10 @@ pub async fn run(
                 .spawn(move || udp_loop(s, c))
         },
     ];
+    if threads[0].is_err() {
+        // The I/O thread then serves the TAP port alone, whatever its load.
+        shared.helper_failed.store(true, Ordering::Release);
+    }
     for t in &threads {
         if let Err(e) = t {
             warn!(error = %e, "cannot start a sleeve thread");
