@@ -768,42 +768,46 @@ fn tap_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Calls in the TAP thread when the I/O thread was busy for more than half
-/// of a [`BUSY_WINDOW`]; the TAP thread then serves the TAP port until it
-/// has been idle for `HELPER_IDLE_MS`.
+/// How busy the I/O thread is, over windows of [`BUSY_WINDOW`].
 struct Load {
     window_start: Instant,
     busy: Duration,
 }
 
 impl Load {
-    fn new() -> Self {
+    fn new(now: Instant) -> Self {
         Self {
-            window_start: Instant::now(),
+            window_start: now,
             busy: Duration::ZERO,
         }
     }
 
-    fn record(&mut self, shared: &Shared, work_started: Instant) {
-        let now = Instant::now();
-        self.busy += now - work_started;
-        if now - self.window_start < BUSY_WINDOW {
-            return;
+    /// Counts work from `work_started` to `now`; true when this closes a
+    /// window that was busy more than half of the time.
+    fn record(&mut self, work_started: Instant, now: Instant) -> bool {
+        self.busy += now.saturating_duration_since(work_started);
+        if now.saturating_duration_since(self.window_start) < BUSY_WINDOW {
+            return false;
         }
-        if self.busy * 2 > BUSY_WINDOW
-            && !shared.tap_helper.load(Ordering::Acquire)
-            && !shared.helper_failed.load(Ordering::Acquire)
-        {
-            let (m, cv) = &shared.helper_wait;
-            {
-                let _guard = lock(m);
-                shared.tap_helper.store(true, Ordering::Release);
-            }
-            cv.notify_one();
-        }
+        let busy = self.busy * 2 > BUSY_WINDOW;
         self.window_start = now;
         self.busy = Duration::ZERO;
+        busy
     }
+}
+
+/// Calls in the TAP thread (unless it serves already or failed); it then
+/// serves the TAP port until the port has been idle for `HELPER_IDLE_MS`.
+fn call_in_helper(shared: &Shared) {
+    if shared.tap_helper.load(Ordering::Acquire) || shared.helper_failed.load(Ordering::Acquire) {
+        return;
+    }
+    let (m, cv) = &shared.helper_wait;
+    {
+        let _guard = lock(m);
+        shared.tap_helper.store(true, Ordering::Release);
+    }
+    cv.notify_one();
 }
 
 /// The I/O thread: datagrams from peers, and the TAP port unless the TAP
@@ -823,7 +827,7 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
     };
     let fd = shared.socket.as_raw_fd();
     let mut received = Vec::with_capacity(RECV_BATCH);
-    let mut load = Load::new();
+    let mut load = Load::new(Instant::now());
     while !shared.stop.load(Ordering::Relaxed) {
         // Waits for datagrams, for a hand-back from the TAP thread and,
         // unless the TAP thread serves it, for frames on the TAP port: one
@@ -857,7 +861,9 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
             lock(&shared.tap_reader).drain(&shared);
         }
         if !udp_ready {
-            load.record(&shared, work_started);
+            if load.record(work_started, Instant::now()) {
+                call_in_helper(&shared);
+            }
             continue;
         }
         // Everything queued, up to RECV_BATCH datagrams, in one call.
@@ -910,7 +916,9 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
                 reader.drain(&shared);
             }
         }
-        load.record(&shared, work_started);
+        if load.record(work_started, Instant::now()) {
+            call_in_helper(&shared);
+        }
     }
 }
 
@@ -1249,6 +1257,21 @@ mod tests {
         let empty = FakeNetlink::new();
         let err = derive_mtu(&empty, "weave", OVERHEAD).await.unwrap_err();
         assert!(err.to_string().contains("set --mtu"), "{err}");
+    }
+
+    #[test]
+    fn the_helper_is_called_in_only_after_a_busy_window() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut load = Load::new(t0);
+        // 40 ms of work in a 100 ms window: not busy enough.
+        assert!(!load.record(t0, t0 + ms(40)));
+        assert!(!load.record(t0 + ms(99), t0 + ms(100)));
+        // 60 ms of work in the next window: call it in, once.
+        assert!(!load.record(t0 + ms(100), t0 + ms(160)));
+        assert!(load.record(t0 + ms(200), t0 + ms(201)));
+        // A fresh window starts empty.
+        assert!(!load.record(t0 + ms(301), t0 + ms(302)));
     }
 
     #[test]
