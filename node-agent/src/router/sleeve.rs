@@ -749,10 +749,7 @@ fn tap_loop(shared: Arc<Shared>) {
         }
         let mut fds = [PollFd::new(shared.tap.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(HELPER_IDLE_MS)) {
-            Ok(0) => {
-                shared.tap_helper.store(false, Ordering::Release);
-                let _ = shared.handback.1.send(&[1]);
-            }
+            Ok(0) => hand_back(&shared),
             Ok(_) => {
                 lock(&shared.tap_reader).drain(&shared);
             }
@@ -760,12 +757,18 @@ fn tap_loop(shared: Arc<Shared>) {
             Err(e) => {
                 warn!(error = %e, "poll on the TAP device failed; the I/O thread serves it alone");
                 shared.helper_failed.store(true, Ordering::Release);
-                shared.tap_helper.store(false, Ordering::Release);
-                let _ = shared.handback.1.send(&[1]);
+                hand_back(&shared);
                 return;
             }
         }
     }
+}
+
+/// The TAP thread gives the TAP port back to the I/O thread, which polls it
+/// again as soon as it sees the byte on the hand-back socket.
+fn hand_back(shared: &Shared) {
+    shared.tap_helper.store(false, Ordering::Release);
+    let _ = shared.handback.1.send(&[1]);
 }
 
 /// How busy the I/O thread is, over windows of [`BUSY_WINDOW`].
@@ -860,60 +863,61 @@ fn udp_loop(shared: Arc<Shared>, events: mpsc::Sender<Command>) {
         if tap_ready {
             lock(&shared.tap_reader).drain(&shared);
         }
-        if !udp_ready {
-            if load.record(work_started, Instant::now()) {
-                call_in_helper(&shared);
+        'udp: {
+            if !udp_ready {
+                break 'udp;
             }
-            continue;
-        }
-        // Everything queued, up to RECV_BATCH datagrams, in one call.
-        received.clear();
-        // Room for the `UDP_GRO` control message (an int) of each datagram.
-        // Made afresh for every call: the kernel shrinks each header's
-        // control length to what it wrote, and nix does not reset it.
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(i32)));
-        {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-                .iter_mut()
-                .map(|b| [IoSliceMut::new(&mut b[..])])
-                .collect();
-            match recvmmsg(
-                fd,
-                &mut headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            ) {
-                Ok(msgs) => received.extend(msgs.map(|m| {
-                    (
-                        m.bytes,
-                        m.address.and_then(|a| std_addr(&a)),
-                        gro_segment(&m),
-                    )
-                })),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    debug!(error = %e, "UDP receive failed");
-                    continue;
+            // Everything queued, up to RECV_BATCH datagrams, in one call.
+            received.clear();
+            // Room for the `UDP_GRO` control message (an int) of each datagram.
+            // Made afresh for every call: the kernel shrinks each header's
+            // control length to what it wrote, and nix does not reset it.
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                RECV_BATCH,
+                Some(nix::cmsg_space!(i32)),
+            );
+            {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                    .iter_mut()
+                    .map(|b| [IoSliceMut::new(&mut b[..])])
+                    .collect();
+                match recvmmsg(
+                    fd,
+                    &mut headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                ) {
+                    Ok(msgs) => received.extend(msgs.map(|m| {
+                        (
+                            m.bytes,
+                            m.address.and_then(|a| std_addr(&a)),
+                            gro_segment(&m),
+                        )
+                    })),
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break 'udp,
+                    Err(e) => {
+                        debug!(error = %e, "UDP receive failed");
+                        break 'udp;
+                    }
                 }
             }
-        }
-        let injected_before = shared.injected();
-        for (buf, (n, src, segment)) in bufs.iter().zip(received.iter()) {
-            let Some(src) = src else { continue };
-            // Datagrams the kernel coalesced are laid end to end, all
-            // `segment` bytes long but the last.
-            for datagram in buf[..*n].chunks(segment.unwrap_or(*n).max(1)) {
-                rx.on_datagram(&shared, datagram, *src, &events);
+            let injected_before = shared.injected();
+            for (buf, (n, src, segment)) in bufs.iter().zip(received.iter()) {
+                let Some(src) = src else { continue };
+                // Datagrams the kernel coalesced are laid end to end, all
+                // `segment` bytes long but the last.
+                for datagram in buf[..*n].chunks(segment.unwrap_or(*n).max(1)) {
+                    rx.on_datagram(&shared, datagram, *src, &events);
+                }
             }
-        }
-        rx.batcher.flush(&shared);
-        if shared.injected() != injected_before {
-            // Whatever the pods answered while we injected goes out now,
-            // unless the TAP thread is already at it.
-            if let Ok(mut reader) = shared.tap_reader.try_lock() {
-                reader.drain(&shared);
+            rx.batcher.flush(&shared);
+            if shared.injected() != injected_before {
+                // Whatever the pods answered while we injected goes out now,
+                // unless the TAP thread is already at it.
+                if let Ok(mut reader) = shared.tap_reader.try_lock() {
+                    reader.drain(&shared);
+                }
             }
         }
         if load.record(work_started, Instant::now()) {
