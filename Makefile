@@ -7,7 +7,7 @@ DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps pyth
 	containernetworking-plugins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-tests build-release lint deps-guard test unit e2e fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools cluster fuzz-build fuzz-smoke demo bench clean-netns
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -55,14 +55,36 @@ else
 	$(CARGO) test --workspace --exclude weave-e2e --no-fail-fast
 endif
 
-# Test bed self-tests and multi-host end-to-end tests: need root, run the
-# real binaries (built by build-tests) in network namespaces.
+# The upstream Kubernetes components of the real cluster (e2e/k8s/build.sh):
+# built once per pinned version set into $(K8S_CACHE) (about 20 minutes on a
+# fresh 2-core machine), reused at once afterwards. Prints the tools directory.
+K8S_CACHE ?= /var/cache/weave-cluster
+K8S_TOOLS = WEAVE_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh
+
+k8s-tools:
+	@$(K8S_TOOLS)
+
+# Test bed self-tests and multi-host end-to-end tests, the real cluster's
+# among them: need root, run the real binaries (built by build-tests) in
+# network namespaces.
 e2e: deps build-tests
-ifeq ($(NEXTEST),yes)
-	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) nextest run --workspace -E 'package(weave-e2e)' --no-fail-fast
-else
-	E2E_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test -p weave-e2e --no-fail-fast
-endif
+	@tools=$$($(K8S_TOOLS)) && export WEAVE_K8S_TOOLS=$$tools E2E_BIN_DIR=$(CURDIR)/target/debug && \
+	if [ "$(NEXTEST)" = yes ]; then \
+	  $(CARGO) nextest run --workspace -E 'package(weave-e2e)' --no-fail-fast; \
+	else \
+	  $(CARGO) test -p weave-e2e --no-fail-fast; \
+	fi
+
+# A real cluster for people: upstream control plane, NODES nodes with
+# containerd, kubelet and kube-proxy, held until Ctrl-C (which removes it all).
+# CNI=reference installs the reference bridge network; CNI=none leaves the
+# nodes NotReady until a network (weave) is installed.
+NODES ?= 3
+CNI ?= none
+CLUSTER_DIR ?= /tmp/weave-cluster
+cluster: deps build
+	@tools=$$($(K8S_TOOLS)) && WEAVE_K8S_TOOLS=$$tools \
+	  ./target/debug/weave-cluster up --nodes $(NODES) --cni $(CNI) --dir $(CLUSTER_DIR)
 
 # The libFuzzer targets, built with sanitizer coverage (what cargo-fuzz adds) so that
 # libFuzzer is guided by the code it reaches; --target keeps the flags off build scripts

@@ -7,6 +7,7 @@
 //! Tests using it need root and fail (never skip) without it.
 
 mod binaries;
+pub mod cluster;
 pub mod cni;
 mod command;
 mod faults;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Long-running processes started inside a host namespace, tracked by name.
 //!
-//! Each process is started as `ip netns exec NS program args…`; `ip` execs the program, so
-//! the child's pid is the program's. It runs in its own process group (pgid = pid), which keeps
+//! Each process is started through a launcher command that enters the host's namespaces and
+//! execs the program: `ip netns exec NS program args…` for test bed hosts, `nsenter …` for the
+//! machines of the real cluster. A launcher that execs keeps the child's pid the program's; one
+//! that forks (nsenter into a PID namespace) stays in the same process group as the program. It runs in its own process group (pgid = pid), which keeps
 //! a terminal's Ctrl-C from reaching it before the test bed has cleaned up, and lets a kill
 //! take any helpers it forked along with it.
 //!
@@ -12,6 +14,7 @@
 //! therefore use `waitid(WNOWAIT)`, which looks without reaping.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -36,8 +39,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) struct ProcessTable {
     /// Host name, for messages.
     host: String,
-    /// Namespace the processes run in.
-    netns: String,
+    /// Command and arguments that enter the host and exec the program given after them.
+    launcher: Vec<OsString>,
     /// Directory holding `<name>.log`.
     dir: PathBuf,
     /// Tracked children, or `None` once the test bed is torn down (so nothing new starts).
@@ -48,7 +51,7 @@ pub(crate) struct ProcessTable {
 /// One tracked child.
 #[derive(Debug)]
 struct Tracked {
-    /// The `ip netns exec` child (which is the program itself after exec).
+    /// The launcher child (the program itself once the launcher has exec'd it).
     child: Child,
     /// Set once the child has been reaped.
     reaped: bool,
@@ -57,9 +60,16 @@ struct Tracked {
 impl ProcessTable {
     /// An empty table for host `host` running processes in `netns`, logging into `dir`.
     pub(crate) fn new(host: &str, netns: &str, dir: &Path) -> Self {
+        let launcher = ["ip", "netns", "exec", netns].map(OsString::from).to_vec();
+        Self::with_launcher(host, launcher, dir)
+    }
+
+    /// An empty table for host `host` whose processes are started as `launcher… program
+    /// args…`, logging into `dir`.
+    pub(crate) fn with_launcher(host: &str, launcher: Vec<OsString>, dir: &Path) -> Self {
         Self {
             host: host.to_owned(),
-            netns: netns.to_owned(),
+            launcher,
             dir: dir.to_owned(),
             procs: Mutex::new(Some(BTreeMap::new())),
         }
@@ -110,8 +120,12 @@ impl ProcessTable {
         let log_err = log
             .try_clone()
             .with_context(|| format!("duplicate handle of {}", log_path.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
+        let (launcher, launcher_args) = self
+            .launcher
+            .split_first()
+            .context("a process table has a launcher")?;
+        let mut cmd = Command::new(launcher);
+        cmd.args(launcher_args)
             .arg(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -3,9 +3,11 @@
 //!
 //! [`Owned`] lists, by name, each namespace a test bed created (recorded only after its
 //! creation succeeded, so a name someone else holds is never deleted) and each host's process
-//! table. [`Owned::teardown`] kills processes first (a namespace lives on while a process is
-//! inside it), then deletes namespaces newest first (pods, hosts, underlay). It is
-//! idempotent and carries on past failures, returning all of them.
+//! table, plus cleanup steps for what else a user of the bed made (the real cluster's
+//! cgroups). [`Owned::teardown`] kills processes first (a namespace lives on while a process
+//! is inside it), then runs the cleanup steps, newest first, then deletes namespaces newest
+//! first (pods, hosts, underlay). It is idempotent and carries on past failures, returning all
+//! of them.
 //!
 //! Live test beds are registered process-wide; a SIGINT/SIGTERM/SIGHUP handler (installed on
 //! first use) tears them all down and exits with status 130, so Ctrl-C during a test run leaves
@@ -28,7 +30,6 @@ static LIVE: Mutex<Vec<Arc<Owned>>> = Mutex::new(Vec::new());
 static HANDLER: OnceLock<()> = OnceLock::new();
 
 /// Everything one test bed must remove, by name.
-#[derive(Debug)]
 pub(crate) struct Owned {
     /// The test bed's prefix, for messages.
     prefix: String,
@@ -39,7 +40,24 @@ pub(crate) struct Owned {
     namespaces: Mutex<Option<Vec<String>>>,
     /// Process tables of the hosts.
     processes: Mutex<Vec<Arc<ProcessTable>>>,
+    /// Cleanup steps run once after the processes are gone, newest first.
+    cleanups: Mutex<Vec<Cleanup>>,
 }
+
+impl std::fmt::Debug for Owned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owned")
+            .field("prefix", &self.prefix)
+            .field("run_dir", &self.run_dir)
+            .field("namespaces", &self.namespaces)
+            .field("processes", &self.processes)
+            .field("cleanups", &lock(&self.cleanups).len())
+            .finish()
+    }
+}
+
+/// A cleanup step: removes something by name and returns every failure.
+pub(crate) type Cleanup = Box<dyn FnOnce() -> Vec<anyhow::Error> + Send>;
 
 impl Owned {
     /// Nothing owned yet.
@@ -49,6 +67,7 @@ impl Owned {
             run_dir,
             namespaces: Mutex::new(Some(Vec::new())),
             processes: Mutex::new(Vec::new()),
+            cleanups: Mutex::new(Vec::new()),
         }
     }
 
@@ -73,12 +92,21 @@ impl Owned {
         lock(&self.processes).push(table);
     }
 
-    /// Kills every process, then deletes every namespace, newest first. Idempotent; returns
-    /// every failure after trying everything.
+    /// Adds a cleanup step, run once by [`Owned::teardown`] after every process is killed.
+    pub(crate) fn add_cleanup(&self, cleanup: Cleanup) {
+        lock(&self.cleanups).push(cleanup);
+    }
+
+    /// Kills every process, runs the cleanup steps, then deletes every namespace, newest
+    /// first. Idempotent; returns every failure after trying everything.
     pub(crate) fn teardown(&self) -> Vec<anyhow::Error> {
         let mut errors = Vec::new();
         for table in lock(&self.processes).iter() {
             errors.extend(table.kill_all());
+        }
+        let cleanups = std::mem::take(&mut *lock(&self.cleanups));
+        for cleanup in cleanups.into_iter().rev() {
+            errors.extend(cleanup());
         }
         let namespaces = lock(&self.namespaces).take().unwrap_or_default();
         for name in namespaces.iter().rev() {

@@ -160,6 +160,11 @@ impl TestBed {
         }
     }
 
+    /// What the bed owns, for users that add processes and cleanup steps of their own.
+    pub(crate) fn owned(&self) -> &Arc<Owned> {
+        &self.owned
+    }
+
     /// Namespace holding the segment bridge `br0`, for [`Topology::Segment`].
     pub fn underlay_netns(&self) -> Option<&str> {
         self.underlay.as_deref()
@@ -254,7 +259,11 @@ impl Drop for TestBed {
                 self.prefix,
                 self.run_dir.display()
             );
-        } else if let Err(err) = std::fs::remove_dir_all(&self.run_dir) {
+        } else if let Err(err) = std::fs::remove_dir_all(&self.run_dir).or_else(|err| {
+            (err.kind() == std::io::ErrorKind::NotFound)
+                .then_some(())
+                .ok_or(err)
+        }) {
             eprintln!(
                 "test bed {}: remove {}: {err}",
                 self.prefix,
