@@ -114,6 +114,10 @@ demo: deps build
 bench: deps build-release
 	E2E_BIN_DIR=$(CURDIR)/target/release ./target/release/weave-bench
 
-# Removes namespaces left by an interrupted run (only ours: the wv prefix).
+# Removes namespaces and (empty) cluster cgroups left by a killed run (only
+# ours: the wv prefix). A cluster started with --dir: weave-cluster down --dir DIR.
 clean-netns:
 	@for ns in $$(ip netns list | awk '{print $$1}' | grep -E '^wv[0-9a-f]{6}-'); do ip netns del $$ns; done
+	@for cg in /sys/fs/cgroup/*/wv[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-node-*; do \
+	  [ -d "$$cg" ] && find "$$cg" -depth -type d -exec rmdir {} + ; true; \
+	done

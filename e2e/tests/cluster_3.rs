@@ -33,6 +33,7 @@ fn cluster_3() -> Result<()> {
     let dir = cluster.dir().to_owned();
 
     step("up");
+    components_report_their_versions(&cluster)?;
     nodes_wait_for_a_network(&cluster)?;
     step("NotReady without a network");
     cluster.install_reference_cni()?;
@@ -65,6 +66,49 @@ fn step(what: &str) {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     eprintln!("cluster_3: {what} ({:.1} s)", start.elapsed().as_secs_f64());
+}
+
+/// The API server and every kubelet report the pinned release (the build stamps versions),
+/// the cluster's helm runs, and `weave-cluster images` lists what the nodes imported.
+fn components_report_their_versions(cluster: &Cluster) -> Result<()> {
+    let version: Value = serde_json::from_str(&cluster.kubectl(&["version", "-o", "json"])?)?;
+    let release = cluster.tools().version("kubernetes")?;
+    assert_eq!(
+        version["serverVersion"]["gitVersion"],
+        release.as_str(),
+        "{version}"
+    );
+    let nodes: Value = serde_json::from_str(&cluster.kubectl(&["get", "nodes", "-o", "json"])?)?;
+    for node in nodes["items"].as_array().context("nodes")? {
+        assert_eq!(
+            node["status"]["nodeInfo"]["kubeletVersion"],
+            release.as_str()
+        );
+    }
+    let helm = std::process::Command::new(cluster.dir().join("bin/helm"))
+        .args(["version", "--short"])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&helm.stdout).starts_with("v4."),
+        "{helm:?}"
+    );
+    let listed = std::process::Command::new(weave_e2e::bin("weave-cluster")?)
+        .args(["images", "--dir"])
+        .arg(cluster.dir())
+        .output()?;
+    let listed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, cluster.images());
+    for image in cluster.images() {
+        let on_node = cluster.crictl(1, &["inspecti", image])?;
+        assert!(
+            on_node.contains(image.as_str()),
+            "{image} not on node-1: {on_node}"
+        );
+    }
+    Ok(())
 }
 
 /// Without a CNI configuration every node is NotReady for the runtime's network.

@@ -166,6 +166,27 @@ impl Machine {
         self.processes.log_path(name)
     }
 
+    /// Resident memory of every process of the machine (its PID namespace), in bytes.
+    pub(crate) fn rss(&self) -> Result<u64> {
+        let ns = std::fs::read_link(format!("/proc/{}/ns/pid_for_children", self.holder_pid))
+            .with_context(|| format!("{}: read the PID namespace of its holder", self.name))?;
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let dir = entry.path();
+            if std::fs::read_link(dir.join("ns/pid")).ok().as_ref() != Some(&ns) {
+                continue;
+            }
+            let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+            let kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            total += kib * 1024;
+        }
+        Ok(total)
+    }
+
     /// A command running `program` inside the machine (its mount, PID and network
     /// namespaces), for one-off commands.
     pub(crate) fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -42,7 +42,7 @@ use self::forward::Forward;
 use self::machine::Machine;
 use self::pki::{Pki, Usage};
 pub use self::state::{down, CLUSTER_BIN};
-pub use self::tools::{Tools, TOOLS_ENV};
+pub use self::tools::{tools_size, Tools, TOOLS_ENV};
 use crate::command::{ip, run, run_with_input};
 use crate::wait::wait_until;
 use crate::{bin, bin_dir, TestBed, Topology};
@@ -308,6 +308,15 @@ impl Cluster {
             })
             .map(String::as_str)
             .with_context(|| format!("no image named {name} among {:?}", self.images))
+    }
+
+    /// Resident memory of every machine's processes (daemons and pods), in bytes, by machine
+    /// name, control plane first.
+    pub fn memory(&self) -> Result<Vec<(String, u64)>> {
+        std::iter::once(&self.control_plane)
+            .chain(&self.nodes)
+            .map(|m| Ok((m.name().to_owned(), m.rss()?)))
+            .collect()
     }
 
     /// `kubectl ARGS…` as admin; returns stdout.

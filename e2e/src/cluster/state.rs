@@ -42,6 +42,7 @@ pub(crate) fn write(dir: &Path, prefix: &str, bed: &TestBed, nodes: usize) -> Re
         "prefix": prefix,
         "namespaces": namespaces,
         "cgroup_roots": cgroup_roots,
+        "run_dir": bed.run_dir(),
     });
     let path = dir.join(STATE_FILE);
     std::fs::write(&path, format!("{state:#}\n"))
@@ -114,7 +115,9 @@ pub fn down(dir: &Path) -> Result<()> {
             }
         }
     }
-    errors.extend(remove_dirs(&[dir.to_owned()]));
+    let mut dirs = vec![dir.to_owned()];
+    dirs.extend(state["run_dir"].as_str().map(PathBuf::from));
+    errors.extend(remove_dirs(&dirs));
     if let Some(first) = errors.first() {
         bail!(
             "cleanup of {} left {} error(s), first: {first:#}",

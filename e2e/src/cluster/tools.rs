@@ -110,3 +110,21 @@ impl Tools {
             .with_context(|| format!("{} names no version of {name}", path.display()))
     }
 }
+
+/// Bytes of every file in the tools directory.
+pub fn tools_size(tools: &Tools) -> Result<u64> {
+    fn walk(dir: &Path) -> Result<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            total += if kind.is_dir() {
+                walk(&entry.path())?
+            } else {
+                entry.metadata()?.len()
+            };
+        }
+        Ok(total)
+    }
+    walk(tools.dir())
+}

@@ -18,7 +18,10 @@
 //! - the CNI plugin (`cni.rs`): ADD/DEL latency of `weave-net` against the
 //!   reference bridge + host-local plugins.
 //!
-//! `weave-bench mesh`, `dataplane`, `ipam`, `npc` or `cni` runs one part;
+//! - the real cluster (`cluster.rs`): tools build time and size, 3-node start to
+//!   registered and to Ready, memory at rest per machine.
+//!
+//! `weave-bench mesh`, `dataplane`, `ipam`, `npc`, `cni` or `cluster` runs one part;
 //! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
 //! `weave-bench wakeup` what a thread wake-up costs on this machine.
 
@@ -36,6 +39,7 @@ use weave_api::{Client, ConnectionState, Endpoint, Report};
 use weave_e2e::weave::{api_socket, peer_addr, start_weaver, state_dir, WEAVER};
 use weave_e2e::{bin, Host, TestBed, Topology};
 
+mod cluster;
 mod cni;
 mod dataplane;
 mod ipam;
@@ -167,6 +171,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "cni" {
         cni::bench()?;
+    }
+    if what == "all" || what == "cluster" {
+        cluster::bench()?;
     }
     Ok(())
 }
