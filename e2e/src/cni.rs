@@ -7,8 +7,10 @@
 //! order with the final result; CHECK in order with it.
 //!
 //! Plugins run through [`Host::cmd`], so they act on the host's namespace
-//! and never on the root one. `CNI_PATH` is the project's binary directory
-//! followed by Debian's reference plugins (`/usr/lib/cni`).
+//! and never on the root one. `CNI_PATH` is the project's binary directory,
+//! then the current reference plugins built with the real cluster's tools
+//! (`$WEAVE_K8S_TOOLS/cni`, v1.10, which speak CNI 1.1) when set, then
+//! Debian's (`/usr/lib/cni`, up to CNI 1.0).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,9 +101,13 @@ pub fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
 }
 
-/// `CNI_PATH`: the project's binaries, then the reference plugins.
+/// `CNI_PATH`: the project's binaries, then the reference plugins (current ones first).
 pub fn cni_path() -> String {
-    format!("{}:{REFERENCE_DIR}", bin_dir().display())
+    let current = std::env::var_os(crate::cluster::TOOLS_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| format!(":{}", Path::new(&dir).join("cni").display()))
+        .unwrap_or_default();
+    format!("{}{current}:{REFERENCE_DIR}", bin_dir().display())
 }
 
 /// Finds plugin `kind` in `CNI_PATH`.

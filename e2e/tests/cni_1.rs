@@ -365,7 +365,7 @@ fn portmap_chain_forwards_a_host_port_to_the_pod() -> Result<()> {
         "/../manifests/10-weave.conflist"
     ))?;
     let mut shipped: Value = serde_json::from_str(&text)?;
-    assert_eq!(shipped["cniVersion"], "1.0.0");
+    assert_eq!(shipped["cniVersion"], "1.1.0");
     assert_eq!(shipped["plugins"][1]["type"], "portmap");
     shipped["plugins"][0]["socket"] = json!(api_socket(h1));
     let mut list = ConfList::new(shipped);

@@ -28,6 +28,7 @@ use weave_api::{
     TargetsReply, VersionReply,
 };
 
+mod health;
 mod ipam;
 
 use crate::attach::{self, AttachError, Cidr};
@@ -78,6 +79,8 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axu
         .route("/ipam/gc", post(ipam::gc))
         .route("/ipam/rmpeer", post(ipam::rmpeer))
         .route("/version", get(version))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/attach", post(attach_netns))

@@ -47,6 +47,8 @@ pub struct Config {
     pub ipam: Option<IpamSettings>,
     /// Mesh password(s); `None` runs unencrypted.
     pub password: Option<Passwords>,
+    /// Peers from the Kubernetes Nodes (`--kube-peers`); `None` runs without the API.
+    pub kube: Option<crate::kube::KubeSettings>,
 }
 
 /// IPAM flags, validated.
@@ -58,6 +60,8 @@ pub struct IpamSettings {
     pub default_subnet: Subnet,
     /// `--ipalloc-init`.
     pub init: Init,
+    /// Whether `init` is the default (not given), which `--kube-peers` sizes by the Nodes.
+    pub init_default: bool,
 }
 
 impl IpamSettings {
@@ -92,6 +96,7 @@ impl IpamSettings {
                 s
             }
         };
+        let init_default = matches!(init, None | Some(""));
         let init = match init {
             None | Some("") => Init::Consensus(peers + 1),
             Some(v) => parse_init(v)?,
@@ -100,6 +105,7 @@ impl IpamSettings {
             range,
             default_subnet,
             init,
+            init_default,
         }))
     }
 }

@@ -63,6 +63,9 @@ pub enum Error {
     /// The mesh password could not be turned into keys.
     #[error("derive keys from the mesh password: {0}")]
     Password(String),
+    /// The Kubernetes side failed at start.
+    #[error(transparent)]
+    Kube(#[from] Box<crate::kube::KubeError>),
     /// A server task failed.
     #[error("serve {what}")]
     Serve {

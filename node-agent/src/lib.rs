@@ -9,7 +9,9 @@ pub mod cni_release;
 pub mod config;
 pub mod crypto;
 mod error;
+pub mod install;
 pub mod ipam;
+pub mod kube;
 pub mod mesh;
 pub mod metrics;
 pub mod router;
@@ -30,9 +32,33 @@ use mesh::{Mesh, MeshConfig, PeerUid};
 
 /// Runs the agent until `cancel` fires or a subsystem fails; a failing
 /// subsystem cancels the others and its error is returned.
-pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
+pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
     let mut rng = rand::thread_rng();
+    let kube = match &config.kube {
+        Some(settings) => {
+            let kube = kube::Kube::connect(settings.clone())
+                .await
+                .map_err(Box::new)?;
+            kube.forget_if_reclaimed(&config.state_dir)
+                .await
+                .map_err(Box::new)?;
+            Some(kube)
+        }
+        None => None,
+    };
     let name = state::load_or_create_peer_name(&config.state_dir, config.name, &mut rng)?;
+    let explicit_peers = config.peers.clone();
+    if let Some(kube) = &kube {
+        let prepared = kube
+            .prepare(name, &config.state_dir, config.port)
+            .await
+            .map_err(Box::new)?;
+        config.peers.extend(prepared.peers.iter().copied());
+        if let Some(ipam) = config.ipam.as_mut().filter(|s| s.init_default) {
+            // A strict majority of all Nodes must agree on the first split.
+            ipam.init = ipam::Init::Consensus(prepared.nodes);
+        }
+    }
     let uid = PeerUid::random(&mut rng);
     let peer_addr = std::net::SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(peer_addr)
@@ -154,6 +180,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         });
     }
 
+    if let Some(kube) = kube {
+        let agent = LocalAgent {
+            commands: cmd_tx.clone(),
+            ipam: services.ipam.clone(),
+            explicit: explicit_peers,
+        };
+        let task = kube.task(name, config.port, agent);
+        let c = cancel.clone();
+        tasks.spawn(async move { ("kube", task.run(c).await) });
+    }
     let c = cancel.clone();
     tasks.spawn(async move { ("router", router.run(c).await) });
     if let Some(listener) = metrics {
@@ -192,6 +228,71 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     }
     info!("weaver stopped");
     result
+}
+
+/// The agent as the Kubernetes side sees it: the router's and IPAM's channels.
+struct LocalAgent {
+    /// Router commands.
+    commands: mpsc::Sender<router::Command>,
+    /// IPAM requests, when IPAM runs.
+    ipam: Option<mpsc::Sender<ipam::allocator::Request>>,
+    /// Peers given on the command line, kept beside the Nodes'.
+    explicit: Vec<std::net::SocketAddr>,
+}
+
+impl kube::Agent for LocalAgent {
+    async fn replace_peers(
+        &self,
+        addrs: Vec<std::net::SocketAddr>,
+    ) -> std::result::Result<(), String> {
+        let mut all = self.explicit.clone();
+        all.extend(addrs.into_iter().filter(|a| !self.explicit.contains(a)));
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(router::Command::Connect {
+                addrs: all,
+                replace: true,
+                reply,
+            })
+            .await
+            .map_err(|_| "the router has stopped".to_string())?;
+        rx.await
+            .map(drop)
+            .map_err(|_| "the router has stopped".to_string())
+    }
+
+    async fn rmpeer(&self, peer: String) -> std::result::Result<bool, String> {
+        let Some(ipam) = &self.ipam else {
+            return Ok(false);
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        ipam.send(ipam::allocator::Request::RmPeer { peer, reply })
+            .await
+            .map_err(|_| "IP allocation has stopped".to_string())?;
+        match rx
+            .await
+            .map_err(|_| "IP allocation has stopped".to_string())?
+        {
+            Ok(_) => Ok(true),
+            Err(ipam::IpamError::UnknownPeer(_)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        let Some(ipam) = &self.ipam else {
+            return true;
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if ipam
+            .send(ipam::allocator::Request::Report { reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.is_ok_and(|r| r.ready)
+    }
 }
 
 /// Binds a TCP listener if an address is configured.

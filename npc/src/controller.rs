@@ -56,7 +56,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         let listener = metrics::bind(addr).await?;
         info!(%addr, "serving metrics");
         let (m, f, c) = (Arc::clone(&metrics), Arc::clone(&firewall), cancel.clone());
-        tasks.spawn(async move { ("metrics", metrics::serve(listener, m, f, c).await) });
+        // The loop runs at least every resync; three missed in a row means it is stuck.
+        let stall = config.resync * 3 + Duration::from_secs(30);
+        tasks.spawn(async move { ("metrics", metrics::serve(listener, m, f, stall, c).await) });
     }
     let controller = Controller::new(
         client,
@@ -214,6 +216,7 @@ impl Controller {
                     Instant::now() + RETRY
                 }
             };
+            self.metrics.ticked();
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 Some(ended) = watches.join_next() => return watch_result(ended),

@@ -1,5 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Prometheus metrics on `--metrics-addr` (default :6781, `GET /metrics`).
+//! Prometheus metrics on `--metrics-addr` (default :6781, `GET /metrics`), and the probes
+//! `GET /healthz` (the reconcile loop has run within three resync periods, or has not started
+//! yet: liveness never depends on the API server) and `GET /readyz` (the caches are synced
+//! and the last transaction applied: this node enforces policy).
 //!
 //! Drop counts come from the per-pod nftables counters of our table, read when scraped, so
 //! they reset when the table is rebuilt (Prometheus `rate()` copes with resets). Everything
@@ -46,6 +49,10 @@ struct Figures {
     rules: usize,
     /// Seconds the last transaction took (compile excluded).
     last_apply_seconds: f64,
+    /// Whether the last transaction succeeded (`false` before the first).
+    enforcing: bool,
+    /// When the reconcile loop last ran.
+    ticked: Option<tokio::time::Instant>,
 }
 
 impl Metrics {
@@ -67,6 +74,7 @@ impl Metrics {
     /// Records an applied transaction.
     pub fn applied(&self, full: bool, seconds: f64) {
         let mut f = self.lock();
+        f.enforcing = true;
         if full {
             f.full_applies += 1;
         } else {
@@ -77,7 +85,35 @@ impl Metrics {
 
     /// Records a failed transaction.
     pub fn apply_failed(&self) {
-        self.lock().apply_errors += 1;
+        let mut f = self.lock();
+        f.apply_errors += 1;
+        f.enforcing = false;
+    }
+
+    /// Records that the reconcile loop ran.
+    pub fn ticked(&self) {
+        self.lock().ticked = Some(tokio::time::Instant::now());
+    }
+
+    /// Liveness: `Err` when the loop has stopped running for longer than `stall`.
+    pub fn alive(&self, stall: std::time::Duration) -> std::result::Result<(), String> {
+        match self.lock().ticked {
+            Some(at) if at.elapsed() > stall => Err(format!(
+                "the reconcile loop has not run for {}s",
+                at.elapsed().as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Readiness: `Err` with the reason until policy is enforced.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        let f = self.lock();
+        match (f.ticked, f.enforcing) {
+            (None, _) => Err("waiting for the first list of pods, namespaces and policies".into()),
+            (Some(_), false) => Err("the last nftables transaction failed".into()),
+            (Some(_), true) => Ok(()),
+        }
     }
 
     /// Renders the text exposition format, with drop counts from `values`.
@@ -179,15 +215,38 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     firewall: Arc<dyn Firewall>,
+    stall: std::time::Duration,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let probes = Router::new()
+        .route(
+            "/healthz",
+            get(move |State(m): State<Arc<Metrics>>| async move { probe(m.alive(stall), "ok") }),
+        )
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move { probe(m.ready(), "ready") }),
+        )
+        .with_state(Arc::clone(&metrics));
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state((metrics, firewall));
+        .with_state((metrics, firewall))
+        .merge(probes);
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
         .map_err(Error::Serve)
+}
+
+/// A probe's answer: 200 with `good`, or 503 with the reason.
+fn probe(state: std::result::Result<(), String>, good: &str) -> (axum::http::StatusCode, String) {
+    match state {
+        Ok(()) => (axum::http::StatusCode::OK, format!("{good}\n")),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}\n"),
+        ),
+    }
 }
 
 /// Binds the metrics listener.

@@ -80,6 +80,21 @@ pub struct Cli {
     /// --password-file or WEAVE_PASSWORD).
     #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
     pub password: Option<Passwords>,
+    /// Kubernetes: peers are the InternalIPs of all Nodes, followed as Nodes come and go;
+    /// the first IP allocation split waits for a majority of the Nodes; a deleted Node's
+    /// space is reclaimed; the Node's NetworkUnavailable condition is cleared.
+    #[arg(long, env = "WEAVE_KUBE_PEERS")]
+    pub kube_peers: bool,
+    /// This Node's name for --kube-peers (the manifest sets it from spec.nodeName);
+    /// default: the host name. Also the default nickname.
+    #[arg(long, env = "WEAVE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig for --kube-peers outside a pod; default: the in-cluster service account.
+    #[arg(long, env = "WEAVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the peer registry ConfigMap (weave-net) for --kube-peers.
+    #[arg(long, env = "WEAVE_KUBE_NAMESPACE", default_value = "kube-system")]
+    pub kube_namespace: String,
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -120,7 +135,19 @@ impl Cli {
             }
             (None, p) => p,
         };
-        let nickname = self.nickname.unwrap_or_else(hostname);
+        let kube = self.kube_peers.then(|| crate::kube::KubeSettings {
+            node_name: self.node_name.clone().unwrap_or_else(hostname),
+            namespace: self.kube_namespace.clone(),
+            registry: crate::kube::REGISTRY_NAME.to_owned(),
+            kubeconfig: self.kubeconfig.clone(),
+        });
+        if !self.kube_peers && (self.kubeconfig.is_some() || self.node_name.is_some()) {
+            return Err("--kubeconfig and --node-name need --kube-peers".into());
+        }
+        let nickname = self
+            .nickname
+            .or_else(|| kube.as_ref().map(|k| k.node_name.clone()))
+            .unwrap_or_else(hostname);
         let ipam = IpamSettings::parse(
             &self.ipalloc_range,
             self.ipalloc_default_subnet.as_deref(),
@@ -153,6 +180,7 @@ impl Cli {
             mtu: self.mtu,
             ipam,
             password,
+            kube,
         })
     }
 }

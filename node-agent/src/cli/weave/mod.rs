@@ -3,6 +3,7 @@
 //! what it says. It finds the agent on `--api-socket`/`WEAVE_API_SOCKET`
 //! first and falls back to `--http-addr`/`WEAVE_HTTP_ADDR`.
 
+mod node;
 mod status;
 
 use std::io::Write;
@@ -92,6 +93,45 @@ pub enum Command {
     },
     /// Versions of this command and of the agent.
     Version,
+    /// Install weave's CNI plugins and conflist on this node (the DaemonSet's init
+    /// container). First checks the agent's settings from its WEAVE_* environment, so a bad
+    /// setting installs nothing.
+    SetupCni {
+        /// Where weave-net, weave-ipam (and the reference portmap and loopback) are taken from.
+        #[arg(long, default_value = "/usr/bin")]
+        source_dir: PathBuf,
+        /// The runtime's plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The runtime's configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// Skip checking the agent's settings.
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// Remove everything weave made on this node: bridge and TAP devices, nftables tables,
+    /// CNI plugins and conflist, state and run directories. Stop the agent first.
+    Reset {
+        /// Reset even while pods are attached to the bridge (they lose their network).
+        #[arg(long)]
+        force: bool,
+        /// The bridge.
+        #[arg(long, env = "WEAVE_BRIDGE", default_value = "weave")]
+        bridge: String,
+        /// The runtime's plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The runtime's configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The agent's state directory.
+        #[arg(long, env = "WEAVE_STATE_DIR", default_value = "/var/lib/weave")]
+        state_dir: PathBuf,
+        /// The agent's run directory (its API socket's directory).
+        #[arg(long, default_value = "/run/weave")]
+        run_dir: PathBuf,
+    },
 }
 
 /// Subcommands of `weave ipam`.
@@ -246,6 +286,44 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 }
             };
             writeln!(out, "{}", reply.addresses.join(" "))?;
+        }
+        Command::SetupCni {
+            source_dir,
+            bin_dir,
+            conf_dir,
+            no_check,
+        } => {
+            let state_dir = if no_check {
+                PathBuf::from("/var/lib/weave")
+            } else {
+                node::check_agent_settings()?
+            };
+            let paths = crate::install::Paths {
+                source_dir,
+                bin_dir,
+                conf_dir,
+                state_dir,
+                run_dir: PathBuf::new(),
+            };
+            let written = crate::install::setup_cni(&paths)?;
+            writeln!(out, "installed: {}", written.join(" "))?;
+        }
+        Command::Reset {
+            force,
+            bridge,
+            bin_dir,
+            conf_dir,
+            state_dir,
+            run_dir,
+        } => {
+            let paths = crate::install::Paths {
+                source_dir: PathBuf::new(),
+                bin_dir,
+                conf_dir,
+                state_dir,
+                run_dir,
+            };
+            node::reset(&paths, &bridge, force, out)?;
         }
         Command::Version => {
             writeln!(out, "weave {}", env!("CARGO_PKG_VERSION"))?;
