@@ -49,6 +49,10 @@ pub struct Config {
     pub password: Option<Passwords>,
     /// Peers from the Kubernetes Nodes (`--kube-peers`); `None` runs without the API.
     pub kube: Option<crate::kube::KubeSettings>,
+    /// Masquerade pod traffic leaving the range.
+    pub masquerade: bool,
+    /// Destinations pods reach with their own addresses (`--no-masquerade-to`).
+    pub masquerade_exceptions: Vec<Subnet>,
 }
 
 /// IPAM flags, validated.

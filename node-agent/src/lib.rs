@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cni_release;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 mod error;
 pub mod install;
 pub mod ipam;
@@ -98,6 +99,19 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         None => None,
     };
 
+    let egress = match (&sleeve, &config.ipam) {
+        (Some(shared), Some(settings)) => {
+            egress::enable_forwarding()?;
+            Some(egress::EgressConfig {
+                range: settings.range,
+                bridge: shared.bridge().to_string(),
+                masquerade: config.masquerade,
+                exceptions: config.masquerade_exceptions.clone(),
+            })
+        }
+        _ => None,
+    };
+
     let ipam = match &config.ipam {
         Some(s) => {
             let netlink = weave_platform::LinuxNetlink::new()?;
@@ -180,6 +194,12 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         });
     }
 
+    if let Some(cfg) = egress {
+        let firewall: std::sync::Arc<dyn weave_platform::firewall::Firewall> =
+            std::sync::Arc::new(weave_platform::firewall::NftFirewall::default());
+        let c = cancel.clone();
+        tasks.spawn(async move { ("egress", egress::run(cfg, firewall, c).await) });
+    }
     if let Some(kube) = kube {
         let agent = LocalAgent {
             commands: cmd_tx.clone(),

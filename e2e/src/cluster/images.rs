@@ -6,9 +6,10 @@
 //! - `registry.k8s.io/e2e-test-images/agnhost:<v>`: upstream agnhost built from
 //!   `k8s.io/kubernetes/test/images/agnhost`, tagged as the e2e suite names it, with Debian's
 //!   static busybox for the shell tools the suite runs in it (upstream adds Alpine packages).
-//! - [`WEAVE_IMAGE`]: weave's binaries (agent, CLI, policy controller, CNI plugins), `nft`
-//!   for the policy controller, busybox for a shell, and the shared libraries they load, as
-//!   `ldd` lists them.
+//! - [`WEAVE_IMAGE`]: weave's binaries (agent, CLI, policy controller, CNI plugins), the
+//!   reference `portmap` and `loopback` plugins (installed on nodes that have none), `nft` for
+//!   the policy controller, busybox for a shell, and the shared libraries they load, as `ldd`
+//!   lists them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,8 +52,9 @@ pub(crate) fn agnhost(tools: &Tools) -> Result<ImageSpec> {
 }
 
 /// weave's image from the binaries in `bin_dir`, stripped of debug information into
-/// `work` first.
-pub(crate) fn weave(bin_dir: &Path, work: &Path) -> Result<ImageSpec> {
+/// `work` first, with the reference `portmap` and `loopback` plugins its conflist needs on
+/// nodes that lack them.
+pub(crate) fn weave(bin_dir: &Path, work: &Path, tools: &Tools) -> Result<ImageSpec> {
     let mut spec = ImageSpec::new(WEAVE_IMAGE, &["/usr/bin/weaver"]);
     std::fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
     let mut programs: Vec<PathBuf> = Vec::new();
@@ -72,6 +74,13 @@ pub(crate) fn weave(bin_dir: &Path, work: &Path) -> Result<ImageSpec> {
             .arg(&source))?;
         spec.file(&format!("/usr/bin/{name}"), &stripped, 0o755);
         programs.push(stripped);
+    }
+    for helper in ["portmap", "loopback"] {
+        spec.file(
+            &format!("/usr/bin/{helper}"),
+            &tools.cni_dir().join(helper),
+            0o755,
+        );
     }
     let nft = PathBuf::from("/usr/sbin/nft");
     spec.file("/usr/sbin/nft", &nft, 0o755);

@@ -53,6 +53,10 @@ const APISERVER_PORT: u16 = 6443;
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The `kubernetes` service address.
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The underlay's gateway, an address of the segment bridge itself: every machine's default
+/// route points there, as a machine's does at its LAN's router (the Service ClusterIPs must
+/// be routable for kube-proxy's DNAT to apply). It forwards nothing.
+const GATEWAY: &str = "10.250.0.254";
 /// The pod network's range (weave's default; the reference CNI takes /24s of it).
 const CLUSTER_CIDR: &str = "10.32.0.0/12";
 /// How long the control plane may take to answer.
@@ -129,6 +133,27 @@ impl Cluster {
         let init = bin(CLUSTER_BIN)?;
         let weave_bins = options.weave_bin_dir.clone().unwrap_or_else(bin_dir);
         let bed = TestBed::new(Topology::Segment(n + 1))?;
+        let underlay = bed.underlay_netns().context("a segment has an underlay")?;
+        ip(&[
+            "-n",
+            underlay,
+            "addr",
+            "add",
+            &format!("{GATEWAY}/24"),
+            "dev",
+            "br0",
+        ])?;
+        for host in bed.hosts() {
+            ip(&[
+                "-n",
+                host.netns(),
+                "route",
+                "add",
+                "default",
+                "via",
+                GATEWAY,
+            ])?;
+        }
         let dir = match &options.dir {
             Some(dir) => prepare_dir(dir)?,
             None => bed.run_dir().join("cluster"),
@@ -598,7 +623,7 @@ impl Cluster {
         let specs = [
             images::pause(&self.tools)?,
             images::agnhost(&self.tools)?,
-            images::weave(weave_bins, &out.join("weave-root"))?,
+            images::weave(weave_bins, &out.join("weave-root"), &self.tools)?,
         ];
         let mut references = Vec::new();
         for (k, spec) in specs.iter().enumerate() {

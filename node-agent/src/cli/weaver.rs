@@ -80,6 +80,14 @@ pub struct Cli {
     /// --password-file or WEAVE_PASSWORD).
     #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
     pub password: Option<Passwords>,
+    /// Do not masquerade pod traffic leaving the range (pods then need routes back from the
+    /// outside).
+    #[arg(long, env = "WEAVE_NO_MASQUERADE")]
+    pub no_masquerade: bool,
+    /// Destinations (CIDRs) pods reach with their own addresses, unmasqueraded: networks
+    /// that route the pod range back to the nodes.
+    #[arg(long, env = "WEAVE_NO_MASQUERADE_TO", value_delimiter = ' ')]
+    pub no_masquerade_to: Vec<String>,
     /// Kubernetes: peers are the InternalIPs of all Nodes, followed as Nodes come and go;
     /// the first IP allocation split waits for a majority of the Nodes; a deleted Node's
     /// space is reclaimed; the Node's NetworkUnavailable condition is cleared.
@@ -181,6 +189,17 @@ impl Cli {
             ipam,
             password,
             kube,
+            masquerade: !self.no_masquerade,
+            masquerade_exceptions: self
+                .no_masquerade_to
+                .iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| {
+                    c.trim()
+                        .parse()
+                        .map_err(|e| format!("--no-masquerade-to {c:?}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
