@@ -12,6 +12,7 @@ pub mod cni;
 mod command;
 mod faults;
 mod host;
+pub mod kube;
 pub mod kube_stub;
 mod netns;
 pub mod npc;

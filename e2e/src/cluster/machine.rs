@@ -41,6 +41,8 @@ pub(crate) struct Machine {
     holder_pid: u32,
     /// The daemons.
     processes: Arc<ProcessTable>,
+    /// The holder (`init`).
+    holder: Arc<ProcessTable>,
 }
 
 impl Machine {
@@ -122,6 +124,7 @@ impl Machine {
             dir: dir.to_owned(),
             holder_pid,
             processes,
+            holder,
         })
     }
 
@@ -164,6 +167,12 @@ impl Machine {
     /// The log file of daemon `name`.
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {
         self.processes.log_path(name)
+    }
+
+    /// Switches the machine off: its init is killed, and with it (by the kernel) every
+    /// process of its PID namespace. Its network namespace and files stay.
+    pub(crate) fn stop(&self) -> Result<()> {
+        self.holder.kill("init")
     }
 
     /// Resident memory of every process of the machine (its PID namespace), in bytes.

@@ -312,9 +312,55 @@ impl Cluster {
         self.node(i).dir()
     }
 
+    /// Where path `path` of node `i` (`/var/lib/weave`, `/etc/cni/net.d/…`) is kept on the
+    /// host, for looking at a node's files from outside.
+    pub fn node_path(&self, i: usize, path: &str) -> Result<PathBuf> {
+        node_init::backing_path(self.node(i).dir(), Path::new(path))
+            .with_context(|| format!("{path} is not private to the nodes"))
+    }
+
     /// A command running `program` inside node `i` (its mount, PID and network namespaces).
     pub fn node_cmd(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         self.node(i).cmd(program)
+    }
+
+    /// Switches node `i` off, as pulling its power would: every process of the machine (the
+    /// kubelet, containerd, every pod) dies at once. Its Node object stays in the API.
+    pub fn stop_node(&self, i: usize) -> Result<()> {
+        self.node(i).stop()
+    }
+
+    /// The namespace of a machine outside the cluster: the underlay segment's gateway, which
+    /// every node reaches at [`Cluster::outside_ip`] but which routes nothing back to pods.
+    pub fn outside_netns(&self) -> &str {
+        self.bed.underlay_netns().unwrap_or_default()
+    }
+
+    /// The outside machine's address (see [`Cluster::outside_netns`]).
+    pub fn outside_ip(&self) -> Ipv4Addr {
+        GATEWAY.parse().expect("the gateway constant is an address")
+    }
+
+    /// Gives image `source` (imported on every node) the extra reference `target` on every
+    /// node, as a registry would serve one image under two tags.
+    pub fn tag_image(&self, source: &str, target: &str) -> Result<()> {
+        image::split_reference(target)?;
+        for node in &self.nodes {
+            let socket = node.dir().join("run/containerd/containerd.sock");
+            run(Command::new(self.tools.bin("ctr"))
+                .arg("--address")
+                .arg(&socket)
+                .args([
+                    "--namespace",
+                    "k8s.io",
+                    "images",
+                    "tag",
+                    "--force",
+                    source,
+                    target,
+                ]))?;
+        }
+        Ok(())
     }
 
     /// Image references imported on every node.

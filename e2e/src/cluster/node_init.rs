@@ -16,9 +16,10 @@
 //!   so that the CNI and kubelet directories can exist per machine without creating anything
 //!   on the host;
 //! - the machine's own directories over `/run`, `/etc/cni/net.d`, `/opt/cni/bin`,
-//!   `/var/lib/{kubelet,containerd,cni,weave}` and `/var/log/{pods,containers}` (real
-//!   directories, not overlays: containerd's overlayfs snapshots cannot live on an overlay),
-//!   and its own `/etc/machine-id`;
+//!   `/var/lib/{kubelet,containerd,cni}` and `/var/log/{pods,containers}` (real directories,
+//!   not overlays: containerd's overlayfs snapshots cannot live on an overlay), and its own
+//!   `/etc/machine-id`; `/var/lib/weave` is a plain directory of the `/var` overlay, as on a
+//!   real machine (so that uninstalling can remove it);
 //! - files over the global sysctls the kubelet would otherwise set on the whole machine
 //!   (`vm.overcommit_memory`, `kernel.panic`, …), holding the values it wants, so that it
 //!   finds them set and writes nothing;
@@ -47,6 +48,24 @@ pub(crate) const KUBELET_SYSCTLS: &[(&str, &str)] = &[
     ("kernel/keys/root_maxbytes", "25000000"),
 ];
 
+/// Where host path `path` of the machine whose directory is `dir` is stored on the host: in
+/// the directory bound over it, else in the upper layer of its overlay (`None` if neither:
+/// the path is the host's own).
+pub(crate) fn backing_path(dir: &Path, path: &Path) -> Option<PathBuf> {
+    for (name, target) in BINDS {
+        if let Ok(rest) = path.strip_prefix(target) {
+            return Some(dir.join(name).join(rest));
+        }
+    }
+    OVERLAYS.iter().find_map(|target| {
+        let rest = path.strip_prefix(target).ok()?;
+        Some(
+            dir.join(format!("{}.upper", target.trim_start_matches('/')))
+                .join(rest),
+        )
+    })
+}
+
 /// Directories of the machine's directory bound over paths of its filesystem view.
 const BINDS: &[(&str, &str)] = &[
     ("run", "/run"),
@@ -55,7 +74,6 @@ const BINDS: &[(&str, &str)] = &[
     ("kubelet", "/var/lib/kubelet"),
     ("containerd", "/var/lib/containerd"),
     ("cni-state", "/var/lib/cni"),
-    ("weave", "/var/lib/weave"),
     ("pod-logs", "/var/log/pods"),
     ("container-logs", "/var/log/containers"),
 ];
@@ -296,6 +314,24 @@ mod tests {
                 target: Path::new("/proc/sys").join(name),
             }));
         }
+    }
+
+    #[test]
+    fn paths_map_to_their_backing_store() {
+        let d = Path::new("/c/n1");
+        assert_eq!(
+            backing_path(d, Path::new("/var/lib/kubelet/pods")),
+            Some("/c/n1/kubelet/pods".into())
+        );
+        assert_eq!(
+            backing_path(d, Path::new("/var/lib/weave")),
+            Some("/c/n1/var.upper/lib/weave".into())
+        );
+        assert_eq!(
+            backing_path(d, Path::new("/run/weave")),
+            Some("/c/n1/run/weave".into())
+        );
+        assert_eq!(backing_path(d, Path::new("/usr/bin")), None);
     }
 
     #[test]

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Helpers for tests of weave on the real cluster: installing it from the manifest, finding
+//! pods, running probes inside them, and asking a node's agent.
+//!
+//! Probes run in pods with `kubectl exec` and the agnhost image (`/agnhost connect` for TCP
+//! and UDP, busybox `ping` and `nc`), exactly as the upstream e2e suite checks connectivity.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+
+/// The namespace weave installs into.
+pub const NAMESPACE: &str = "kube-system";
+
+/// The manifest users apply.
+pub fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/weave-daemonset.yaml")
+}
+
+/// The uninstall manifest.
+pub fn uninstall_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/weave-uninstall.yaml")
+}
+
+/// The chart.
+pub fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weave")
+}
+
+/// A pod: namespace, name, node, address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Node it runs on.
+    pub node: String,
+    /// Its address (empty until it has one).
+    pub ip: String,
+}
+
+impl Pod {
+    /// The 1-based index of its node (`node-2` → 2).
+    pub fn node_index(&self) -> Result<usize> {
+        self.node
+            .strip_prefix("node-")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("{} runs on {}, not a node-N", self.name, self.node))
+    }
+}
+
+/// Applies the manifest and waits until every node is Ready; returns how long that took.
+pub fn install_manifest(cluster: &Cluster, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    cluster.kubectl(&["apply", "-f", &manifest().display().to_string()])?;
+    cluster.wait_ready(timeout)?;
+    Ok(start.elapsed())
+}
+
+/// The pods in `namespace` matching label `selector`.
+pub fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
+    let out = cluster.kubectl(&["-n", namespace, "get", "pods", "-l", selector, "-o", "json"])?;
+    let list: Value = serde_json::from_str(&out)?;
+    list["items"]
+        .as_array()
+        .context("pod list has items")?
+        .iter()
+        .map(|pod| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            Ok(Pod {
+                namespace: text(&pod["metadata"]["namespace"]),
+                name: text(&pod["metadata"]["name"]),
+                node: text(&pod["spec"]["nodeName"]),
+                ip: text(&pod["status"]["podIP"]),
+            })
+        })
+        .collect()
+}
+
+/// The weave pod on node `i`.
+pub fn weave_pod(cluster: &Cluster, i: usize) -> Result<Pod> {
+    let node = format!("node-{i}");
+    pods(cluster, NAMESPACE, "app.kubernetes.io/name=weave")?
+        .into_iter()
+        .find(|p| p.node == node)
+        .with_context(|| format!("no weave pod on {node}"))
+}
+
+/// `weave ARGS…` in the agent's container on node `i`.
+pub fn weave(cluster: &Cluster, i: usize, args: &[&str]) -> Result<String> {
+    let pod = weave_pod(cluster, i)?;
+    let mut full = vec![
+        "-n", NAMESPACE, "exec", &pod.name, "-c", "weave", "--", "weave",
+    ];
+    full.extend_from_slice(args);
+    cluster.kubectl(&full)
+}
+
+/// `COMMAND…` inside `pod`; returns stdout.
+pub fn exec(cluster: &Cluster, pod: &Pod, command: &[&str]) -> Result<String> {
+    let mut args = vec![
+        "-n",
+        pod.namespace.as_str(),
+        "exec",
+        pod.name.as_str(),
+        "--",
+    ];
+    args.extend_from_slice(command);
+    cluster.kubectl(&args)
+}
+
+/// Whether `from` reaches `target` (`IP:PORT`) over `protocol` (`tcp` or `udp`, answered by
+/// agnhost netexec) within 3 s.
+pub fn connects(cluster: &Cluster, from: &Pod, target: &str, protocol: &str) -> bool {
+    let protocol = format!("--protocol={protocol}");
+    exec(
+        cluster,
+        from,
+        &["/agnhost", "connect", target, "--timeout=3s", &protocol],
+    )
+    .is_ok()
+}
+
+/// Whether `from` gets an answer to one ping of `ip` within 2 s.
+pub fn pings(cluster: &Cluster, from: &Pod, ip: &str) -> bool {
+    exec(cluster, from, &["ping", "-c", "1", "-W", "2", ip]).is_ok()
+}
+
+/// The body of `GET path` on `host:port`, asked from inside `from` with busybox nc.
+pub fn http_get(
+    cluster: &Cluster,
+    from: &Pod,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<String> {
+    let request = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}");
+    let response = exec(cluster, from, &["sh", "-c", &request])?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.trim().to_owned())
+        }
+        _ => bail!("unexpected answer from {host}:{port}{path}: {response:?}"),
+    }
+}
+
+/// Applies a manifest given as text.
+pub fn apply(cluster: &Cluster, manifest: &str) -> Result<()> {
+    cluster
+        .kubectl_with_input(&["apply", "-f", "-"], manifest)
+        .map(drop)
+}
+
+/// Waits until every pod matching `selector` in `namespace` is Ready.
+pub fn wait_pods_ready(
+    cluster: &Cluster,
+    namespace: &str,
+    selector: &str,
+    timeout: Duration,
+) -> Result<()> {
+    cluster.kubectl(&[
+        "-n",
+        namespace,
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        selector,
+        &format!("--timeout={}s", timeout.as_secs()),
+    ])?;
+    Ok(())
+}
+
+/// Each peer's share of the range as node `i`'s agent reports it: `name(nickname) N IPs`
+/// lines without the per-peer usage (which only the owner knows exactly), sorted.
+pub fn ipam_shares(cluster: &Cluster, i: usize) -> Result<Vec<String>> {
+    let out = weave(cluster, i, &["status", "ipam"])?;
+    let mut shares: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains(" IPs "))
+        .map(|l| {
+            l.split(" IPs ")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    shares.sort();
+    Ok(shares)
+}
