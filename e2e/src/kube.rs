@@ -197,3 +197,67 @@ pub fn ipam_shares(cluster: &Cluster, i: usize) -> Result<Vec<String>> {
     shares.sort();
     Ok(shares)
 }
+
+/// What of weave is left on node `i`: devices, nftables tables, CNI files, state and run
+/// directories (empty after a clean uninstall, and before any install).
+pub fn leftovers_on_node(cluster: &Cluster, i: usize) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    let links = cluster.node_cmd(i, "ip").args(["-o", "link"]).output()?;
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = line.split(": ").nth(1).unwrap_or_default();
+        if name.starts_with("weave") || name.starts_with("vethwe") {
+            left.push(format!("device {name}"));
+        }
+    }
+    let tables = cluster
+        .node_cmd(i, "nft")
+        .args(["list", "tables"])
+        .output()?;
+    for line in String::from_utf8_lossy(&tables.stdout).lines() {
+        if line
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|t| t.starts_with("weave"))
+        {
+            left.push(line.to_owned());
+        }
+    }
+    for dir in ["/opt/cni/bin", "/etc/cni/net.d"] {
+        let path = cluster.node_path(i, dir)?;
+        for entry in std::fs::read_dir(&path).with_context(|| format!("list {}", path.display()))? {
+            left.push(format!("{dir}/{}", entry?.file_name().to_string_lossy()));
+        }
+    }
+    for dir in ["/var/lib/weave", "/run/weave"] {
+        if cluster.node_path(i, dir)?.exists() {
+            left.push(dir.to_owned());
+        }
+    }
+    Ok(left)
+}
+
+/// Runs the documented uninstall after the objects are gone (`kubectl delete -f` or `helm
+/// uninstall`): the uninstall DaemonSet until it is ready, then its deletion, then the peer
+/// registry's.
+pub fn run_uninstall(cluster: &Cluster) -> Result<()> {
+    let uninstall = uninstall_manifest().display().to_string();
+    cluster.kubectl(&["apply", "-f", &uninstall])?;
+    cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/weave-uninstall",
+        "--timeout=120s",
+    ])?;
+    cluster.kubectl(&["delete", "-f", &uninstall, "--wait=true", "--timeout=120s"])?;
+    cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "configmap",
+        "weave-net",
+        "--ignore-not-found",
+    ])?;
+    Ok(())
+}

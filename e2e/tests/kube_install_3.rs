@@ -476,46 +476,11 @@ fn uninstall_leaves_nodes_clean(cluster: &Cluster) -> Result<()> {
         ])?;
     }
     let manifest = kube::manifest().display().to_string();
-    let uninstall = kube::uninstall_manifest().display().to_string();
     cluster.kubectl(&["delete", "-f", &manifest, "--wait=true", "--timeout=120s"])?;
-    cluster.kubectl(&["apply", "-f", &uninstall])?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-uninstall",
-        "--timeout=120s",
-    ])?;
-    cluster.kubectl(&["delete", "-f", &uninstall, "--wait=true", "--timeout=120s"])?;
-    cluster.kubectl(&["-n", kube::NAMESPACE, "delete", "configmap", "weave-net"])?;
+    kube::run_uninstall(cluster)?;
     for i in 1..=NODES {
-        let links = cluster.node_cmd(i, "ip").args(["-o", "link"]).output()?;
-        let links = String::from_utf8_lossy(&links.stdout);
-        ensure!(
-            !links.contains(": weave") && !links.contains("vethwe"),
-            "node-{i} keeps devices: {links}"
-        );
-        let tables = cluster
-            .node_cmd(i, "nft")
-            .args(["list", "tables"])
-            .output()?;
-        let tables = String::from_utf8_lossy(&tables.stdout);
-        ensure!(
-            !tables.contains(" weave"),
-            "node-{i} keeps tables: {tables}"
-        );
-        for dir in ["/opt/cni/bin", "/etc/cni/net.d"] {
-            let path = cluster.node_path(i, dir)?;
-            let left: Vec<_> = std::fs::read_dir(&path)
-                .with_context(|| format!("list {}", path.display()))?
-                .flatten()
-                .collect();
-            ensure!(left.is_empty(), "node-{i} keeps {dir}: {left:?}");
-        }
-        for dir in ["/var/lib/weave", "/run/weave"] {
-            ensure!(!cluster.node_path(i, dir)?.exists(), "node-{i} keeps {dir}");
-        }
+        let left = kube::leftovers_on_node(cluster, i)?;
+        ensure!(left.is_empty(), "node-{i} keeps {left:?}");
     }
     Ok(())
 }

@@ -840,6 +840,14 @@ impl Drop for Cluster {
     }
 }
 
+/// Runs the cluster's `name` tool (`helm`, `crictl`, …) with the admin kubeconfig in its
+/// environment; returns stdout.
+pub fn run_tool(cluster: &Cluster, name: &str, args: &[&str]) -> Result<String> {
+    run(Command::new(cluster.tools.bin(name))
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .args(args))
+}
+
 /// Makes the user's cluster directory: it must not exist, or be empty.
 fn prepare_dir(dir: &Path) -> Result<PathBuf> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
