@@ -7,7 +7,10 @@ DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps pyth
 	containernetworking-plugins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools cluster fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster fuzz-build fuzz-smoke demo bench clean-netns
+
+# From PyPI: kubernetes-validate checks the manifests against the API schemas.
+PIPS := kubernetes-validate==1.37.0
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -15,6 +18,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@command -v kubernetes-validate >/dev/null || python3 -m pip install -q --root-user-action=ignore $(PIPS)
 
 build:
 	$(CARGO) build --workspace --bins
@@ -63,6 +67,10 @@ K8S_TOOLS = WEAVE_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh
 
 k8s-tools:
 	@$(K8S_TOOLS)
+
+# Rewrites manifests/weave-daemonset.yaml from the chart (e2e test chart_0 fails when they differ).
+manifests:
+	@tools=$$($(K8S_TOOLS)) && $$tools/bin/helm template weave charts/weave --namespace kube-system > manifests/weave-daemonset.yaml
 
 # Test bed self-tests and multi-host end-to-end tests, the real cluster's
 # among them: need root, run the real binaries (built by build-tests) in

@@ -6,7 +6,7 @@
 //! and UDP, busybox `ping` and `nc`), exactly as the upstream e2e suite checks connectivity.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -55,8 +55,10 @@ impl Pod {
 }
 
 /// Applies the manifest and waits until every node is Ready; returns how long that took.
+// Wall-clock time of a real install, reported by tests and the bench; nothing waits on it.
+#[allow(clippy::disallowed_types)]
 pub fn install_manifest(cluster: &Cluster, timeout: Duration) -> Result<Duration> {
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     cluster.kubectl(&["apply", "-f", &manifest().display().to_string()])?;
     cluster.wait_ready(timeout)?;
     Ok(start.elapsed())
@@ -260,4 +262,88 @@ pub fn run_uninstall(cluster: &Cluster) -> Result<()> {
         "--ignore-not-found",
     ])?;
     Ok(())
+}
+
+/// Starts pod `name` in `namespace` on `node` that connects to `target` (`IP:PORT`, TCP)
+/// every 200 ms and logs `UPTIME ok|fail` per try; returns when it runs.
+pub fn start_prober(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    target: &str,
+) -> Result<()> {
+    let agnhost = cluster.image("agnhost")?;
+    apply(
+        cluster,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{ name: {name}, namespace: {namespace} }}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: "{agnhost}"
+    command: [sh, -c, "while :; do t=$(cut -d' ' -f1 /proc/uptime); if /agnhost connect {target} --timeout=1s; then echo \"$t ok\"; else echo \"$t fail\"; fi; usleep 200000; done"]
+"#
+        ),
+    )?;
+    cluster.kubectl(&[
+        "-n",
+        namespace,
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
+/// From a prober's log: the longest time between two successful tries with only failures
+/// between, in seconds, and the number of failed tries.
+pub fn longest_gap(log: &str) -> (f64, usize) {
+    let mut last_ok: Option<f64> = None;
+    let mut longest: f64 = 0.0;
+    let mut failures = 0;
+    for line in log.lines() {
+        let Some((t, outcome)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(t) = t.parse::<f64>() else { continue };
+        if outcome != "ok" {
+            failures += 1;
+            continue;
+        }
+        if let Some(previous) = last_ok {
+            longest = longest.max(t - previous);
+        }
+        last_ok = Some(t);
+    }
+    (longest, failures)
+}
+
+/// Restarts the DaemonSet (`kubectl rollout restart`) and waits for the rollout and for
+/// prober `name` to succeed three times in a row; returns the prober's whole log.
+pub fn restart_under_probe(cluster: &Cluster, namespace: &str, name: &str) -> Result<String> {
+    cluster.kubectl(&["-n", NAMESPACE, "rollout", "restart", "daemonset/weave-net"])?;
+    cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/weave-net",
+        "--timeout=300s",
+    ])?;
+    crate::wait_until(
+        std::time::Duration::from_secs(30),
+        "the prober's traffic to flow again",
+        || {
+            let log = cluster.kubectl(&["-n", namespace, "logs", name, "--tail=3"])?;
+            Ok((log.lines().count() == 3 && log.lines().all(|l| l.ends_with(" ok"))).then_some(()))
+        },
+    )?;
+    cluster.kubectl(&["-n", namespace, "logs", name])
 }

@@ -364,58 +364,15 @@ fn rolling_restart_keeps_addresses(cluster: &Cluster, web: &[Pod]) -> Result<()>
         .iter()
         .find(|p| p.node == "node-2")
         .context("a web pod on node-2")?;
-    let agnhost = cluster.image("agnhost")?;
-    apply(
+    kube::start_prober(
         cluster,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{ name: prober, namespace: net }}
-spec:
-  nodeName: node-1
-  containers:
-  - name: c
-    image: "{agnhost}"
-    command: [sh, -c, "while :; do t=$(cut -d' ' -f1 /proc/uptime); if /agnhost connect {ip}:8080 --timeout=1s; then echo \"$t ok\"; else echo \"$t fail\"; fi; usleep 200000; done"]
-"#,
-            ip = target.ip
-        ),
-    )?;
-    cluster.kubectl(&[
-        "-n",
         "net",
-        "wait",
-        "--for=condition=Ready",
-        "pod/prober",
-        "--timeout=120s",
-    ])?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "restart",
-        "daemonset/weave-net",
-    ])?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=300s",
-    ])?;
-    // Traffic flows again after the last agent restarted.
-    wait_until(
-        Duration::from_secs(30),
-        "the prober's traffic to flow again",
-        || {
-            let log = cluster.kubectl(&["-n", "net", "logs", "prober", "--tail=3"])?;
-            Ok((log.lines().count() == 3 && log.lines().all(|l| l.ends_with(" ok"))).then_some(()))
-        },
+        "prober",
+        "node-1",
+        &format!("{}:8080", target.ip),
     )?;
-    let log = cluster.kubectl(&["-n", "net", "logs", "prober"])?;
-    let (gap, failures) = longest_gap(&log);
+    let log = kube::restart_under_probe(cluster, "net", "prober")?;
+    let (gap, failures) = kube::longest_gap(&log);
     eprintln!("kube_install_3: rolling restart: longest traffic gap {gap:.1} s ({failures} failed probes of {})", log.lines().count());
     // No address is handed out twice after the agents restarted from their state.
     cluster.kubectl(&["-n", "net", "scale", "deployment/web", "--replicas=9"])?;
@@ -483,30 +440,6 @@ fn uninstall_leaves_nodes_clean(cluster: &Cluster) -> Result<()> {
         ensure!(left.is_empty(), "node-{i} keeps {left:?}");
     }
     Ok(())
-}
-
-/// The longest time between two successful probes with only failures between, and the
-/// number of failed probes.
-fn longest_gap(log: &str) -> (f64, usize) {
-    let mut last_ok: Option<f64> = None;
-    let mut longest: f64 = 0.0;
-    let mut failures = 0;
-    for line in log.lines() {
-        let Some((t, outcome)) = line.split_once(' ') else {
-            continue;
-        };
-        let Ok(t) = t.parse::<f64>() else { continue };
-        match outcome {
-            "ok" => {
-                if let Some(previous) = last_ok {
-                    longest = longest.max(t - previous);
-                }
-                last_ok = Some(t);
-            }
-            _ => failures += 1,
-        }
-    }
-    (longest, failures)
 }
 
 /// A TCP server on the outside machine that writes each client's address back to it.

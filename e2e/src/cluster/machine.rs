@@ -177,12 +177,26 @@ impl Machine {
 
     /// Resident memory of every process of the machine (its PID namespace), in bytes.
     pub(crate) fn rss(&self) -> Result<u64> {
+        Ok(self.processes_rss(|_| true)?.into_iter().sum())
+    }
+
+    /// Resident memory of each process of the machine named `comm`, in bytes.
+    pub(crate) fn rss_of(&self, comm: &str) -> Result<Vec<u64>> {
+        self.processes_rss(|name| name == comm)
+    }
+
+    /// Resident memory of each process of the machine whose command name passes `keep`.
+    fn processes_rss(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<u64>> {
         let ns = std::fs::read_link(format!("/proc/{}/ns/pid_for_children", self.holder_pid))
             .with_context(|| format!("{}: read the PID namespace of its holder", self.name))?;
-        let mut total = 0;
+        let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
             let dir = entry.path();
             if std::fs::read_link(dir.join("ns/pid")).ok().as_ref() != Some(&ns) {
+                continue;
+            }
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !keep(comm.trim()) {
                 continue;
             }
             let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
@@ -191,9 +205,9 @@ impl Machine {
                 .find_map(|line| line.strip_prefix("VmRSS:"))
                 .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0);
-            total += kib * 1024;
+            found.push(kib * 1024);
         }
-        Ok(total)
+        Ok(found)
     }
 
     /// A command running `program` inside the machine (its mount, PID and network

@@ -453,6 +453,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// Undoes [`Cluster::install_reference_cni`]: conflist, plugins and routes go, so another
+    /// network can be installed (pods on the reference network lose theirs).
+    pub fn remove_reference_cni(&self) -> Result<()> {
+        for (k, node) in self.nodes.iter().enumerate() {
+            let conf = node.dir().join("cni-conf").join("10-reference.conflist");
+            std::fs::remove_file(&conf).with_context(|| format!("remove {}", conf.display()))?;
+            for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+                let path = node.dir().join("cni-bin").join(plugin);
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("remove {}", path.display()))?;
+            }
+            for l in (0..self.nodes.len()).filter(|l| *l != k) {
+                ip(&[
+                    "-n",
+                    node.netns(),
+                    "route",
+                    "del",
+                    &config::reference_subnet(l + 1),
+                ])?;
+            }
+            let _ = ip(&["-n", node.netns(), "link", "del", "cni0"]);
+        }
+        Ok(())
+    }
+
+    /// Resident memory of the processes of node `i` whose command name is `comm`, in bytes.
+    pub fn process_rss(&self, i: usize, comm: &str) -> Result<Vec<u64>> {
+        self.node(i).rss_of(comm)
+    }
+
     /// Waits until every node reports Ready.
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         wait_until(timeout, "every node to be Ready", || {

@@ -21,7 +21,10 @@
 //! - the real cluster (`cluster.rs`): tools build time and size, 3-node start to
 //!   registered and to Ready, memory at rest per machine.
 //!
-//! `weave-bench mesh`, `dataplane`, `ipam`, `npc`, `cni` or `cluster` runs one part;
+//! - weave on the real cluster (`kube.rs`): pod start latency against the reference CNI,
+//!   DaemonSet install time, agent and weave-npc memory, traffic gap of a rolling restart.
+//!
+//! `weave-bench mesh`, `dataplane`, `ipam`, `npc`, `cni`, `cluster` or `kube` runs one part;
 //! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
 //! `weave-bench wakeup` what a thread wake-up costs on this machine.
 
@@ -43,6 +46,7 @@ mod cluster;
 mod cni;
 mod dataplane;
 mod ipam;
+mod kube;
 mod npc;
 mod wakeup;
 
@@ -174,6 +178,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "cluster" {
         cluster::bench()?;
+    }
+    if what == "all" || what == "kube" {
+        kube::bench()?;
     }
     Ok(())
 }
