@@ -175,24 +175,30 @@ impl Machine {
         self.holder.kill("init")
     }
 
-    /// Resident memory of every process of the machine (its PID namespace), in bytes.
-    pub(crate) fn rss(&self) -> Result<u64> {
-        Ok(self.processes_rss(|_| true)?.into_iter().sum())
+    /// Resident memory of every process of the machine, in bytes: its daemons (its PID
+    /// namespace) and its pods (their own PID namespaces, in `cgroup_root`).
+    pub(crate) fn rss(&self, cgroup_root: &str) -> Result<u64> {
+        Ok(self.processes_rss(cgroup_root, |_| true)?.into_iter().sum())
     }
 
-    /// Resident memory of each process of the machine named `comm`, in bytes.
-    pub(crate) fn rss_of(&self, comm: &str) -> Result<Vec<u64>> {
-        self.processes_rss(|name| name == comm)
+    /// Resident memory of each process of the machine (daemon or pod) named `comm`, in bytes.
+    pub(crate) fn rss_of(&self, cgroup_root: &str, comm: &str) -> Result<Vec<u64>> {
+        self.processes_rss(cgroup_root, |name| name == comm)
     }
 
-    /// Resident memory of each process of the machine whose command name passes `keep`.
-    fn processes_rss(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<u64>> {
+    /// Resident memory of each process of the machine whose command name passes `keep`:
+    /// processes of its PID namespace, and processes in its cgroup root (pods' containers,
+    /// which have PID namespaces of their own).
+    fn processes_rss(&self, cgroup_root: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<u64>> {
+        let in_root = format!("/{cgroup_root}/");
         let ns = std::fs::read_link(format!("/proc/{}/ns/pid_for_children", self.holder_pid))
             .with_context(|| format!("{}: read the PID namespace of its holder", self.name))?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
             let dir = entry.path();
-            if std::fs::read_link(dir.join("ns/pid")).ok().as_ref() != Some(&ns) {
+            let ours = std::fs::read_link(dir.join("ns/pid")).ok().as_ref() == Some(&ns)
+                || std::fs::read_to_string(dir.join("cgroup")).is_ok_and(|c| c.contains(&in_root));
+            if !ours {
                 continue;
             }
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();

@@ -215,7 +215,7 @@ impl Cluster {
         cluster.images = cluster.build_images(&weave_bins)?;
         for i in 1..=n {
             let name = format!("node-{i}");
-            let root = format!("{}-{name}", cluster.bed.prefix());
+            let root = cgroup_root_name(cluster.bed.prefix(), &name);
             cgroup::create_root(&root)?;
             cluster
                 .bed
@@ -386,7 +386,7 @@ impl Cluster {
     pub fn memory(&self) -> Result<Vec<(String, u64)>> {
         std::iter::once(&self.control_plane)
             .chain(&self.nodes)
-            .map(|m| Ok((m.name().to_owned(), m.rss()?)))
+            .map(|m| Ok((m.name().to_owned(), m.rss(&self.cgroup_root(m))?)))
             .collect()
     }
 
@@ -480,7 +480,13 @@ impl Cluster {
 
     /// Resident memory of the processes of node `i` whose command name is `comm`, in bytes.
     pub fn process_rss(&self, i: usize, comm: &str) -> Result<Vec<u64>> {
-        self.node(i).rss_of(comm)
+        let node = self.node(i);
+        node.rss_of(&self.cgroup_root(node), comm)
+    }
+
+    /// The cgroup root of machine `m`.
+    fn cgroup_root(&self, m: &Machine) -> String {
+        cgroup_root_name(self.bed.prefix(), m.name())
     }
 
     /// Waits until every node reports Ready.
@@ -746,7 +752,7 @@ impl Cluster {
             &resolv,
             "# the test bed has no DNS server outside the cluster\n",
         )?;
-        let cgroup_root = format!("/{}-{name}", self.bed.prefix());
+        let cgroup_root = format!("/{}", cgroup_root_name(self.bed.prefix(), name));
         let pause_image = self
             .images
             .first()
@@ -876,6 +882,11 @@ pub fn run_tool(cluster: &Cluster, name: &str, args: &[&str]) -> Result<String> 
     run(Command::new(cluster.tools.bin(name))
         .env("KUBECONFIG", cluster.kubeconfig())
         .args(args))
+}
+
+/// The name of machine `machine`'s cgroup root (one directory in every hierarchy).
+pub(crate) fn cgroup_root_name(prefix: &str, machine: &str) -> String {
+    format!("{prefix}-{machine}")
 }
 
 /// Makes the user's cluster directory: it must not exist, or be empty.

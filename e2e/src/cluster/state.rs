@@ -34,7 +34,9 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) fn write(dir: &Path, prefix: &str, bed: &TestBed, nodes: usize) -> Result<()> {
     let mut namespaces: Vec<String> = bed.hosts().iter().map(|h| h.netns().to_owned()).collect();
     namespaces.extend(bed.underlay_netns().map(str::to_owned));
-    let cgroup_roots: Vec<String> = (1..=nodes).map(|i| format!("{prefix}-node-{i}")).collect();
+    let cgroup_roots: Vec<String> = (1..=nodes)
+        .map(|i| super::cgroup_root_name(prefix, &format!("node-{i}")))
+        .collect();
     let pid = std::process::id();
     let state = json!({
         "pid": pid,
