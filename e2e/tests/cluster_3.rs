@@ -59,6 +59,51 @@ fn cluster_3() -> Result<()> {
     Ok(())
 }
 
+/// A start that fails half way (weave's binaries are missing, found only after the control
+/// plane runs) says so, names the cluster, and leaves nothing behind; so does a directory
+/// where the machines would overlay the host.
+#[test]
+fn a_failed_start_leaves_nothing() -> Result<()> {
+    let empty = std::env::temp_dir().join(format!("wv-no-binaries-{}", std::process::id()));
+    std::fs::create_dir_all(&empty)?;
+    let dir = std::env::temp_dir().join(format!("wv-failed-cluster-{}", std::process::id()));
+    let err = Cluster::up(ClusterOptions {
+        nodes: 1,
+        cni: Cni::None,
+        dir: Some(dir.clone()),
+        weave_bin_dir: Some(empty.clone()),
+    })
+    .expect_err("the weave image cannot be built");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("weaver") && text.contains("not found"),
+        "{text}"
+    );
+    let prefix = text
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| w.starts_with("wv") && w.len() == 8)
+        .context("the error names the cluster")?;
+    let left = leftovers(prefix, &dir)?;
+    assert!(
+        left.is_empty(),
+        "left behind after a failed start: {left:#?}"
+    );
+    std::fs::remove_dir(&empty)?;
+    let err = Cluster::up(ClusterOptions {
+        nodes: 1,
+        dir: Some("/var/tmp/wv-cluster-under-var".into()),
+        ..ClusterOptions::default()
+    })
+    .expect_err("a directory under /var is refused");
+    assert!(
+        format!("{err:#}").contains("must not be under /var"),
+        "{err:#}"
+    );
+    assert!(!std::path::Path::new("/var/tmp/wv-cluster-under-var").exists());
+    Ok(())
+}
+
 /// Prints a progress line with the time since the first one.
 // Wall-clock progress for the CI log; nothing waits on it.
 #[allow(clippy::disallowed_types)]

@@ -131,8 +131,19 @@ impl Cluster {
         }
         let tools = Tools::locate()?;
         let init = bin(CLUSTER_BIN)?;
-        let weave_bins = options.weave_bin_dir.clone().unwrap_or_else(bin_dir);
+        if let Some(dir) = &options.dir {
+            check_dir(dir)?;
+        }
         let bed = TestBed::new(Topology::Segment(n + 1))?;
+        let prefix = bed.prefix().to_owned();
+        // A failure from here on drops the bed, which removes everything made so far.
+        Self::start(bed, &options, tools, &init).with_context(|| format!("start cluster {prefix}"))
+    }
+
+    /// Everything of [`Cluster::up`] once the hosts exist.
+    fn start(bed: TestBed, options: &ClusterOptions, tools: Tools, init: &Path) -> Result<Cluster> {
+        let n = options.nodes;
+        let weave_bins = options.weave_bin_dir.clone().unwrap_or_else(bin_dir);
         let underlay = bed.underlay_netns().context("a segment has an underlay")?;
         ip(&[
             "-n",
@@ -155,19 +166,11 @@ impl Cluster {
             ])?;
         }
         let dir = match &options.dir {
-            Some(dir) => prepare_dir(dir)?,
+            Some(dir) => dir.clone(),
             None => bed.run_dir().join("cluster"),
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        for reserved in node_init::RESERVED_ROOTS {
-            if dir.starts_with(reserved) {
-                bail!(
-                    "the cluster directory {} must not be under {reserved} (machines overlay it)",
-                    dir.display()
-                );
-            }
-        }
         state::write(&dir, bed.prefix(), &bed, n)?;
         // From here on the directory goes with the bed: removed after everything else.
         {
@@ -183,7 +186,7 @@ impl Cluster {
             "control-plane",
             &dir.join("machines/control-plane"),
             &machine_id(),
-            &init,
+            init,
         )?;
         let forward = Forward::start(
             cp_host.netns(),
@@ -889,12 +892,41 @@ pub(crate) fn cgroup_root_name(prefix: &str, machine: &str) -> String {
     format!("{prefix}-{machine}")
 }
 
-/// Makes the user's cluster directory: it must not exist, or be empty.
-fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+/// Checks the user's cluster directory before anything is made: it must not exist, or be
+/// empty, and must not lie where the machines overlay the host's files.
+fn check_dir(dir: &Path) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!("the cluster directory {} is not empty", dir.display());
     }
-    Ok(dir.to_owned())
+    let absolute = match dir.canonicalize() {
+        Ok(path) => path,
+        Err(_) => {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let parent = parent.canonicalize().with_context(|| {
+                format!(
+                    "the cluster directory's parent {} must exist",
+                    parent.display()
+                )
+            })?;
+            parent.join(
+                dir.file_name()
+                    .context("the cluster directory needs a name")?,
+            )
+        }
+    };
+    if let Some(reserved) = node_init::RESERVED_ROOTS
+        .iter()
+        .find(|r| absolute.starts_with(r))
+    {
+        bail!(
+            "the cluster directory {} must not be under {reserved} (machines overlay it)",
+            absolute.display()
+        );
+    }
+    Ok(())
 }
 
 /// `bin/` of the cluster: links to the clients of its version.
