@@ -230,7 +230,7 @@ impl Cluster {
                 &name,
                 &cluster.dir.join("machines").join(&name),
                 &machine_id(),
-                &init,
+                init,
             )?;
             cluster.nodes.push(machine);
         }
