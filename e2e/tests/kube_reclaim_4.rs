@@ -5,6 +5,9 @@
 //! - node-4 is switched off and its Node deleted: within 30 s its peer leaves the registry,
 //!   exactly one agent reclaims it, every live agent's `weave status ipam` agrees, and new
 //!   pods still get addresses nobody holds;
+//! - node-4 comes back (its machine restarts with its disk, its kubelet registers the Node
+//!   again): its agent finds its old peer reclaimed, starts as a new peer, and all four agree
+//!   on the owners with no address held twice;
 //! - node-2 and node-3 are switched off and deleted in one command: node-1 reclaims both.
 
 use std::collections::BTreeSet;
@@ -26,7 +29,7 @@ const RECLAIM_WITHIN: Duration = Duration::from_secs(30);
 #[test]
 #[allow(clippy::disallowed_types)]
 fn kube_reclaim_4() -> Result<()> {
-    let cluster = Cluster::up(ClusterOptions {
+    let mut cluster = Cluster::up(ClusterOptions {
         nodes: NODES,
         cni: Cni::None,
         ..ClusterOptions::default()
@@ -56,6 +59,40 @@ fn kube_reclaim_4() -> Result<()> {
         "{dead} was not reclaimed exactly once"
     );
     unique_addresses(&cluster, 12)?;
+
+    cluster.restart_node(4)?;
+    let back = wait_until(
+        Duration::from_secs(120),
+        "node-4's agent to register again",
+        || {
+            Ok(registry(&cluster)?
+                .into_iter()
+                .find(|(_, node)| node == "node-4")
+                .map(|(peer, _)| peer))
+        },
+    )?;
+    ensure!(
+        back != dead,
+        "node-4's agent came back as the reclaimed peer {dead}"
+    );
+    cluster.kubectl(&[
+        "-n",
+        kube::NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/weave-net",
+        "--timeout=180s",
+    ])?;
+    wait_until(RECLAIM_WITHIN, "all four agents to agree", || {
+        let views: Vec<Vec<String>> = (1..=NODES)
+            .map(|i| kube::ipam_shares(&cluster, i))
+            .collect::<Result<_>>()?;
+        Ok(views.windows(2).all(|w| w[0] == w[1]).then_some(()))
+    })?;
+    unique_addresses(&cluster, 16)?;
+    cluster.stop_node(4)?;
+    cluster.kubectl(&["delete", "node", "node-4"])?;
+    wait_reclaimed(&cluster, std::slice::from_ref(&back), &[1, 2, 3])?;
 
     let dead: Vec<String> = vec![peer_of("node-2")?, peer_of("node-3")?];
     let took = delete_nodes(&cluster, &[2, 3])?;

@@ -117,6 +117,10 @@ pub struct Cluster {
     control_plane: Machine,
     /// Loopback forwarder to the API server.
     forward: Forward,
+    /// The CA and its files.
+    pki: Pki,
+    /// The `weave-cluster` binary (each machine's init).
+    init: PathBuf,
     /// The hosts (dropped last: it owns every process, cgroup and namespace).
     bed: TestBed,
 }
@@ -212,9 +216,11 @@ impl Cluster {
             nodes: Vec::new(),
             control_plane,
             forward,
+            pki,
+            init: init.to_owned(),
             bed,
         };
-        cluster.start_control_plane(&pki)?;
+        cluster.start_control_plane()?;
         cluster.images = cluster.build_images(&weave_bins)?;
         for i in 1..=n {
             let name = format!("node-{i}");
@@ -238,7 +244,7 @@ impl Cluster {
             let started: Vec<_> = cluster
                 .nodes
                 .iter()
-                .map(|node| scope.spawn(|| cluster.start_node(node, &pki)))
+                .map(|node| scope.spawn(|| cluster.start_node(node)))
                 .collect();
             started
                 .into_iter()
@@ -331,6 +337,48 @@ impl Cluster {
     /// kubelet, containerd, every pod) dies at once. Its Node object stays in the API.
     pub fn stop_node(&self, i: usize) -> Result<()> {
         self.node(i).stop()
+    }
+
+    /// Switches node `i` on again after [`Cluster::stop_node`], as a machine that reboots
+    /// with its disk: same name, address, files and images; its kubelet registers the Node
+    /// anew if it was deleted meanwhile.
+    pub fn restart_node(&mut self, i: usize) -> Result<()> {
+        let k = i
+            .checked_sub(1)
+            .filter(|k| *k < self.nodes.len())
+            .with_context(|| format!("no node {i}"))?;
+        let (name, dir) = (
+            self.nodes[k].name().to_owned(),
+            self.nodes[k].dir().to_owned(),
+        );
+        // The previous init's marker would make the wait below return at once, and `/run` is
+        // a tmpfs on a real machine: both start empty.
+        for stale in [dir.join("ready"), dir.join("run")] {
+            let removed = if stale.is_dir() {
+                std::fs::remove_dir_all(&stale)
+            } else {
+                std::fs::remove_file(&stale)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("remove {}", stale.display())),
+            }
+        }
+        let id = std::fs::read_to_string(dir.join("machine-id"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| machine_id());
+        let machine = Machine::start(
+            self.bed.owned(),
+            self.bed.host(i),
+            &name,
+            &dir,
+            &id,
+            &self.init,
+        )?;
+        self.start_node(&machine)?;
+        self.nodes[k] = machine;
+        Ok(())
     }
 
     /// The namespace of a machine outside the cluster: the underlay segment's gateway, which
@@ -535,7 +583,8 @@ impl Cluster {
 
     /// Starts etcd, the API server (waiting until it is ready), the controller-manager and the
     /// scheduler.
-    fn start_control_plane(&self, pki: &Pki) -> Result<()> {
+    fn start_control_plane(&self) -> Result<()> {
+        let pki = &self.pki;
         let cp = &self.control_plane;
         let d = cp.dir();
         let cp_ip = cp.ip();
@@ -722,7 +771,8 @@ impl Cluster {
 
     /// Configures node `node` and starts its containerd (importing the images), kubelet and
     /// kube-proxy. Runs on a thread per node.
-    fn start_node(&self, node: &Machine, pki: &Pki) -> Result<()> {
+    fn start_node(&self, node: &Machine) -> Result<()> {
+        let pki = &self.pki;
         let d = node.dir();
         let name = node.name();
         let server = format!("https://{}:{APISERVER_PORT}", self.control_plane.ip());
