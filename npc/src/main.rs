@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `weave-npc`: parses flags, sets up logging and runs [`weave_npc::run`] until SIGTERM or
-//! SIGINT. `--cleanup` removes our tables and exits.
+//! SIGINT. `--cleanup` removes our tables and exits; `explain` and `hold` are one-shot
+//! commands (`cli/`).
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use weave_npc::cli::Cli;
+use weave_npc::cli::{self, Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,6 +22,24 @@ async fn main() -> anyhow::Result<()> {
         builder.json().init();
     } else {
         builder.init();
+    }
+    match &cli.command {
+        Some(Command::Explain(args)) => {
+            let client = weave_npc::controller::client_from(cli.kubeconfig.as_deref()).await?;
+            let text = cli::explain::run(client, args).await?;
+            // The command's output is its answer (stdout), logs go to stderr.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{text}");
+            }
+            return Ok(());
+        }
+        Some(Command::Hold) => {
+            let what = cli::hold::run(cli.nft.clone(), &cli.pod_port_prefix).await?;
+            tracing::info!("{what}");
+            return Ok(());
+        }
+        None => {}
     }
     if cli.cleanup {
         weave_npc::controller::cleanup(cli.nft.clone()).await?;

@@ -9,6 +9,8 @@
 //! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
 //!   driven by the tokio reactor;
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
+//! - [`child`]: waiting for a child process with a time limit (pidfd);
+//! - [`nflog`]: an nfnetlink_log socket bound to one group (raw datagrams out);
 //! - `firewall` (feature `nft`): the `Firewall` trait, `NftFirewall` and, with
 //!   `fake` too, `FakeFirewall`;
 //! - [`wiring`]: [`wiring::wire`] / [`wiring::unwire`], a pod namespace's
@@ -18,8 +20,10 @@
 //!   same idempotency rules, for unit tests that must not need root.
 //!
 //! This is the only crate of the workspace allowed `unsafe`, and only in
-//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration).
+//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration), [`child`]
+//! (`pidfd_open`, `poll`) and [`nflog`] (the netlink socket calls).
 
+pub mod child;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -27,6 +31,7 @@ pub mod fake;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod nflog;
 pub mod sysctl;
 pub mod tap;
 pub mod wiring;

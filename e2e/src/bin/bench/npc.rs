@@ -83,6 +83,7 @@ fn snapshot(policies: usize, pods: usize) -> Result<Snapshot> {
         policies: (0..policies)
             .map(|i| serde_json::from_value::<NetworkPolicy>(policy(i)))
             .collect::<Result<_, _>>()?,
+        ..Snapshot::default()
     })
 }
 
