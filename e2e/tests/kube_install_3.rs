@@ -78,6 +78,8 @@ fn service_account_holds_exactly_the_manifests_rules(cluster: &Cluster) -> Resul
         "pods",
         "namespaces",
         "networkpolicies.networking.k8s.io",
+        "clusternetworkpolicies.policy.networking.k8s.io",
+        "events.events.k8s.io",
         "configmaps",
     ];
     let rules = |namespace: &str| -> Result<BTreeSet<String>> {
@@ -94,6 +96,8 @@ fn service_account_holds_exactly_the_manifests_rules(cluster: &Cluster) -> Resul
             .collect())
     };
     let cluster_wide: BTreeSet<String> = [
+        "clusternetworkpolicies.policy.networking.k8s.io [] [] [list watch]",
+        "events.events.k8s.io [] [] [create patch]",
         "namespaces [] [] [list watch]",
         "networkpolicies.networking.k8s.io [] [] [list watch]",
         "nodes [] [] [list watch]",

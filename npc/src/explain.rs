@@ -437,3 +437,112 @@ impl Flow<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, NodeConfig, Snapshot};
+    use serde_json::{json, Value};
+
+    /// Namespaces x and y (labelled `ns`), pods a and b in each, `b` serving `web` on 8080.
+    fn snapshot(policies: Vec<Value>, cluster: Vec<Value>) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (i, ns) in ["x", "y"].iter().enumerate() {
+            s.namespaces.push(
+                serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}}))
+                    .expect("namespace"),
+            );
+            for (j, pod) in ["a", "b"].iter().enumerate() {
+                s.pods.push(
+                    serde_json::from_value(json!({
+                        "metadata": {"name": pod, "namespace": ns, "labels": {"pod": pod}},
+                        "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                            {"name": "web", "containerPort": 8080}]}]},
+                        "status": {"phase": "Running", "podIP": format!("10.32.{i}.{}", j + 1)}
+                    }))
+                    .expect("pod"),
+                );
+            }
+        }
+        s.policies = policies
+            .into_iter()
+            .map(|p| serde_json::from_value(p).expect("policy"))
+            .collect();
+        s.cluster_policies = cluster
+            .into_iter()
+            .map(|p| serde_json::from_value(p).expect("cluster policy"))
+            .collect();
+        s
+    }
+
+    /// Explains `src` → `dst` TCP `port` on `snap`.
+    fn check(snap: &Snapshot, src: &str, dst: &str, port: u16) -> Explanation {
+        let c = compile(snap, &NodeConfig::default());
+        let end = |s: &str| {
+            let (ns, name) = s.split_once('/').expect("ns/name");
+            Endpoint::Pod(c.pod(ns, name).expect("pod").clone())
+        };
+        explain(&c, end(src), end(dst), Protocol::Tcp, port)
+    }
+
+    #[test]
+    fn network_policies_isolate_and_allow() {
+        let snap = snapshot(
+            vec![
+                json!({"metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+                json!({"metadata": {"name": "web", "namespace": "x"}, "spec": {"podSelector": {"matchLabels": {"pod": "b"}},
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": "web"}]}]}}),
+            ],
+            vec![],
+        );
+        let e = check(&snap, "y/a", "x/b", 8080);
+        assert!(e.allowed(), "{e}");
+        assert_eq!(e.ingress.by(), "NetworkPolicy x/web");
+        let e = check(&snap, "y/a", "x/b", 80);
+        assert!(!e.allowed(), "another port: {e}");
+        assert_eq!(e.ingress.by(), "NetworkPolicy default deny (x/deny, x/web)");
+        let e = check(&snap, "x/b", "x/a", 8080);
+        assert!(!e.allowed());
+        assert_eq!(e.denial().map(|(d, _)| d), Some("ingress"));
+        let e = check(&snap, "x/a", "y/b", 8080);
+        assert!(e.allowed() && e.egress.reason == Reason::Default { passed_by: None });
+    }
+
+    #[test]
+    fn cluster_tiers_come_before_and_after_network_policies() {
+        let allow_y = json!({"metadata": {"name": "allow-y", "namespace": "x"}, "spec": {"podSelector": {},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}});
+        let admin = json!({"metadata": {"name": "admin"}, "spec": {"tier": "Admin", "priority": 1,
+            "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+            "ingress": [{"name": "pass-web", "action": "Pass", "from": [{"namespaces": {}}], "protocols": [{"destinationNamedPort": "web"}]},
+                        {"name": "deny-y", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}});
+        let baseline = json!({"metadata": {"name": "base"}, "spec": {"tier": "Baseline", "priority": 1,
+            "subject": {"namespaces": {}},
+            "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]}});
+        let snap = snapshot(vec![allow_y], vec![admin, baseline]);
+        // An Admin Deny beats the namespace's allow.
+        let e = check(&snap, "y/a", "x/a", 80);
+        assert!(!e.allowed(), "{e}");
+        assert_eq!(
+            e.ingress.by(),
+            "ClusterNetworkPolicy admin (Admin) rule deny-y"
+        );
+        // Pass hands the decision to the NetworkPolicies, which allow.
+        let e = check(&snap, "y/a", "x/b", 8080);
+        assert!(e.allowed(), "{e}");
+        assert!(matches!(
+            e.ingress.reason,
+            Reason::NetworkPolicy {
+                passed_by: Some(_),
+                ..
+            }
+        ));
+        // The Baseline applies only where no NetworkPolicy isolates: y has none.
+        let e = check(&snap, "x/a", "y/a", 80);
+        assert!(!e.allowed());
+        assert_eq!(
+            e.ingress.by(),
+            "ClusterNetworkPolicy base (Baseline) rule deny-all"
+        );
+    }
+}

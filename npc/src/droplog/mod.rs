@@ -11,10 +11,8 @@
 //! sent again, the same 5-tuple) are logged once: recently logged flows are remembered in a
 //! table of at most [`FLOWS`] entries for [`FLOW_TTL`].
 //!
-//! [`nflog`] parses the datagrams (fuzzed: `npc/fuzz`); [`run`] owns the socket thread and
-//! the logging task.
-
-pub mod nflog;
+//! `weave_platform::nflog` opens the socket and parses the datagrams (fuzzed); [`run`] owns
+//! the socket thread and the logging task.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -25,10 +23,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::nflog::{Entry, Packet};
 use crate::compile::Compiled;
 use crate::explain::{explain, Endpoint, Reason};
 use crate::metrics::Metrics;
+use crate::policy::Protocol;
+use weave_platform::nflog::{self, Entry, Packet};
 
 /// Flows remembered to log each attempt once.
 pub const FLOWS: usize = 4096;
@@ -93,7 +92,7 @@ impl DropLog {
         self.order.push_back((packet, now));
         let src = Endpoint::at(compiled, packet.src);
         let dst = Endpoint::at(compiled, packet.dst);
-        let (by, policies) = match packet.policy_protocol() {
+        let (by, policies) = match policy_protocol(&packet) {
             Some(proto) => {
                 let e = explain(compiled, src.clone(), dst.clone(), proto, packet.dport);
                 let d = if direction == "egress" {
@@ -167,6 +166,16 @@ impl DropLog {
     }
 }
 
+/// The transport protocol of `packet` as policy names it, if it is one.
+fn policy_protocol(packet: &Packet) -> Option<Protocol> {
+    match packet.protocol {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
 /// Reads nflog `group` until `cancel`, logging a line per dropped connection attempt. A
 /// socket that cannot be bound (another reader, no capability) is reported once and the
 /// drop log stays off; enforcement is unaffected.
@@ -183,11 +192,14 @@ pub async fn run(
             return;
         }
     };
+    // Wake up now and then, so that the thread sees the receiver gone after a shutdown.
+    if let Err(err) = socket.set_read_timeout(Duration::from_secs(1)) {
+        warn!(group, error = %err, "set the nflog socket's timeout");
+    }
     info!(group, "logging dropped connections");
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let lost = Arc::clone(&metrics);
-    // recv blocks; the thread ends with the process (or when the receiver is gone and the
-    // next datagram arrives).
+    // recv blocks for at most a second; the thread ends when the receiver is gone.
     let spawned = std::thread::Builder::new()
         .name("nflog".into())
         .spawn(move || {
@@ -201,6 +213,11 @@ pub async fn run(
                     },
                     // The socket buffer overflowed: entries were lost.
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => lost.drop_log_lost(1),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "nflog socket failed; drops are no longer logged");
                         return;
@@ -248,5 +265,95 @@ pub async fn run(
                 None => metrics.drop_log_repeated(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, NodeConfig, Snapshot};
+    use serde_json::json;
+    use std::net::Ipv4Addr;
+
+    fn compiled() -> Compiled {
+        let mut s = Snapshot::default();
+        s.namespaces
+            .push(serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("ns"));
+        for (name, ip) in [("a", "10.32.0.1"), ("b", "10.32.0.2")] {
+            s.pods.push(
+                serde_json::from_value(
+                    json!({"metadata": {"name": name, "namespace": "x", "labels": {"pod": name}},
+                    "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                    "status": {"phase": "Running", "podIP": ip}}),
+                )
+                .expect("pod"),
+            );
+        }
+        s.policies.push(
+            serde_json::from_value(json!({"metadata": {"name": "deny", "namespace": "x"},
+                "spec": {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"]}}))
+            .expect("policy"),
+        );
+        compile(
+            &s,
+            &NodeConfig {
+                node_name: "n1".into(),
+                ..NodeConfig::default()
+            },
+        )
+    }
+
+    fn entry(prefix: &str, sport: u16) -> Entry {
+        Entry {
+            group: 86,
+            prefix: prefix.into(),
+            packet: Some(Packet {
+                src: Ipv4Addr::new(10, 32, 0, 1),
+                dst: Ipv4Addr::new(10, 32, 0, 2),
+                protocol: 6,
+                sport,
+                dport: 80,
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_line_per_flow_naming_pods_and_policy() {
+        let c = compiled();
+        let mut log = DropLog::default();
+        let now = Instant::now();
+        let e = entry("weave-npc ingress denied x/b: ", 40000);
+        let line = log.line(&e, now, &c).expect("a line");
+        assert_eq!(line.src, "x/a (10.32.0.1)");
+        assert_eq!(line.dst, "x/b (10.32.0.2)");
+        assert_eq!(line.by, "NetworkPolicy default deny (x/deny)");
+        assert_eq!(line.policies, ["x/deny"]);
+        assert_eq!(
+            (line.direction.as_str(), line.pod.as_str()),
+            ("ingress", "x/b")
+        );
+        // The retransmitted SYN is not logged again; another flow is.
+        assert!(log.line(&e, now + Duration::from_secs(1), &c).is_none());
+        assert!(log
+            .line(&entry("weave-npc ingress denied x/b: ", 40001), now, &c)
+            .is_some());
+        // After the TTL the flow is logged again.
+        assert!(log
+            .line(&e, now + FLOW_TTL + Duration::from_secs(1), &c)
+            .is_some());
+        // Not ours.
+        assert!(log.line(&entry("someone else: ", 1), now, &c).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flow_table_is_bounded() {
+        let c = compiled();
+        let mut log = DropLog::default();
+        let now = Instant::now();
+        for port in 0..(FLOWS + 100) {
+            let sport = u16::try_from(port % 65536).expect("port");
+            let _ = log.line(&entry("weave-npc ingress denied x/b: ", sport), now, &c);
+        }
+        assert!(log.seen.len() <= FLOWS && log.order.len() <= FLOWS);
     }
 }

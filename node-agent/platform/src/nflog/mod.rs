@@ -6,8 +6,13 @@
 //! binds it to one group and asks for the first bytes of each packet (enough for the IP and
 //! transport headers), with a short flush timeout so that entries arrive promptly. Only one
 //! socket can read a group; a second bind fails with `EBUSY`. Reads block: call
-//! [`NflogSocket::recv`] from a thread of its own.
+//! [`NflogSocket::recv`] from a thread of its own, and read what it returns with [`parse`]
+//! (pure, fuzzed: `node-agent/fuzz`, target `nflog`).
 #![allow(unsafe_code)]
+
+mod parse;
+
+pub use self::parse::{parse, Entry, Packet, ParseError};
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -85,6 +90,29 @@ impl NflogSocket {
             ],
         )?;
         Ok(socket)
+    }
+
+    /// Makes [`recv`](Self::recv) fail with `WouldBlock` after `timeout` without a datagram.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        };
+        let len = u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or_default();
+        // SAFETY: `tv` is a valid timeval of `len` bytes, borrowed for the call only.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast::<libc::c_void>(),
+                len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The group this socket reads.

@@ -10,8 +10,6 @@
 
 use std::net::Ipv4Addr;
 
-use crate::policy::Protocol;
-
 /// `(NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET`.
 const MSG_PACKET: u16 = 4 << 8;
 /// `NLMSG_ERROR`, `NLMSG_DONE`, `NLMSG_NOOP`, `NLMSG_OVERRUN`: control messages, skipped.
@@ -50,16 +48,6 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// The transport protocol as policy names it, if it is one.
-    pub fn policy_protocol(&self) -> Option<Protocol> {
-        match self.protocol {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            132 => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
     /// The protocol's name for logs.
     pub fn protocol_name(&self) -> String {
         match self.protocol {
@@ -240,7 +228,6 @@ mod tests {
         assert_eq!(p.src, Ipv4Addr::new(10, 32, 0, 2));
         assert_eq!(p.dst, Ipv4Addr::new(10, 32, 0, 1));
         assert_eq!((p.protocol, p.sport, p.dport), (6, 40000, 80));
-        assert_eq!(p.policy_protocol(), Some(Protocol::Tcp));
     }
 
     #[test]
