@@ -7,7 +7,7 @@ DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps pyth
 	containernetworking-plugins
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster conformance fuzz-build fuzz-smoke demo bench clean-netns
 
 # From PyPI: kubernetes-validate checks the manifests against the API schemas.
 PIPS := kubernetes-validate==1.37.0
@@ -93,6 +93,16 @@ CLUSTER_DIR ?= /tmp/weave-cluster
 cluster: deps build
 	@tools=$$($(K8S_TOOLS)) && WEAVE_K8S_TOOLS=$$tools \
 	  ./target/debug/weave-cluster up --nodes $(NODES) --cni $(CNI) --dir $(CLUSTER_DIR)
+
+# The upstream suites against weave on a fresh 3-node real cluster: the Kubernetes e2e
+# NetworkPolicy tests, the sig-network conformance tests and sig-network's
+# ClusterNetworkPolicy suite (about an hour on 2 cores, too long for `make test`, which runs
+# a subset in e2e/tests/kube_policy_3.rs). Writes e2e/conformance/RESULTS.md; run before each
+# release and commit the file. SUITES=netpol,sig-network,cluster-network-policy picks suites.
+SUITES ?= netpol,sig-network,cluster-network-policy
+conformance: deps build
+	@tools=$$($(K8S_TOOLS)) && WEAVE_K8S_TOOLS=$$tools E2E_BIN_DIR=$(CURDIR)/target/debug \
+	  ./target/debug/weave-conformance --suites $(SUITES) --out e2e/conformance/RESULTS.md
 
 # The libFuzzer targets, built with sanitizer coverage (what cargo-fuzz adds) so that
 # libFuzzer is guided by the code it reaches; --target keeps the flags off build scripts

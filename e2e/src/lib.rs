@@ -10,6 +10,7 @@ mod binaries;
 pub mod cluster;
 pub mod cni;
 mod command;
+pub mod conformance;
 mod faults;
 mod host;
 pub mod kube;

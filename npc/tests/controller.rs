@@ -286,7 +286,7 @@ async fn initial_sync_applies_one_full_ruleset() {
     let i = applied_where(&firewall, TIMEOUT, "with x/a isolated", |d| {
         d.contains("delete table inet weave-npc")
             && d.contains(
-                "add element inet weave-npc ingress-np-pods { 10.32.0.1 : jump ingress-pod/x/a }",
+                "add element inet weave-npc ingress-np-pods { 10.32.0.1 : jump ingress-group-",
             )
     })
     .await;

@@ -13,10 +13,11 @@
 //!   related packets first, then runs the three tiers in order:
 //!   1. `<dir>-admin`: the Admin ClusterNetworkPolicy rules by priority (`accept`, `return`
 //!      for Pass, or count and jump to `<dir>-denied` for Deny);
-//!   2. a verdict map keyed by the local pod's address (`<dir>-np-pods`) jumps to the pod's
-//!      own chain `<dir>-pod/<ns>/<pod>` when NetworkPolicies isolate it: that chain jumps to
-//!      the chain of every policy selecting the pod (`<dir>-policy/<ns>/<name>`, whose rules
-//!      `accept`) and then to the pod's accounting chain, which drops;
+//!   2. a verdict map keyed by the local pod's address (`<dir>-np-pods`) jumps, when
+//!      NetworkPolicies isolate the pod, to the chain of its group (`<dir>-group-<hash>`:
+//!      pods selected by the same policies share one), which jumps to the chain of every
+//!      policy selecting it (`<dir>-policy/<ns>/<name>`, whose rules `accept`) and then to
+//!      `<dir>-denied`, where a verdict map by address leads to the pod's accounting chain;
 //!   3. `<dir>-baseline`: the Baseline ClusterNetworkPolicy rules, for pods no NetworkPolicy
 //!      isolates. What passes all three is accepted by the chain's policy.
 //!
@@ -886,18 +887,35 @@ impl Compiled {
                         "drop".to_owned(),
                     ],
                 );
-                let policies = self.isolating(pod, dir == "ingress");
-                if !policies.is_empty() {
+                if let Some((group, policies)) = self.group(pod, dir) {
                     let mut rules: Vec<String> = policies
                         .iter()
                         .map(|p| format!("jump {}", policy_chain(dir, &p.namespace, &p.name)))
                         .collect();
-                    rules.push(format!("jump {accounting}"));
-                    out.insert(pod_chain(dir, &namespace, &name), rules);
+                    // No policy accepted: the pod's accounting (by address) and drop.
+                    rules.push(format!("jump {dir}-denied"));
+                    out.insert(group, rules);
                 }
             }
         }
         out
+    }
+
+    /// The group chain of `pod` in direction `dir` and the NetworkPolicies it applies, when
+    /// any isolates the pod. Pods selected by the same policies share one chain (named by a
+    /// hash of the policies), so a ruleset has a chain per distinct set of policies rather
+    /// than per pod.
+    fn group(&self, pod: &PodInfo, dir: &str) -> Option<(String, Vec<&Policy>)> {
+        let policies = self.isolating(pod, dir == "ingress");
+        if policies.is_empty() {
+            return None;
+        }
+        let keys: Vec<String> = policies.iter().map(|p| p.key()).collect();
+        let name = format!(
+            "{dir}-group-{:016x}",
+            sets::fnv1a(keys.join(",").as_bytes())
+        );
+        Some((name, policies))
     }
 
     /// The four verdict maps: address → verdict.
@@ -918,9 +936,9 @@ impl Compiled {
                         format!("jump {}", accounting_chain(dir, &namespace, &name)),
                     );
                 }
-                if !self.isolating(pod, dir == "ingress").is_empty() {
+                if let Some((group, _)) = self.group(pod, dir) {
                     if let Some(m) = out.get_mut(&format!("{dir}-np-pods")) {
-                        m.insert(ip, format!("jump {}", pod_chain(dir, &namespace, &name)));
+                        m.insert(ip, format!("jump {group}"));
                     }
                 }
             }
@@ -932,11 +950,6 @@ impl Compiled {
 /// The chain of NetworkPolicy `ns/name` for direction `dir`.
 fn policy_chain(dir: &str, ns: &str, name: &str) -> String {
     object_name(&[&format!("{dir}-policy"), ns, name])
-}
-
-/// The chain of local pod `ns/name` that applies its NetworkPolicies in direction `dir`.
-fn pod_chain(dir: &str, ns: &str, name: &str) -> String {
-    object_name(&[&format!("{dir}-pod"), ns, name])
 }
 
 /// The accounting chain (and counter) of local pod `ns/name` in direction `dir`.

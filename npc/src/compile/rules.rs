@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The rules of a policy's chains: one rule per peer and port group, each referring to the
 //! shared sets it needs (taken with [`Compiled::acquire`], released when the policy goes).
+//! Each pod peer is a set of the pods it selects, each ipBlock a match of its own.
 //!
 //! A rule's ports become one match: a single port or range inline (`meta l4proto tcp th
 //! dport 80`), several as a named interval set of `protocol . port-range`, named ports as a
@@ -137,6 +138,7 @@ impl Compiled {
             return vec![String::new()];
         };
         let mut out = Vec::new();
+        let mut keys = Vec::new();
         for peer in peers {
             match peer {
                 Peer::Pods { namespaces, pods } => {
@@ -146,9 +148,9 @@ impl Compiled {
                         own: namespaces.is_none().then(|| policy.namespace.clone()),
                         local: false,
                     };
-                    let id = self.acquire(SetDef::Peer(key));
-                    sets.push(id);
-                    out.push(format!(" ip {other} @{}", self.set_name(id)));
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
                 }
                 Peer::Block { cidr, except } => {
                     let mut m = format!(" ip {other} {}/{}", cidr.addr(), cidr.prefix_len());
@@ -159,7 +161,27 @@ impl Compiled {
                 }
             }
         }
-        out
+        let mut pods = self.pods_match(keys, other, sets);
+        pods.append(&mut out);
+        pods
+    }
+
+    /// One match per pod peer of `keys`, each a set of the pods it selects. (One set for all
+    /// of a rule's peers would mean fewer rules but far more elements, since the unions of
+    /// different rules overlap; elements cost nft more than rules do.)
+    fn pods_match(
+        &mut self,
+        keys: Vec<PeerKey>,
+        field: &str,
+        sets: &mut Vec<SetId>,
+    ) -> Vec<String> {
+        keys.into_iter()
+            .map(|key| {
+                let id = self.acquire(SetDef::Peer(key));
+                sets.push(id);
+                format!(" ip {field} @{}", self.set_name(id))
+            })
+            .collect()
     }
 
     /// One match per peer of a ClusterNetworkPolicy rule.
@@ -171,12 +193,14 @@ impl Compiled {
     ) -> Vec<String> {
         let (_, other) = fields(ingress);
         let mut out = Vec::new();
+        let mut keys = Vec::new();
         for peer in &rule.peers {
             match peer {
                 ClusterPeer::Pods(p) => {
-                    let id = self.acquire(SetDef::Peer(pods_key(p, false)));
-                    sets.push(id);
-                    out.push(format!(" ip {other} @{}", self.set_name(id)));
+                    let key = pods_key(p, false);
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
                 }
                 ClusterPeer::Nodes(sel) => {
                     let id = self.acquire(SetDef::Nodes(sel.clone()));
@@ -188,7 +212,9 @@ impl Compiled {
                 }
             }
         }
-        out
+        let mut pods = self.pods_match(keys, other, sets);
+        pods.append(&mut out);
+        pods
     }
 
     /// One match (with a leading space) per port group of `ports`; `[""]` when empty.
