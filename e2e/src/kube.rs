@@ -64,6 +64,32 @@ pub fn install_manifest(cluster: &Cluster, timeout: Duration) -> Result<Duration
     Ok(start.elapsed())
 }
 
+/// Waits until the weave DaemonSet has rolled out on every node (`kubectl rollout status`).
+pub fn rollout_status(cluster: &Cluster, timeout: Duration) -> Result<()> {
+    cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/weave-net",
+        &format!("--timeout={}s", timeout.as_secs()),
+    ])?;
+    Ok(())
+}
+
+/// The ClusterNetworkPolicy CRD shipped for kubectl.
+pub fn cluster_policy_crd() -> PathBuf {
+    manifest().with_file_name("clusternetworkpolicy-crd.yaml")
+}
+
+/// Installs the ClusterNetworkPolicy CRD, then weave from its manifest, and waits until weave
+/// runs on every node.
+pub fn install_with_cluster_policies(cluster: &Cluster, timeout: Duration) -> Result<()> {
+    cluster.kubectl(&["apply", "-f", &cluster_policy_crd().display().to_string()])?;
+    install_manifest(cluster, timeout)?;
+    rollout_status(cluster, timeout)
+}
+
 /// The pods in `namespace` matching label `selector`.
 pub fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
     let out = cluster.kubectl(&["-n", namespace, "get", "pods", "-l", selector, "-o", "json"])?;

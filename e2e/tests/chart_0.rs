@@ -114,7 +114,7 @@ fn chart_0() -> Result<()> {
     let files = [
         kube::manifest(),
         kube::uninstall_manifest(),
-        kube::manifest().with_file_name("clusternetworkpolicy-crd.yaml"),
+        kube::cluster_policy_crd(),
         custom.clone(),
     ];
     for minor in 30..=37 {

@@ -31,17 +31,7 @@ fn kube_policy_3() -> Result<()> {
         cni: Cni::None,
         ..ClusterOptions::default()
     })?;
-    let crd = kube::manifest().with_file_name("clusternetworkpolicy-crd.yaml");
-    cluster.kubectl(&["apply", "-f", &crd.display().to_string()])?;
-    kube::install_manifest(&cluster, Duration::from_secs(90))?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=120s",
-    ])?;
+    kube::install_with_cluster_policies(&cluster, Duration::from_secs(120))?;
     upstream_subset(&cluster)?;
     let agnhost = cluster.image("agnhost")?.to_owned();
     cluster_policy_tiers(&cluster, &agnhost)?;

@@ -58,17 +58,7 @@ fn main() -> Result<()> {
         cni: Cni::None,
         ..ClusterOptions::default()
     })?;
-    let crd = kube::manifest().with_file_name("clusternetworkpolicy-crd.yaml");
-    cluster.kubectl(&["apply", "-f", &crd.display().to_string()])?;
-    kube::install_manifest(&cluster, Duration::from_secs(120))?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=180s",
-    ])?;
+    kube::install_with_cluster_policies(&cluster, Duration::from_secs(180))?;
     let mut sections = Vec::new();
     let mut all: Vec<Outcome> = Vec::new();
     for suite in suites {

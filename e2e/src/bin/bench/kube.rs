@@ -35,14 +35,7 @@ pub(crate) fn bench() -> Result<()> {
     })?;
     let agnhost = cluster.image("agnhost")?.to_owned();
     let install = kube::install_manifest(&cluster, Duration::from_secs(180))?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=180s",
-    ])?;
+    kube::rollout_status(&cluster, Duration::from_secs(180))?;
     let mut weave = start_latency(&cluster, &agnhost)?;
     deploy(&cluster, &agnhost, PODS)?;
     let rss = memory(&cluster)?;
