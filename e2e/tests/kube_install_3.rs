@@ -121,20 +121,6 @@ apiVersion: v1
 kind: Namespace
 metadata: {{ name: net }}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: web, namespace: net }}
-spec:
-  replicas: {NODES}
-  selector: {{ matchLabels: {{ app: web }} }}
-  template:
-    metadata: {{ labels: {{ app: web }} }}
-    spec:
-      topologySpreadConstraints:
-      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{ matchLabels: {{ app: web }} }} }}
-      containers:
-      - {{ name: web, image: "{agnhost}", args: [netexec, --http-port=8080, --udp-port=8081] }}
----
 apiVersion: v1
 kind: Pod
 metadata: {{ name: pinned, namespace: net, labels: {{ app: pinned }} }}
@@ -155,14 +141,14 @@ spec:
 "#
         ),
     )?;
-    cluster.kubectl(&[
-        "-n",
+    kube::deploy_spread(
+        cluster,
+        "web",
         "net",
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=120s",
-    ])?;
+        NODES,
+        "netexec, --http-port=8080, --udp-port=8081",
+        true,
+    )?;
     wait_pods_ready(cluster, "net", "app=pinned", Duration::from_secs(120))?;
     let web = pods(cluster, "net", "app=web")?;
     let nodes: BTreeSet<&str> = web.iter().map(|p| p.node.as_str()).collect();
@@ -376,14 +362,7 @@ fn rolling_restart_keeps_addresses(cluster: &Cluster, web: &[Pod]) -> Result<()>
     eprintln!("kube_install_3: rolling restart: longest traffic gap {gap:.1} s ({failures} failed probes of {})", log.lines().count());
     // No address is handed out twice after the agents restarted from their state.
     cluster.kubectl(&["-n", "net", "scale", "deployment/web", "--replicas=9"])?;
-    cluster.kubectl(&[
-        "-n",
-        "net",
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=120s",
-    ])?;
+    kube::rollout(cluster, "net", "deployment/web")?;
     let all = pods(cluster, "net", "")?;
     let addresses: BTreeSet<&str> = all.iter().map(|p| p.ip.as_str()).collect();
     ensure!(
