@@ -38,6 +38,7 @@ fn kube_install_3() -> Result<()> {
         took.as_secs_f64()
     );
     network_unavailable_is_cleared(&cluster)?;
+    registry_heals_when_deleted(&cluster)?;
     service_account_holds_exactly_the_manifests_rules(&cluster)?;
 
     let agnhost = cluster.image("agnhost")?.to_owned();
@@ -65,6 +66,31 @@ fn network_unavailable_is_cleared(cluster: &Cluster) -> Result<()> {
                     .then_some(()),
             )
         },
+    )
+}
+
+/// The peer registry lists every agent; deleted by mistake, it is written again by the live
+/// agents (else their next restart would take them for reclaimed peers).
+fn registry_heals_when_deleted(cluster: &Cluster) -> Result<()> {
+    let listed = || -> Result<usize> {
+        let text = cluster.kubectl(&[
+            "-n",
+            kube::NAMESPACE,
+            "get",
+            "configmap",
+            "weave-net",
+            "-o",
+            "jsonpath={.data.peers}",
+        ])?;
+        let doc: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(doc["peers"].as_array().map_or(0, Vec::len))
+    };
+    ensure!(listed()? == NODES, "the registry does not list every agent");
+    cluster.kubectl(&["-n", kube::NAMESPACE, "delete", "configmap", "weave-net"])?;
+    wait_until(
+        Duration::from_secs(60),
+        "the agents to list themselves again",
+        || Ok(listed().ok().filter(|n| *n == NODES).map(drop)),
     )
 }
 

@@ -426,10 +426,20 @@ impl<A: Agent> KubeTask<A> {
         }
     }
 
-    /// Reclaims the space of dead peers, one at a time under the registry's lock.
+    /// Reclaims the space of dead peers, one at a time under the registry's lock; lists this
+    /// peer again if its entry vanished while its Node exists (the ConfigMap was deleted or
+    /// overwritten: without this, the next restart would take the agent for reclaimed).
     async fn reclaim(&self, present: &BTreeSet<String>) -> Result<(), KubeError> {
         for _ in 0..PASS_WRITES {
             let (mut registry, version) = self.kube.read_registry().await?;
+            let node = &self.kube.settings.node_name;
+            if present.contains(node) && !registry.contains(&self.me) {
+                registry.register(&self.me, node);
+                if self.kube.write_registry(&registry, version).await? {
+                    warn!(peer = %self.me, "this peer was missing from the registry; listed it again");
+                }
+                continue;
+            }
             let Some(target) = registry.to_reclaim(&self.me, present).into_iter().next() else {
                 return Ok(());
             };
