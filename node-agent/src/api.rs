@@ -2,7 +2,7 @@
 //! The local HTTP API, served on TCP (default 127.0.0.1:6784) and on a Unix
 //! socket (default `/run/weave/weave.sock`, mode 0600).
 //!
-//! Handlers only translate between JSON and router [`Command`]s (or IPAM
+//! Handlers only translate between JSON and router [`ApiCommand`]s (or IPAM
 //! requests, see the `ipam` submodule). Bodies are
 //! parsed here rather than by axum's extractor so that every bad request
 //! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
@@ -36,13 +36,13 @@ use crate::ipam::space::Ident;
 use ipam::AddrSpec;
 
 use crate::config::parse_peer_addr;
-use crate::router::Command;
+use crate::router::ApiCommand;
 use crate::{Error, Result};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 struct Api {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ApiCommand>,
     ipam: Option<mpsc::Sender<IpamRequest>>,
     port: u16,
     bridge: Option<BridgeInfo>,
@@ -67,7 +67,7 @@ pub struct BridgeInfo {
 }
 
 /// The API's routes.
-fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axum::Router {
+fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> axum::Router {
     axum::Router::new()
         .route("/report", get(report))
         .route("/ipam", get(ipam::report))
@@ -94,7 +94,7 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axu
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires.
 pub async fn serve_metrics(
     listener: TcpListener,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ApiCommand>,
     ipam: Option<mpsc::Sender<IpamRequest>>,
     cancel: CancellationToken,
 ) -> Result<()> {
@@ -117,7 +117,7 @@ pub async fn serve_metrics(
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
-    let mut report = ask(&api, Command::Report).await?;
+    let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
     Ok((
         [(
@@ -133,7 +133,7 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
 pub async fn serve(
     http: Option<TcpListener>,
     socket: Option<(UnixListener, std::path::PathBuf)>,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ApiCommand>,
     port: u16,
     services: Services,
     cancel: CancellationToken,
@@ -242,7 +242,7 @@ fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, ApiError>
 
 async fn ask<T>(
     api: &Api,
-    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiCommand,
 ) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "router is shutting down");
@@ -261,7 +261,7 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
 }
 
 async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
-    let mut report = ask(&api, Command::Report).await?;
+    let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
     Ok(Json(report))
 }
@@ -280,7 +280,7 @@ async fn version() -> Json<VersionReply> {
 async fn connect(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let req: ConnectRequest = parse(&body)?;
     let addrs = parse_addrs(&req.peers, api.port)?;
-    let targets = ask(&api, |reply| Command::Connect {
+    let targets = ask(&api, |reply| ApiCommand::Connect {
         addrs,
         replace: req.replace,
         reply,
@@ -292,7 +292,7 @@ async fn connect(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErr
 async fn forget(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let req: ForgetRequest = parse(&body)?;
     let addrs = parse_addrs(&req.peers, api.port)?;
-    let targets = ask(&api, |reply| Command::Forget { addrs, reply }).await?;
+    let targets = ask(&api, |reply| ApiCommand::Forget { addrs, reply }).await?;
     Ok(targets_reply(targets))
 }
 

@@ -106,7 +106,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         mesh.connect(&config.peers, false, now);
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let mut router = router::Router::new(mesh, listener, cmd_rx);
+    let mut gossip = mesh::gossip::GossipPort::new();
     let mut tasks = JoinSet::new();
     let mut services = api::Services {
         bridge: sleeve.as_ref().map(|s| api::BridgeInfo {
@@ -117,17 +117,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     };
     if let Some(ipam) = ipam {
         let (req_tx, req_rx) = mpsc::channel(1024);
-        let (ev_tx, ev_rx) = mpsc::channel(4096);
-        router = router.with_ipam(ev_tx);
+        let registration = gossip
+            .register(ipam::allocator::CHANNEL)
+            .expect("IPAM is the only subsystem on its channel");
         services.ipam = Some(req_tx.clone());
-        let allocator = ipam::allocator::Allocator::new(
-            ipam,
-            config.state_dir.clone(),
-            req_rx,
-            ev_rx,
-            cmd_tx.clone(),
-        )
-        .with_gossip_interval(config.gossip_interval);
+        let allocator =
+            ipam::allocator::Allocator::new(ipam, config.state_dir.clone(), req_rx, registration)
+                .with_gossip_interval(config.gossip_interval);
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
         if let Some(dir) = config
@@ -140,16 +136,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
             tasks.spawn(async move { ("cni-release", spool.run(c).await) });
         }
     }
+    let mut router = router::Router::new(mesh, listener, cmd_rx, gossip);
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =
             tokio::sync::watch::channel(std::sync::Arc::new(mesh::overlay::OverlayView::default()));
-        router = router.with_sleeve(views_tx, shared.clone());
+        let (paths_tx, paths_rx) = mpsc::channel(1024);
+        router = router.with_sleeve(views_tx, paths_rx, shared.clone());
         let c = cancel.clone();
-        let commands = cmd_tx.clone();
         tasks.spawn(async move {
             (
                 "sleeve",
-                router::sleeve::run(shared, views_rx, commands, c).await,
+                router::sleeve::run(shared, views_rx, paths_tx, c).await,
             )
         });
     }

@@ -42,10 +42,9 @@ use secure::{Crypto, AUTH_FAILED};
 
 mod secure;
 
-/// Gossip channel of the topology.
+/// Gossip channel of the topology; every other channel belongs to a
+/// subsystem registered on the gossip port ([`super::gossip`]).
 pub const CHANNEL_TOPOLOGY: u8 = 0;
-/// Gossip channel of IP address management (handled outside the mesh).
-pub const CHANNEL_IPAM: u8 = 1;
 /// Topology changes are batched for this long before reachability, routes
 /// and targets are recomputed (a burst of gossip costs one computation).
 const REFRESH_DELAY: Duration = Duration::from_millis(20);
