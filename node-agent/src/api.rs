@@ -2,15 +2,17 @@
 //! The local HTTP API, served on TCP (default 127.0.0.1:6784) and on a Unix
 //! socket (default `/run/weave/weave.sock`, mode 0600).
 //!
-//! Handlers only translate between JSON and router [`ApiCommand`]s (or IPAM
-//! requests, see the `ipam` submodule). Bodies are
-//! parsed here rather than by axum's extractor so that every bad request
-//! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
-//! changes nothing.
+//! Handlers only translate between JSON and router [`ApiCommand`]s, IPAM
+//! requests (the `ipam` submodule) and, for the CNI plugin's one request
+//! per ADD, the API's own state (the `cni` submodule). Bodies are parsed
+//! here rather than by axum's extractor so that every bad request gets the
+//! same answer shape, `{"error": "..."}` with a 4xx status, and changes
+//! nothing.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -28,11 +30,14 @@ use weave_api::{
     TargetsReply, VersionReply,
 };
 
+mod cni;
 mod ipam;
 
-use crate::attach::{self, AttachError, Cidr};
+use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
 use crate::ipam::space::Ident;
+use crate::ipam::subnet::Subnet;
+use crate::mesh::PeerName;
 use ipam::AddrSpec;
 
 use crate::config::parse_peer_addr;
@@ -46,15 +51,37 @@ struct Api {
     ipam: Option<mpsc::Sender<IpamRequest>>,
     port: u16,
     bridge: Option<BridgeInfo>,
+    peer: PeerName,
+    default_subnet: Option<Subnet>,
+    gateways: Arc<cni::Gateways>,
 }
 
 /// What the API serves besides the router.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Services {
+    /// The local peer's name.
+    pub peer: PeerName,
     /// The data plane, if there is one.
     pub bridge: Option<BridgeInfo>,
     /// The IPAM allocator, if IPAM runs.
     pub ipam: Option<mpsc::Sender<IpamRequest>>,
+    /// The subnet allocations go to when they name none, if IPAM runs.
+    pub default_subnet: Option<Subnet>,
+}
+
+impl Services {
+    /// The state the handlers share.
+    fn api(self, commands: mpsc::Sender<ApiCommand>, port: u16) -> Api {
+        Api {
+            commands,
+            ipam: self.ipam,
+            port,
+            bridge: self.bridge,
+            peer: self.peer,
+            default_subnet: self.default_subnet,
+            gateways: Arc::default(),
+        }
+    }
 }
 
 /// What attach needs to know of the data plane.
@@ -77,36 +104,27 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
         .route("/ipam/lookup", post(ipam::lookup))
         .route("/ipam/gc", post(ipam::gc))
         .route("/ipam/rmpeer", post(ipam::rmpeer))
+        .route("/cni/add", post(cni::add))
         .route("/version", get(version))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/attach", post(attach_netns))
         .route("/detach", post(detach_netns))
         .fallback(not_found)
-        .with_state(Api {
-            commands,
-            ipam: services.ipam,
-            port,
-            bridge: services.bridge,
-        })
+        .with_state(services.api(commands, port))
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires.
 pub async fn serve_metrics(
     listener: TcpListener,
     commands: mpsc::Sender<ApiCommand>,
-    ipam: Option<mpsc::Sender<IpamRequest>>,
+    services: Services,
     cancel: CancellationToken,
 ) -> Result<()> {
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .with_state(Api {
-            commands,
-            ipam,
-            port: 0,
-            bridge: None,
-        });
+        .with_state(services.api(commands, 0));
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -302,20 +320,9 @@ fn attach_error(e: AttachError) -> ApiError {
         AttachError::NoBridge(_) => error(StatusCode::CONFLICT, e.to_string()),
         AttachError::Platform(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{:#}", anyhow_chain(&e)),
+            weave_api::error_chain(&e),
         ),
     }
-}
-
-fn anyhow_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn bridge(api: &Api) -> Result<&BridgeInfo, ApiError> {
@@ -328,8 +335,12 @@ fn bridge(api: &Api) -> Result<&BridgeInfo, ApiError> {
 }
 
 fn host_netlink() -> Result<weave_platform::LinuxNetlink, ApiError> {
-    weave_platform::LinuxNetlink::new()
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, anyhow_chain(&e)))
+    weave_platform::LinuxNetlink::new().map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            weave_api::error_chain(&e),
+        )
+    })
 }
 
 /// The IPAM identifier of an attach: given, or derived from the namespace.
@@ -372,16 +383,13 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
         let mut cidrs = Vec::with_capacity(specs.len());
         for spec in specs {
             let c = match spec {
-                AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr.is_ipv6() => c,
+                AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr().is_ipv6() => c,
                 AddrSpec::Allocate(_) | AddrSpec::Fixed(_) => {
                     let a = ipam::resolve(&api, &id, spec, ipam::DEFAULT_TIMEOUT).await?;
                     if !held.contains(&a.addr) {
                         taken.push(std::net::Ipv4Addr::from(a.addr));
                     }
-                    Cidr {
-                        addr: std::net::Ipv4Addr::from(a.addr).into(),
-                        prefix_len: a.subnet.prefix(),
-                    }
+                    a.net()
                 }
             };
             cidrs.push(c);
@@ -412,10 +420,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
         }
     };
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
-    Ok(Json(AttachReply {
-        ifname,
-        cidrs: cidrs.iter().map(ToString::to_string).collect(),
-    }))
+    Ok(Json(AttachReply { ifname, cidrs }))
 }
 
 async fn detach_netns(

@@ -3,6 +3,7 @@
 //! binaries only parse flags and call [`run`]; tests drive the same code.
 
 pub mod api;
+pub mod atomic_file;
 pub mod attach;
 pub mod cli;
 pub mod cni_release;
@@ -109,11 +110,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let mut gossip = mesh::gossip::GossipPort::new();
     let mut tasks = JoinSet::new();
     let mut services = api::Services {
+        peer: name,
         bridge: sleeve.as_ref().map(|s| api::BridgeInfo {
             name: s.bridge().to_string(),
             mtu: s.mtu(),
         }),
         ipam: None,
+        default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
     };
     if let Some(ipam) = ipam {
         let (req_tx, req_rx) = mpsc::channel(1024);
@@ -126,12 +129,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 .with_gossip_interval(config.gossip_interval);
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
-        if let Some(dir) = config
-            .api_socket
-            .as_deref()
-            .and_then(std::path::Path::parent)
-        {
-            let spool = cni_release::ReleaseSpool::new(dir.join(cni_release::SPOOL_DIR), req_tx);
+        if let Some(socket) = config.api_socket.as_deref() {
+            let spool = weave_api::spool::Spool::beside(socket);
+            let spool = cni_release::ReleaseSpool::new(spool, req_tx);
             let c = cancel.clone();
             tasks.spawn(async move { ("cni-release", spool.run(c).await) });
         }
@@ -156,11 +156,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     if let Some(listener) = metrics {
         let c = cancel.clone();
         let commands = cmd_tx.clone();
-        let ipam = services.ipam.clone();
+        let services = services.clone();
         tasks.spawn(async move {
             (
                 "metrics",
-                api::serve_metrics(listener, commands, ipam, c).await,
+                api::serve_metrics(listener, commands, services, c).await,
             )
         });
     }

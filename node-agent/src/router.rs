@@ -12,6 +12,9 @@
 //! it multiplexes channels. The actor never blocks: writes go through a
 //! bounded queue per connection, and a peer that lets its queue fill up is
 //! disconnected rather than allowed to stall everybody else.
+//!
+//! Invariants: only the actor touches the mesh; a connection's bytes reach
+//! the mesh in order; nothing the actor does blocks it.
 
 pub mod sleeve;
 

@@ -7,7 +7,8 @@
 //!
 //! - `setup.rs`: the bridge, the TAP port and the UDP socket ([`setup`]);
 //! - `state.rs`: [`Sleeve`], what the threads, the control task and the
-//!   report share, and the sending and injecting system calls;
+//!   report share (devices, tables, counters), and the sending and
+//!   injecting system calls;
 //! - `udp.rs`: the I/O thread, which waits on both devices: datagrams from
 //!   peers (injected into the bridge or relayed) and, unless the TAP thread
 //!   serves it, the TAP port;
@@ -86,19 +87,22 @@ pub async fn run(
     paths: mpsc::Sender<PathEvent>,
     cancel: CancellationToken,
 ) -> crate::Result<()> {
+    // Whichever thread reads the TAP port holds its reader, and sends what
+    // it read before letting go, so frames keep their order.
+    let reader = tap::TapReader::shared(&shared);
     let threads = [
         {
-            let s = shared.clone();
+            let (s, r) = (shared.clone(), reader.clone());
             std::thread::Builder::new()
                 .name("sleeve-tap".into())
-                .spawn(move || tap::tap_loop(s))
+                .spawn(move || tap::tap_loop(s, r))
         },
         {
-            let s = shared.clone();
+            let (s, r) = (shared.clone(), reader.clone());
             let c = paths.clone();
             std::thread::Builder::new()
                 .name("sleeve-io".into())
-                .spawn(move || udp::io_loop(s, c))
+                .spawn(move || udp::io_loop(s, r, c))
         },
     ];
     if threads[0].is_err() {

@@ -19,7 +19,6 @@ use tracing::{info, warn};
 use weave_platform::{Netlink, Tap};
 
 use super::state::Sleeve;
-use super::tap::TapReader;
 use crate::mesh::overlay::OverlayView;
 use crate::mesh::PeerName;
 use crate::sleeve::mtu::{self, MtuError};
@@ -173,7 +172,6 @@ pub async fn setup(
         superframes_out: AtomicU64::new(0),
         superframes_in: AtomicU64::new(0),
         next_fragment_id: AtomicU32::new(rand::random()),
-        tap_reader: Mutex::new(TapReader::new(local, mtu)),
         tap_helper: AtomicBool::new(false),
         helper_failed: AtomicBool::new(false),
         helper_wait: (Mutex::new(()), Condvar::new()),

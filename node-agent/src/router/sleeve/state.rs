@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! [`Sleeve`]: what the packet threads, the control task and the report
 //! share: the two devices (TAP port and UDP socket), the switch and path
-//! tables, the TAP port's reader, the hand-over between the two threads,
-//! and the counters; plus the system calls every side uses to send (to a
+//! tables, the hand-over between the two threads, and the counters; plus the system calls every side uses to send (to a
 //! peer, sealed or not, in one datagram or in a run of segments) and to
 //! inject into the bridge.
 //!
@@ -21,7 +20,6 @@ use tokio::time::Instant;
 use tracing::info;
 use weave_platform::Tap;
 
-use super::tap::TapReader;
 use crate::mesh::overlay::OverlayView;
 use crate::mesh::PeerName;
 use crate::sleeve::offload;
@@ -81,9 +79,6 @@ pub struct Sleeve {
     pub(super) superframes_in: AtomicU64,
     /// Number of the next large frame sent in fragments.
     pub(super) next_fragment_id: AtomicU32,
-    /// The TAP port's reader, taken by whichever thread reads the port (it
-    /// sends what it reads before letting go, so frames keep their order).
-    pub(super) tap_reader: Mutex<TapReader>,
     /// Whether the TAP thread serves the TAP port (the I/O thread is
     /// busy); when it is false the I/O thread polls the TAP port itself.
     pub(super) tap_helper: AtomicBool,

@@ -2,9 +2,9 @@
 //! The TAP side: frames leaving the bridge through the TAP port.
 //!
 //! [`TapReader`] reads a burst of frames, asks the switch where each goes
-//! and hands them to its [`Outbox`]; one thread at a time holds it (it sits
-//! behind a mutex in [`Sleeve`]) and sends what it read before letting go,
-//! so frames leave in the order the bridge gave them whichever thread
+//! and hands them to its [`Outbox`]; one thread at a time holds it (both
+//! threads share it behind a mutex) and sends what it read before letting
+//! go, so frames leave in the order the bridge gave them whichever thread
 //! reads. Usually the I/O thread (`udp.rs`) reads the port itself, waiting
 //! on both devices at once; when that thread is busy more than half of a
 //! [`BUSY_WINDOW`] (see [`Load`]), it calls in the TAP thread
@@ -13,7 +13,7 @@
 
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -22,7 +22,6 @@ use tracing::warn;
 
 use super::outbox::Outbox;
 use super::state::{lock, Sleeve, DROP_MALFORMED, DROP_OVERSIZED};
-use crate::mesh::PeerName;
 use crate::sleeve::offload::{self, VnetHdr};
 use crate::sleeve::switch::Hop;
 use crate::sleeve::{frame, mtu};
@@ -35,6 +34,10 @@ pub(super) const BUSY_WINDOW: Duration = Duration::from_millis(100);
 /// The TAP thread hands the TAP port back after this long without frames.
 pub(super) const HELPER_IDLE_MS: u16 = 100;
 
+/// The TAP port's reader, shared by both threads behind a mutex: a buffer,
+/// the hops and the outbox of the frames read.
+pub(super) type SharedReader = Arc<Mutex<TapReader>>;
+
 /// What reads the TAP port: a buffer, the hops and the outbox of the
 /// frames read.
 pub(super) struct TapReader {
@@ -44,12 +47,13 @@ pub(super) struct TapReader {
 }
 
 impl TapReader {
-    pub(super) fn new(local: PeerName, mtu: u32) -> Self {
-        Self {
+    /// The reader of `sleeve`'s TAP port, to share between the threads.
+    pub(super) fn shared(sleeve: &Sleeve) -> SharedReader {
+        Arc::new(Mutex::new(Self {
             buf: vec![0u8; frame::MAX_LARGE],
             hops: Vec::new(),
-            outbox: Outbox::new(local, mtu),
-        }
+            outbox: Outbox::new(sleeve.local, sleeve.mtu),
+        }))
     }
 
     /// Reads and sends up to [`BURST`] frames; returns how many were read.
@@ -120,7 +124,7 @@ impl TapReader {
 /// The TAP thread: helps the I/O thread when that one is busy, by serving
 /// the TAP port (frames leaving the bridge) on a core of its own; hands the
 /// port back after `HELPER_IDLE_MS` without frames.
-pub(super) fn tap_loop(sleeve: Arc<Sleeve>) {
+pub(super) fn tap_loop(sleeve: Arc<Sleeve>, reader: SharedReader) {
     while !sleeve.stop.load(Ordering::Relaxed) {
         if !sleeve.tap_helper.load(Ordering::Acquire) {
             let (m, cv) = &sleeve.helper_wait;
@@ -134,7 +138,7 @@ pub(super) fn tap_loop(sleeve: Arc<Sleeve>) {
         match poll(&mut fds, PollTimeout::from(HELPER_IDLE_MS)) {
             Ok(0) => hand_back(&sleeve),
             Ok(_) => {
-                lock(&sleeve.tap_reader).drain(&sleeve);
+                lock(&reader).drain(&sleeve);
             }
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {

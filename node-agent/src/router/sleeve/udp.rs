@@ -27,7 +27,7 @@ use super::state::{
     lock, Sleeve, DROP_FRAGMENTS_INCOMPLETE, DROP_FRAGMENT_DUPLICATE, DROP_MALFORMED,
     DROP_UNKNOWN_SENDER,
 };
-use super::tap::{call_in_helper, Load};
+use super::tap::{call_in_helper, Load, SharedReader};
 use crate::mesh::PeerName;
 use crate::sleeve::frame::{self, Datagram};
 use crate::sleeve::offload::{self, VnetHdr};
@@ -57,7 +57,7 @@ struct Forwarding {
 
 /// The I/O thread: datagrams from peers, and the TAP port unless the TAP
 /// thread serves it. Path events go to the router on `paths`.
-pub(super) fn io_loop(sleeve: Arc<Sleeve>, paths: mpsc::Sender<PathEvent>) {
+pub(super) fn io_loop(sleeve: Arc<Sleeve>, reader: SharedReader, paths: mpsc::Sender<PathEvent>) {
     use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
@@ -105,7 +105,7 @@ pub(super) fn io_loop(sleeve: Arc<Sleeve>, paths: mpsc::Sender<PathEvent>) {
         };
         let work_started = Instant::now();
         if tap_ready {
-            lock(&sleeve.tap_reader).drain(&sleeve);
+            lock(&reader).drain(&sleeve);
         }
         'udp: {
             if !udp_ready {
@@ -159,7 +159,7 @@ pub(super) fn io_loop(sleeve: Arc<Sleeve>, paths: mpsc::Sender<PathEvent>) {
             if sleeve.injected() != injected_before {
                 // Whatever the pods answered while we injected goes out now,
                 // unless the TAP thread is already at it.
-                if let Ok(mut reader) = sleeve.tap_reader.try_lock() {
+                if let Ok(mut reader) = reader.try_lock() {
                     reader.drain(&sleeve);
                 }
             }
