@@ -24,7 +24,9 @@ use crate::mesh::wire;
 use crate::mesh::wire::{Decoder, Frame, Hello, Message, RawFrame, WireError};
 
 impl Mesh {
-    /// Adds direct targets (see [`ConnectionMaker::add_direct`]) and dials.
+    /// Adds direct targets (see
+    /// [`ConnectionMaker::add_direct`](crate::mesh::connmaker::ConnectionMaker::add_direct))
+    /// and dials.
     pub fn connect(&mut self, addrs: &[SocketAddr], replace: bool, now: Instant) {
         info!(peers = ?addrs, replace, "connect");
         self.maker.add_direct(addrs, replace, now);
