@@ -218,10 +218,12 @@ impl Kube {
         self.update_registry("register this peer", |r| r.register(&me, &node))
             .await?;
         let marker = state_dir.join(REGISTERED_FILE);
-        crate::state::write_atomic(&marker, me.as_bytes()).map_err(|source| KubeError::State {
-            what: "write",
-            path: marker,
-            source,
+        crate::atomic_file::write_durable(&marker, me.as_bytes()).map_err(|source| {
+            KubeError::State {
+                what: "write",
+                path: marker,
+                source,
+            }
         })?;
         let nodes = self
             .nodes()
