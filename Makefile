@@ -27,6 +27,7 @@ build-release:
 	$(CARGO) build --release --workspace --bins
 
 lint:
+	python3 .ci/import-circles
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::Value;
-use weave_platform::wiring::Cidr;
+use weave_api::net::{check_network, parse_net, IpNet, Ipv4Net};
 
 use crate::error::{Error, Result};
 
@@ -124,7 +124,7 @@ struct RawConf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteConf {
     /// Destination network.
-    pub dst: Cidr,
+    pub dst: IpNet,
     /// Next hop; the pod's gateway when the config names none.
     pub gw: Option<IpAddr>,
 }
@@ -147,7 +147,7 @@ pub struct NetConf {
     /// Hairpin on the bridge port.
     pub hairpin: bool,
     /// Subnet to allocate in (`ipam.subnet`); the default subnet when absent.
-    pub subnet: Option<Cidr>,
+    pub subnet: Option<Ipv4Net>,
     /// Gateway override (`ipam.gateway`).
     pub gateway: Option<IpAddr>,
     /// Routes (`ipam.routes`); a default route via the gateway when absent.
@@ -212,14 +212,16 @@ impl NetConf {
                 )))
             }
         }
-        let subnet = ipam
+        let subnet = match ipam
             .subnet
             .as_deref()
             .map(|s| parse_network(s, "ipam.subnet"))
-            .transpose()?;
-        if subnet.is_some_and(|s| s.addr.is_ipv6()) {
-            return Err(Error::Config("ipam.subnet must be IPv4".into()));
-        }
+            .transpose()?
+        {
+            None => None,
+            Some(IpNet::V4(s)) => Some(s),
+            Some(IpNet::V6(_)) => return Err(Error::Config("ipam.subnet must be IPv4".into())),
+        };
         let routes = ipam
             .routes
             .map(|routes| {
@@ -295,27 +297,9 @@ fn check_network_name(name: &str) -> Result<()> {
 }
 
 /// A network in CIDR form without host bits (`0.0.0.0/0` allowed).
-fn parse_network(s: &str, key: &str) -> Result<Cidr> {
-    let c = if s == "0.0.0.0/0" || s == "::/0" {
-        let addr: IpAddr = s
-            .trim_end_matches("/0")
-            .parse()
-            .map_err(|_| Error::Config(format!("{key} {s:?} is not a network")))?;
-        Cidr {
-            addr,
-            prefix_len: 0,
-        }
-    } else {
-        s.parse::<Cidr>()
-            .map_err(|e| Error::Config(format!("{key}: {e}")))?
-    };
-    if c.prefix_len > 0 && c.network() != c {
-        return Err(Error::Config(format!(
-            "{key} {s:?} has bits set after the prefix (did you mean {}?)",
-            c.network()
-        )));
-    }
-    Ok(c)
+fn parse_network(s: &str, key: &str) -> Result<IpNet> {
+    let net = parse_net(s, key).map_err(Error::Config)?;
+    check_network(net, key).map_err(Error::Config)
 }
 
 #[cfg(test)]

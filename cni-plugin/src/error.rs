@@ -155,12 +155,7 @@ impl Error {
 
     /// The CNI error document (`msg` is this error, `details` its causes).
     pub fn to_json(&self, cni_version: &str) -> Value {
-        let mut details = Vec::new();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            details.push(c.to_string());
-            cause = c.source();
-        }
+        let details = weave_api::causes(self);
         json!({
             "cniVersion": cni_version,
             "code": self.code(),

@@ -6,12 +6,10 @@
 //! agent is down), CHECK verifies the reservation, GC and STATUS are those
 //! of `weave-net` without the links.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use tracing::{info, instrument};
-use weave_platform::wiring::Cidr;
+use weave_api::net::IpNet;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, SocketAgent};
 use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{Error, Result};
@@ -21,7 +19,7 @@ use crate::result::{CniResult, IpConfig, PrevResult, RouteOut};
 #[instrument(skip_all)]
 pub fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
     let id = conf.ipam_id(&inv.container_id, &inv.ifname);
-    let agent = Agent::new(&conf.socket);
+    let agent = SocketAgent::new(&conf.socket);
     agent.unspool(&id);
     let addrs = agent.allocate(&id, conf.subnet)?;
     info!(%id, addresses = ?addrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "allocated");
@@ -37,10 +35,7 @@ pub fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
     let routes = if routes.is_empty() {
         match conf.gateway {
             Some(gw) => vec![RouteOut {
-                dst: Cidr {
-                    addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    prefix_len: 0,
-                },
+                dst: crate::plan::default_route(gw),
                 gw: Some(gw),
             }],
             None => Vec::new(),
@@ -67,7 +62,7 @@ pub fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
 #[instrument(skip_all)]
 pub fn del(inv: &Invocation, conf: &NetConf) -> Result<()> {
     let id = conf.ipam_id(&inv.container_id, &inv.ifname);
-    let agent = Agent::new(&conf.socket);
+    let agent = SocketAgent::new(&conf.socket);
     agent.release_or_spool(&id)?;
     let _ = agent.drain_spool();
     info!(%id, "released");
@@ -79,13 +74,13 @@ pub fn del(inv: &Invocation, conf: &NetConf) -> Result<()> {
 pub fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
     let prev = PrevResult::for_check(conf)?.unwrap_or_default();
     let id = conf.ipam_id(&inv.container_id, &inv.ifname);
-    let held = Agent::new(&conf.socket).lookup(&id)?;
+    let held = SocketAgent::new(&conf.socket).lookup(&id)?;
     let mut differences = Vec::new();
     if held.is_empty() {
         differences.push(format!("weaver holds no address for {id}"));
     }
     for ip in &prev.ips {
-        if let Ok(a) = ip.address.parse::<Cidr>() {
+        if let Ok(a) = ip.address.parse::<IpNet>() {
             if !held.contains(&a) {
                 differences.push(format!("{a} is not reserved for {id}"));
             }

@@ -5,6 +5,8 @@
 //! the library so that tests and the fuzz target can drive it.
 //!
 //! - [`mod@env`]: the `CNI_*` variables; [`config`]: the stdin config;
+//! - [`plan`]: ADD and DEL as plans, without I/O; [`exec`]: carrying a plan
+//!   out, generic over the `Netlink` seam and the [`agent::Agent`];
 //! - [`net`] and [`ipam`]: the verbs of each plugin;
 //! - [`agent`]: requests to `weaver` and the release spool;
 //! - [`result`]: the success result in each version's shape;
@@ -17,9 +19,11 @@ pub mod agent;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod exec;
 pub mod ipam;
 pub mod log;
 pub mod net;
+pub mod plan;
 pub mod result;
 
 use std::io::Read;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use weave_platform::wiring::Cidr;
+use weave_api::net::IpNet;
 
 use crate::config::{NetConf, Version};
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ pub struct Interface {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpConfig {
     /// Address with prefix.
-    pub address: Cidr,
+    pub address: IpNet,
     /// The gateway of its subnet.
     pub gateway: Option<IpAddr>,
     /// Index into `interfaces` (absent in IPAM-only results).
@@ -41,7 +41,7 @@ pub struct IpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteOut {
     /// Destination network.
-    pub dst: Cidr,
+    pub dst: IpNet,
     /// Next hop.
     pub gw: Option<IpAddr>,
 }
@@ -91,7 +91,11 @@ impl CniResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version < Version::V1_0_0 {
-                    let family = if ip.address.addr.is_ipv4() { "4" } else { "6" };
+                    let family = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     o.insert("version".into(), json!(family));
                 }
                 o.insert("address".into(), json!(ip.address.to_string()));
@@ -231,10 +235,7 @@ mod tests {
                 interface: Some(1),
             }],
             routes: vec![RouteOut {
-                dst: Cidr {
-                    addr: "0.0.0.0".parse().unwrap(),
-                    prefix_len: 0,
-                },
+                dst: "0.0.0.0/0".parse().unwrap(),
                 gw: Some("10.32.0.1".parse().unwrap()),
             }],
             dns: None,

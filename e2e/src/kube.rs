@@ -64,19 +64,6 @@ pub fn install_manifest(cluster: &Cluster, timeout: Duration) -> Result<Duration
     Ok(start.elapsed())
 }
 
-/// Waits until the weave DaemonSet has rolled out on every node (`kubectl rollout status`).
-pub fn rollout_status(cluster: &Cluster, timeout: Duration) -> Result<()> {
-    cluster.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        &format!("--timeout={}s", timeout.as_secs()),
-    ])?;
-    Ok(())
-}
-
 /// The ClusterNetworkPolicy CRD shipped for kubectl.
 pub fn cluster_policy_crd() -> PathBuf {
     manifest().with_file_name("clusternetworkpolicy-crd.yaml")
@@ -87,7 +74,7 @@ pub fn cluster_policy_crd() -> PathBuf {
 pub fn install_with_cluster_policies(cluster: &Cluster, timeout: Duration) -> Result<()> {
     cluster.kubectl(&["apply", "-f", &cluster_policy_crd().display().to_string()])?;
     install_manifest(cluster, timeout)?;
-    rollout_status(cluster, timeout)
+    rollout(cluster, NAMESPACE, "daemonset/weave-net")
 }
 
 /// The pods in `namespace` matching label `selector`.
@@ -177,6 +164,67 @@ pub fn http_get(
         }
         _ => bail!("unexpected answer from {host}:{port}{path}: {response:?}"),
     }
+}
+
+/// A Deployment `name` in `namespace` of `replicas` agnhost pods (`image`) running `args`
+/// (agnhost subcommand and flags, YAML flow list items), labelled `app: NAME`, spread over
+/// the nodes by hostname: never more than one apart when `strict`, as evenly as the
+/// scheduler can otherwise.
+pub fn spread_deployment(
+    name: &str,
+    namespace: &str,
+    replicas: usize,
+    image: &str,
+    args: &str,
+    strict: bool,
+) -> String {
+    let when = if strict {
+        "DoNotSchedule"
+    } else {
+        "ScheduleAnyway"
+    };
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: {name}, namespace: {namespace} }}
+spec:
+  replicas: {replicas}
+  selector: {{ matchLabels: {{ app: {name} }} }}
+  template:
+    metadata: {{ labels: {{ app: {name} }} }}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: {when}, labelSelector: {{ matchLabels: {{ app: {name} }} }} }}
+      containers:
+      - {{ name: c, image: "{image}", args: [{args}] }}
+"#
+    )
+}
+
+/// Applies [`spread_deployment`] and waits for its rollout.
+pub fn deploy_spread(
+    cluster: &Cluster,
+    name: &str,
+    namespace: &str,
+    replicas: usize,
+    args: &str,
+    strict: bool,
+) -> Result<()> {
+    let image = cluster.image("agnhost")?;
+    apply(
+        cluster,
+        &spread_deployment(name, namespace, replicas, image, args, strict),
+    )?;
+    rollout(cluster, namespace, &format!("deployment/{name}"))
+}
+
+/// Waits (up to 5 minutes) for the rollout of `what` (`deployment/web`) in `namespace`.
+pub fn rollout(cluster: &Cluster, namespace: &str, what: &str) -> Result<()> {
+    cluster
+        .kubectl(&["-n", namespace, "rollout", "status", what, "--timeout=300s"])
+        .map(drop)
 }
 
 /// Applies a manifest given as text.

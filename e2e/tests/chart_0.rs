@@ -81,7 +81,7 @@ fn chart_0() -> Result<()> {
         "templates/clusternetworkpolicy-crd.yaml",
     ])?;
     let shipped_crd =
-        std::fs::read_to_string(kube::manifest().with_file_name("clusternetworkpolicy-crd.yaml"))?;
+        std::fs::read_to_string(kube::cluster_policy_crd())?;
     ensure!(
         String::from_utf8_lossy(&crd.stdout).contains(shipped_crd.trim()),
         "the chart's CRD differs from manifests/clusternetworkpolicy-crd.yaml"

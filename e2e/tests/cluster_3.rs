@@ -14,9 +14,10 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use weave_e2e::cluster::{Cluster, ClusterOptions, Cni};
+use weave_e2e::kube::{http_get, pods, Pod};
 use weave_e2e::wait_until;
 
 const NODES: usize = 3;
@@ -179,14 +180,6 @@ fn nodes_wait_for_a_network(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// A pod of the Deployment: name, node, address.
-#[derive(Debug, Clone)]
-struct Pod {
-    name: String,
-    node: String,
-    ip: String,
-}
-
 /// Six agnhost replicas, spread by hostname, run on every node with an address of that node's
 /// subnet.
 fn deployment_spreads_over_every_node(cluster: &Cluster, agnhost: &str) -> Result<Vec<Pod>> {
@@ -215,7 +208,7 @@ spec:
     );
     cluster.kubectl_with_input(&["apply", "-f", "-"], &manifest)?;
     cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"])?;
-    let pods = pods_of(cluster, "app=web")?;
+    let pods = pods(cluster, "default", "app=web")?;
     assert_eq!(pods.len(), 6, "{pods:?}");
     let nodes: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
     assert_eq!(nodes.len(), NODES, "pods are not on every node: {pods:?}");
@@ -280,7 +273,7 @@ spec:
             let answer = wait_until(
                 Duration::from_secs(30),
                 &format!("{service} from {}", client.name),
-                || Ok(Some(http_get(cluster, &client.name, &ip, "/hostname")?)),
+                || Ok(Some(http_get(cluster, &client, &ip, 80, "/hostname")?)),
             )?;
             assert!(
                 names.contains(answer.as_str()),
@@ -382,7 +375,7 @@ spec:
     );
     cluster.kubectl_with_input(&["apply", "-f", "-"], &manifest)?;
     cluster.kubectl(&["rollout", "status", "daemonset/hostnet", "--timeout=120s"])?;
-    let pods = pods_of(cluster, "app=hostnet")?;
+    let pods = pods(cluster, "default", "app=hostnet")?;
     assert_eq!(pods.len(), NODES, "{pods:?}");
     for pod in &pods {
         let index: usize = pod.node.trim_start_matches("node-").parse()?;
@@ -401,25 +394,6 @@ spec:
     Ok(())
 }
 
-/// Pods with label selector `selector`.
-fn pods_of(cluster: &Cluster, selector: &str) -> Result<Vec<Pod>> {
-    let out = cluster.kubectl(&["get", "pods", "-l", selector, "-o", "json"])?;
-    let list: Value = serde_json::from_str(&out)?;
-    list["items"]
-        .as_array()
-        .context("pod list has items")?
-        .iter()
-        .map(|pod| {
-            let field = |v: &Value| v.as_str().map(str::to_owned).context("pod field");
-            Ok(Pod {
-                name: field(&pod["metadata"]["name"])?,
-                node: field(&pod["spec"]["nodeName"])?,
-                ip: field(&pod["status"]["podIP"])?,
-            })
-        })
-        .collect()
-}
-
 /// The first pod on each node.
 fn one_pod_per_node(pods: &[Pod]) -> Vec<Pod> {
     let mut seen = BTreeSet::new();
@@ -427,16 +401,6 @@ fn one_pod_per_node(pods: &[Pod]) -> Vec<Pod> {
         .filter(|p| seen.insert(p.node.clone()))
         .cloned()
         .collect()
-}
-
-/// The body of `GET path` on `ip:80`, asked from inside pod `from` with busybox nc.
-fn http_get(cluster: &Cluster, from: &str, ip: &str, path: &str) -> Result<String> {
-    let request = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 80");
-    let response = cluster.kubectl(&["exec", from, "--", "sh", "-c", &request])?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.trim().to_owned()),
-        _ => bail!("unexpected answer from {ip}{path}: {response:?}"),
-    }
 }
 
 /// Whatever of cluster `prefix` is still on the machine: namespaces, cgroups, processes whose

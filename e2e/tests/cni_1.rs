@@ -33,7 +33,7 @@ fn bed_with_agent(version: &str) -> Result<(TestBed, ConfList)> {
 fn held(host: &Host, id: &str) -> Result<Vec<String>> {
     let r: AddressesReply =
         client(host).post_json("/ipam/lookup", &LookupRequest { id: id.into() })?;
-    Ok(r.addresses)
+    Ok(r.addresses.iter().map(ToString::to_string).collect())
 }
 
 fn id(container: &str) -> String {

@@ -29,7 +29,7 @@ fn a_thousand_allocate_release_cycles_leave_nothing_allocated() -> Result<()> {
         let id = format!("cycle-{n}");
         let a = allocate(&id)?;
         assert_eq!(a.addresses.len(), 1);
-        seen.insert(a.addresses[0].clone());
+        seen.insert(a.addresses[0]);
         let again = allocate(&id)?;
         assert_eq!(again.addresses, a.addresses, "allocation is idempotent");
         let r: AddressesReply =
@@ -66,11 +66,12 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
         "/ipam/allocate",
         &AllocateRequest {
             id: "keep".into(),
-            subnet: Some("10.32.5.0/24".into()),
+            subnet: Some("10.32.5.0/24".parse()?),
             timeout_ms: None,
         },
     )?;
-    assert!(ok.addresses[0].starts_with("10.32.5.") && ok.addresses[0].ends_with("/24"));
+    let first = ok.addresses[0].to_string();
+    assert!(first.starts_with("10.32.5.") && first.ends_with("/24"));
     let before = ipam(h1)?;
     let state_before = std::fs::read(state_dir(h1).join("ipam.json"))?;
     let cases: &[(&str, &str, &str)] = &[
@@ -129,7 +130,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
         assert!(text.contains(want), "{path} {body}: {text}");
     }
     // Claiming the held address for someone else names the holder.
-    let held = ok.addresses[0].clone();
+    let held = ok.addresses[0];
     let resp = c.request(
         "POST",
         "/ipam/claim",

@@ -108,7 +108,7 @@ fn allocate_all(bed: &TestBed, h: usize, tag: &str) -> Result<Vec<String>> {
             timeout_ms: Some(4000),
         };
         match c.post_json::<_, AddressesReply>("/ipam/allocate", &req) {
-            Ok(r) => out.extend(r.addresses),
+            Ok(r) => out.extend(r.addresses.iter().map(ToString::to_string)),
             Err(e) if e.to_string().contains("timed out") => break,
             Err(e) => bail!("allocate on h{h}: {e}"),
         }

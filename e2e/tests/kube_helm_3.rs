@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use weave_e2e::cluster::images::{WEAVE_IMAGE, WEAVE_REPOSITORY};
 use weave_e2e::cluster::{Cluster, ClusterOptions, Cni};
-use weave_e2e::kube::{self, apply, connects, pods};
+use weave_e2e::kube::{self, connects, pods};
 use weave_e2e::wait_until;
 
 const NODES: usize = 3;
@@ -84,8 +84,7 @@ fn kube_helm_3() -> Result<()> {
     let status = kube::weave(&cluster, 1, &["status"])?;
     ensure!(status.contains("Encryption:     enabled"), "{status}");
     ensure!(status.contains("Range:          10.100.0.0/16"), "{status}");
-    let agnhost = cluster.image("agnhost")?.to_owned();
-    let before = workload(&cluster, &agnhost)?;
+    let before = workload(&cluster)?;
     let range: ipnet::Ipv4Net = "10.100.0.0/16".parse()?;
     for pod in &before {
         ensure!(
@@ -112,14 +111,7 @@ fn kube_helm_3() -> Result<()> {
         "--wait",
         "--timeout=300s",
     ])?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=300s",
-    ])?;
+    kube::rollout(&cluster, kube::NAMESPACE, "daemonset/weave-net")?;
     let images = cluster.kubectl(&[
         "-n",
         kube::NAMESPACE,
@@ -219,28 +211,15 @@ fn refused_with_one_line(cluster: &Cluster, expected: &str) -> Result<()> {
 }
 
 /// Three agnhost pods spread over the nodes.
-fn workload(cluster: &Cluster, agnhost: &str) -> Result<Vec<kube::Pod>> {
-    apply(
+fn workload(cluster: &Cluster) -> Result<Vec<kube::Pod>> {
+    kube::deploy_spread(
         cluster,
-        &format!(
-            r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: web, namespace: default }}
-spec:
-  replicas: {NODES}
-  selector: {{ matchLabels: {{ app: web }} }}
-  template:
-    metadata: {{ labels: {{ app: web }} }}
-    spec:
-      topologySpreadConstraints:
-      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{ matchLabels: {{ app: web }} }} }}
-      containers:
-      - {{ name: web, image: "{agnhost}", args: [netexec, --http-port=8080] }}
-"#
-        ),
+        "web",
+        "default",
+        NODES,
+        "netexec, --http-port=8080",
+        true,
     )?;
-    cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
     let mut found = pods(cluster, "default", "app=web")?;
     found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)

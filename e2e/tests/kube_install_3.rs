@@ -38,6 +38,7 @@ fn kube_install_3() -> Result<()> {
         took.as_secs_f64()
     );
     network_unavailable_is_cleared(&cluster)?;
+    registry_heals_when_deleted(&cluster)?;
     service_account_holds_exactly_the_manifests_rules(&cluster)?;
 
     let agnhost = cluster.image("agnhost")?.to_owned();
@@ -65,6 +66,31 @@ fn network_unavailable_is_cleared(cluster: &Cluster) -> Result<()> {
                     .then_some(()),
             )
         },
+    )
+}
+
+/// The peer registry lists every agent; deleted by mistake, it is written again by the live
+/// agents (else their next restart would take them for reclaimed peers).
+fn registry_heals_when_deleted(cluster: &Cluster) -> Result<()> {
+    let listed = || -> Result<usize> {
+        let text = cluster.kubectl(&[
+            "-n",
+            kube::NAMESPACE,
+            "get",
+            "configmap",
+            "weave-net",
+            "-o",
+            "jsonpath={.data.peers}",
+        ])?;
+        let doc: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(doc["peers"].as_array().map_or(0, Vec::len))
+    };
+    ensure!(listed()? == NODES, "the registry does not list every agent");
+    cluster.kubectl(&["-n", kube::NAMESPACE, "delete", "configmap", "weave-net"])?;
+    wait_until(
+        Duration::from_secs(60),
+        "the agents to list themselves again",
+        || Ok(listed().ok().filter(|n| *n == NODES).map(drop)),
     )
 }
 
@@ -125,20 +151,6 @@ apiVersion: v1
 kind: Namespace
 metadata: {{ name: net }}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: web, namespace: net }}
-spec:
-  replicas: {NODES}
-  selector: {{ matchLabels: {{ app: web }} }}
-  template:
-    metadata: {{ labels: {{ app: web }} }}
-    spec:
-      topologySpreadConstraints:
-      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{ matchLabels: {{ app: web }} }} }}
-      containers:
-      - {{ name: web, image: "{agnhost}", args: [netexec, --http-port=8080, --udp-port=8081] }}
----
 apiVersion: v1
 kind: Pod
 metadata: {{ name: pinned, namespace: net, labels: {{ app: pinned }} }}
@@ -159,14 +171,14 @@ spec:
 "#
         ),
     )?;
-    cluster.kubectl(&[
-        "-n",
+    kube::deploy_spread(
+        cluster,
+        "web",
         "net",
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=120s",
-    ])?;
+        NODES,
+        "netexec, --http-port=8080, --udp-port=8081",
+        true,
+    )?;
     wait_pods_ready(cluster, "net", "app=pinned", Duration::from_secs(120))?;
     let web = pods(cluster, "net", "app=web")?;
     let nodes: BTreeSet<&str> = web.iter().map(|p| p.node.as_str()).collect();
@@ -380,14 +392,7 @@ fn rolling_restart_keeps_addresses(cluster: &Cluster, web: &[Pod]) -> Result<()>
     eprintln!("kube_install_3: rolling restart: longest traffic gap {gap:.1} s ({failures} failed probes of {})", log.lines().count());
     // No address is handed out twice after the agents restarted from their state.
     cluster.kubectl(&["-n", "net", "scale", "deployment/web", "--replicas=9"])?;
-    cluster.kubectl(&[
-        "-n",
-        "net",
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=120s",
-    ])?;
+    kube::rollout(cluster, "net", "deployment/web")?;
     let all = pods(cluster, "net", "")?;
     let addresses: BTreeSet<&str> = all.iter().map(|p| p.ip.as_str()).collect();
     ensure!(

@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use weave_e2e::cluster::{Cluster, ClusterOptions, Cni};
-use weave_e2e::kube::{self, apply, pods};
+use weave_e2e::kube::{self, pods};
 use weave_e2e::wait_until;
 
 const NODES: usize = 4;
@@ -35,8 +35,7 @@ fn kube_reclaim_4() -> Result<()> {
         ..ClusterOptions::default()
     })?;
     kube::install_manifest(&cluster, Duration::from_secs(90))?;
-    let agnhost = cluster.image("agnhost")?.to_owned();
-    spread(&cluster, &agnhost, 8)?;
+    kube::deploy_spread(&cluster, "web", "default", 8, "pause", false)?;
     let peers = registry(&cluster)?;
     ensure!(peers.len() == NODES, "registry: {peers:?}");
     let peer_of = |node: &str| {
@@ -75,14 +74,7 @@ fn kube_reclaim_4() -> Result<()> {
         back != dead,
         "node-4's agent came back as the reclaimed peer {dead}"
     );
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=180s",
-    ])?;
+    kube::rollout(&cluster, kube::NAMESPACE, "daemonset/weave-net")?;
     wait_until(RECLAIM_WITHIN, "all four agents to agree", || {
         let views: Vec<Vec<String>> = (1..=NODES)
             .map(|i| kube::ipam_shares(&cluster, i))
@@ -113,33 +105,6 @@ fn kube_reclaim_4() -> Result<()> {
         "node-1 alone should own the whole range: {shares:?}"
     );
     unique_addresses(&cluster, 6)?;
-    Ok(())
-}
-
-/// A Deployment `web` of `replicas` agnhost pods spread over the nodes.
-fn spread(cluster: &Cluster, agnhost: &str, replicas: usize) -> Result<()> {
-    apply(
-        cluster,
-        &format!(
-            r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: web, namespace: default }}
-spec:
-  replicas: {replicas}
-  selector: {{ matchLabels: {{ app: web }} }}
-  template:
-    metadata: {{ labels: {{ app: web }} }}
-    spec:
-      terminationGracePeriodSeconds: 1
-      topologySpreadConstraints:
-      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{ matchLabels: {{ app: web }} }} }}
-      containers:
-      - {{ name: web, image: "{agnhost}", args: [pause] }}
-"#
-        ),
-    )?;
-    cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"])?;
     Ok(())
 }
 

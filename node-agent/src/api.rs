@@ -2,15 +2,17 @@
 //! The local HTTP API, served on TCP (default 127.0.0.1:6784) and on a Unix
 //! socket (default `/run/weave/weave.sock`, mode 0600).
 //!
-//! Handlers only translate between JSON and router [`Command`]s (or IPAM
-//! requests, see the `ipam` submodule). Bodies are
-//! parsed here rather than by axum's extractor so that every bad request
-//! gets the same answer shape, `{"error": "..."}` with a 4xx status, and
-//! changes nothing.
+//! Handlers only translate between JSON and router [`ApiCommand`]s, IPAM
+//! requests (the `ipam` submodule) and, for the CNI plugin's one request
+//! per ADD, the API's own state (the `cni` submodule). Bodies are parsed
+//! here rather than by axum's extractor so that every bad request gets the
+//! same answer shape, `{"error": "..."}` with a 4xx status, and changes
+//! nothing.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -28,34 +30,59 @@ use weave_api::{
     TargetsReply, VersionReply,
 };
 
+mod cni;
 mod health;
 mod ipam;
 
-use crate::attach::{self, AttachError, Cidr};
+use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
 use crate::ipam::space::Ident;
+use crate::ipam::subnet::Subnet;
+use crate::mesh::PeerName;
 use ipam::AddrSpec;
 
 use crate::config::parse_peer_addr;
-use crate::router::Command;
+use crate::router::ApiCommand;
 use crate::{Error, Result};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 struct Api {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ApiCommand>,
     ipam: Option<mpsc::Sender<IpamRequest>>,
     port: u16,
     bridge: Option<BridgeInfo>,
+    peer: PeerName,
+    default_subnet: Option<Subnet>,
+    gateways: Arc<cni::Gateways>,
 }
 
 /// What the API serves besides the router.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Services {
+    /// The local peer's name.
+    pub peer: PeerName,
     /// The data plane, if there is one.
     pub bridge: Option<BridgeInfo>,
     /// The IPAM allocator, if IPAM runs.
     pub ipam: Option<mpsc::Sender<IpamRequest>>,
+    /// The subnet allocations go to when they name none, if IPAM runs.
+    pub default_subnet: Option<Subnet>,
+}
+
+impl Services {
+    /// The state the handlers share.
+    fn api(self, commands: mpsc::Sender<ApiCommand>, port: u16) -> Api {
+        Api {
+            commands,
+            ipam: self.ipam,
+            port,
+            bridge: self.bridge,
+            peer: self.peer,
+            default_subnet: self.default_subnet,
+            gateways: Arc::default(),
+        }
+    }
 }
 
 /// What attach needs to know of the data plane.
@@ -68,7 +95,7 @@ pub struct BridgeInfo {
 }
 
 /// The API's routes.
-fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axum::Router {
+fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> axum::Router {
     axum::Router::new()
         .route("/report", get(report))
         .route("/ipam", get(ipam::report))
@@ -78,6 +105,7 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axu
         .route("/ipam/lookup", post(ipam::lookup))
         .route("/ipam/gc", post(ipam::gc))
         .route("/ipam/rmpeer", post(ipam::rmpeer))
+        .route("/cni/add", post(cni::add))
         .route("/version", get(version))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -86,30 +114,20 @@ fn routes(commands: mpsc::Sender<Command>, port: u16, services: Services) -> axu
         .route("/attach", post(attach_netns))
         .route("/detach", post(detach_netns))
         .fallback(not_found)
-        .with_state(Api {
-            commands,
-            ipam: services.ipam,
-            port,
-            bridge: services.bridge,
-        })
+        .with_state(services.api(commands, port))
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `cancel` fires.
 pub async fn serve_metrics(
     listener: TcpListener,
-    commands: mpsc::Sender<Command>,
-    ipam: Option<mpsc::Sender<IpamRequest>>,
+    commands: mpsc::Sender<ApiCommand>,
+    services: Services,
     cancel: CancellationToken,
 ) -> Result<()> {
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .with_state(Api {
-            commands,
-            ipam,
-            port: 0,
-            bridge: None,
-        });
+        .with_state(services.api(commands, 0));
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -120,7 +138,7 @@ pub async fn serve_metrics(
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
-    let mut report = ask(&api, Command::Report).await?;
+    let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
     Ok((
         [(
@@ -136,7 +154,7 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
 pub async fn serve(
     http: Option<TcpListener>,
     socket: Option<(UnixListener, std::path::PathBuf)>,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ApiCommand>,
     port: u16,
     services: Services,
     cancel: CancellationToken,
@@ -245,7 +263,7 @@ fn parse_addrs(peers: &[String], port: u16) -> Result<Vec<SocketAddr>, ApiError>
 
 async fn ask<T>(
     api: &Api,
-    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiCommand,
 ) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "router is shutting down");
@@ -264,7 +282,7 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
 }
 
 async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
-    let mut report = ask(&api, Command::Report).await?;
+    let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
     Ok(Json(report))
 }
@@ -283,7 +301,7 @@ async fn version() -> Json<VersionReply> {
 async fn connect(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let req: ConnectRequest = parse(&body)?;
     let addrs = parse_addrs(&req.peers, api.port)?;
-    let targets = ask(&api, |reply| Command::Connect {
+    let targets = ask(&api, |reply| ApiCommand::Connect {
         addrs,
         replace: req.replace,
         reply,
@@ -295,7 +313,7 @@ async fn connect(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErr
 async fn forget(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let req: ForgetRequest = parse(&body)?;
     let addrs = parse_addrs(&req.peers, api.port)?;
-    let targets = ask(&api, |reply| Command::Forget { addrs, reply }).await?;
+    let targets = ask(&api, |reply| ApiCommand::Forget { addrs, reply }).await?;
     Ok(targets_reply(targets))
 }
 
@@ -305,20 +323,9 @@ fn attach_error(e: AttachError) -> ApiError {
         AttachError::NoBridge(_) => error(StatusCode::CONFLICT, e.to_string()),
         AttachError::Platform(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{:#}", anyhow_chain(&e)),
+            weave_api::error_chain(&e),
         ),
     }
-}
-
-fn anyhow_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn bridge(api: &Api) -> Result<&BridgeInfo, ApiError> {
@@ -331,8 +338,12 @@ fn bridge(api: &Api) -> Result<&BridgeInfo, ApiError> {
 }
 
 fn host_netlink() -> Result<weave_platform::LinuxNetlink, ApiError> {
-    weave_platform::LinuxNetlink::new()
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, anyhow_chain(&e)))
+    weave_platform::LinuxNetlink::new().map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            weave_api::error_chain(&e),
+        )
+    })
 }
 
 /// The IPAM identifier of an attach: given, or derived from the namespace.
@@ -375,16 +386,13 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
         let mut cidrs = Vec::with_capacity(specs.len());
         for spec in specs {
             let c = match spec {
-                AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr.is_ipv6() => c,
+                AddrSpec::Fixed(c) if api.ipam.is_none() || c.addr().is_ipv6() => c,
                 AddrSpec::Allocate(_) | AddrSpec::Fixed(_) => {
                     let a = ipam::resolve(&api, &id, spec, ipam::DEFAULT_TIMEOUT).await?;
                     if !held.contains(&a.addr) {
                         taken.push(std::net::Ipv4Addr::from(a.addr));
                     }
-                    Cidr {
-                        addr: std::net::Ipv4Addr::from(a.addr).into(),
-                        prefix_len: a.subnet.prefix(),
-                    }
+                    a.net()
                 }
             };
             cidrs.push(c);
@@ -415,10 +423,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
         }
     };
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
-    Ok(Json(AttachReply {
-        ifname,
-        cidrs: cidrs.iter().map(ToString::to_string).collect(),
-    }))
+    Ok(Json(AttachReply { ifname, cidrs }))
 }
 
 async fn detach_netns(

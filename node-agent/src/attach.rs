@@ -8,10 +8,9 @@
 //! multicast route. Attaching twice is harmless, and detaching something
 //! already gone succeeds.
 
-use std::net::IpAddr;
 use std::path::Path;
 
-pub use weave_platform::wiring::Cidr;
+use weave_api::net::IpNet;
 use weave_platform::wiring::{self, PodRoute, PodWiring, WiringError};
 use weave_platform::{LinuxNetlink, Netlink};
 
@@ -57,7 +56,7 @@ pub async fn attach(
     bridge: &str,
     mtu: u32,
     netns: &Path,
-    cidrs: &[Cidr],
+    cidrs: &[IpNet],
 ) -> Result<String, AttachError> {
     if !netns.exists() {
         return Err(AttachError::NoNetns(netns.display().to_string()));
@@ -65,11 +64,13 @@ pub async fn attach(
     let pod = LinuxNetlink::in_netns(netns)?;
     // Multicast leaves through the overlay, as on Weave Net.
     let multicast = [PodRoute {
-        dst: IpAddr::from([224, 0, 0, 0]),
-        prefix_len: 4,
+        dst: IpNet::V4(
+            weave_api::net::Ipv4Net::new([224, 0, 0, 0].into(), 4)
+                .expect("4 is a valid IPv4 prefix length"),
+        ),
         gateway: None,
     }];
-    let routes: &[PodRoute] = if cidrs.iter().any(|c| c.addr.is_ipv4()) {
+    let routes: &[PodRoute] = if cidrs.iter().any(|c| c.addr().is_ipv4()) {
         &multicast
     } else {
         &[]

@@ -12,8 +12,6 @@
 //! to the bridge unless forced (their network would vanish under them).
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -215,36 +213,19 @@ fn read(path: &Path) -> Result<Vec<u8>, InstallError> {
     })
 }
 
-/// Writes `data` to a temporary file beside `path` with `mode`, syncs it, and renames it
-/// over `path`.
+/// Writes `data` to `path` atomically and durably, with permission bits `mode`.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), InstallError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |what, source| InstallError::Io {
-        what,
-        path: tmp.clone(),
+    crate::atomic_file::write_durable_mode(path, data, mode).map_err(|source| InstallError::Io {
+        what: "write",
+        path: path.to_owned(),
         source,
-    };
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-    file.write_all(data).map_err(|e| io("write", e))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("chmod", e))?;
-    file.sync_all().map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        InstallError::Io {
-            what: "rename into",
-            path: path.to_owned(),
-            source,
-        }
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn paths(root: &Path) -> Paths {

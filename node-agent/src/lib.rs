@@ -3,6 +3,7 @@
 //! binaries only parse flags and call [`run`]; tests drive the same code.
 
 pub mod api;
+pub mod atomic_file;
 pub mod attach;
 pub mod cli;
 pub mod cni_release;
@@ -146,50 +147,46 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         mesh.connect(&config.peers, false, now);
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let mut router = router::Router::new(mesh, listener, cmd_rx);
+    let mut gossip = mesh::gossip::GossipPort::new();
     let mut tasks = JoinSet::new();
     let mut services = api::Services {
+        peer: name,
         bridge: sleeve.as_ref().map(|s| api::BridgeInfo {
             name: s.bridge().to_string(),
             mtu: s.mtu(),
         }),
         ipam: None,
+        default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
     };
     if let Some(ipam) = ipam {
         let (req_tx, req_rx) = mpsc::channel(1024);
-        let (ev_tx, ev_rx) = mpsc::channel(4096);
-        router = router.with_ipam(ev_tx);
+        let registration = gossip
+            .register(ipam::allocator::CHANNEL)
+            .expect("IPAM is the only subsystem on its channel");
         services.ipam = Some(req_tx.clone());
-        let allocator = ipam::allocator::Allocator::new(
-            ipam,
-            config.state_dir.clone(),
-            req_rx,
-            ev_rx,
-            cmd_tx.clone(),
-        )
-        .with_gossip_interval(config.gossip_interval);
+        let allocator =
+            ipam::allocator::Allocator::new(ipam, config.state_dir.clone(), req_rx, registration)
+                .with_gossip_interval(config.gossip_interval);
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
-        if let Some(dir) = config
-            .api_socket
-            .as_deref()
-            .and_then(std::path::Path::parent)
-        {
-            let spool = cni_release::ReleaseSpool::new(dir.join(cni_release::SPOOL_DIR), req_tx);
+        if let Some(socket) = config.api_socket.as_deref() {
+            let spool = weave_api::spool::Spool::beside(socket);
+            let spool = cni_release::ReleaseSpool::new(spool, req_tx);
             let c = cancel.clone();
             tasks.spawn(async move { ("cni-release", spool.run(c).await) });
         }
     }
+    let mut router = router::Router::new(mesh, listener, cmd_rx, gossip);
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =
             tokio::sync::watch::channel(std::sync::Arc::new(mesh::overlay::OverlayView::default()));
-        router = router.with_sleeve(views_tx, shared.clone());
+        let (paths_tx, paths_rx) = mpsc::channel(1024);
+        router = router.with_sleeve(views_tx, paths_rx, shared.clone());
         let c = cancel.clone();
-        let commands = cmd_tx.clone();
         tasks.spawn(async move {
             (
                 "sleeve",
-                router::sleeve::run(shared, views_rx, commands, c).await,
+                router::sleeve::run(shared, views_rx, paths_tx, c).await,
             )
         });
     }
@@ -215,11 +212,11 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
     if let Some(listener) = metrics {
         let c = cancel.clone();
         let commands = cmd_tx.clone();
-        let ipam = services.ipam.clone();
+        let services = services.clone();
         tasks.spawn(async move {
             (
                 "metrics",
-                api::serve_metrics(listener, commands, ipam, c).await,
+                api::serve_metrics(listener, commands, services, c).await,
             )
         });
     }
@@ -253,7 +250,7 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
 /// The agent as the Kubernetes side sees it: the router's and IPAM's channels.
 struct LocalAgent {
     /// Router commands.
-    commands: mpsc::Sender<router::Command>,
+    commands: mpsc::Sender<router::ApiCommand>,
     /// IPAM requests, when IPAM runs.
     ipam: Option<mpsc::Sender<ipam::allocator::Request>>,
     /// Peers given on the command line, kept beside the Nodes'.
@@ -269,7 +266,7 @@ impl kube::Agent for LocalAgent {
         all.extend(addrs.into_iter().filter(|a| !self.explicit.contains(a)));
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.commands
-            .send(router::Command::Connect {
+            .send(router::ApiCommand::Connect {
                 addrs: all,
                 replace: true,
                 reply,

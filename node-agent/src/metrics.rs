@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use weave_api::prometheus::family;
 use weave_api::{ConnectionReport, ConnectionState, Report};
 
 /// Renders `r` in the Prometheus text exposition format (version 0.0.4).
@@ -31,9 +32,11 @@ pub fn render(r: &Report) -> String {
         let n = r.connections.iter().filter(|c| c.state == state).count();
         let _ = writeln!(out, "weave_connections{{state=\"{}\"}} {n}", state.as_str());
     }
-    let _ = writeln!(
-        out,
-        "# HELP weave_control_bytes_total Bytes on control connections.\n# TYPE weave_control_bytes_total counter"
+    family(
+        &mut out,
+        "weave_control_bytes_total",
+        "counter",
+        "Bytes on control connections.",
     );
     let _ = writeln!(
         out,
@@ -45,21 +48,27 @@ pub fn render(r: &Report) -> String {
         "weave_control_bytes_total{{direction=\"out\"}} {}",
         r.stats.bytes_out
     );
-    let _ = writeln!(
-        out,
-        "# HELP weave_protocol_errors_total Control connections closed for a protocol error.\n# TYPE weave_protocol_errors_total counter\nweave_protocol_errors_total {}",
-        r.stats.protocol_errors
-    );
-    let _ = writeln!(
-        out,
-        "# HELP weave_auth_failures_total Handshakes refused: wrong password, or only one side has one.\n# TYPE weave_auth_failures_total counter\nweave_auth_failures_total {}",
-        r.stats.auth_failures
-    );
-    let _ = writeln!(
-        out,
-        "# HELP weave_decrypt_failures_total Sealed control frames that did not decrypt.\n# TYPE weave_decrypt_failures_total counter\nweave_decrypt_failures_total {}",
-        r.stats.decrypt_failures
-    );
+    let counters = [
+        (
+            "weave_protocol_errors_total",
+            "Control connections closed for a protocol error.",
+            r.stats.protocol_errors,
+        ),
+        (
+            "weave_auth_failures_total",
+            "Handshakes refused: wrong password, or only one side has one.",
+            r.stats.auth_failures,
+        ),
+        (
+            "weave_decrypt_failures_total",
+            "Sealed control frames that did not decrypt.",
+            r.stats.decrypt_failures,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     family(
         &mut out,
         "weave_connections_encrypted",
@@ -72,7 +81,8 @@ pub fn render(r: &Report) -> String {
         r.connections.iter().filter(|c| c.encrypted).count()
     );
     if let Some(s) = &r.sleeve {
-        let _ = writeln!(out, "# HELP weave_sleeve_mtu Overlay MTU.\n# TYPE weave_sleeve_mtu gauge\nweave_sleeve_mtu {}", s.mtu);
+        family(&mut out, "weave_sleeve_mtu", "gauge", "Overlay MTU.");
+        let _ = writeln!(out, "weave_sleeve_mtu {}", s.mtu);
         type Pair = fn(&ConnectionReport) -> (u64, u64);
         let per_peer: [(&str, &str, Pair); 2] = [
             (
@@ -87,7 +97,7 @@ pub fn render(r: &Report) -> String {
             ),
         ];
         for (name, help, values) in per_peer {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            family(&mut out, name, "counter", help);
             for c in &r.connections {
                 let Some(peer) = &c.peer else { continue };
                 let (rx, tx) = values(c);
@@ -95,21 +105,31 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\",direction=\"out\"}} {tx}");
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP weave_sleeve_drops_total Frames and datagrams dropped, by reason.\n# TYPE weave_sleeve_drops_total counter"
+        family(
+            &mut out,
+            "weave_sleeve_drops_total",
+            "counter",
+            "Frames and datagrams dropped, by reason.",
         );
         for (reason, n) in &s.drops {
             let _ = writeln!(out, "weave_sleeve_drops_total{{reason=\"{reason}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP weave_sleeve_injected_total Frames from peers handed to the local bridge.\n# TYPE weave_sleeve_injected_total counter\nweave_sleeve_injected_total {}",
-            s.injected
+        family(
+            &mut out,
+            "weave_sleeve_injected_total",
+            "counter",
+            "Frames from peers handed to the local bridge.",
+        );
+        let _ = writeln!(out, "weave_sleeve_injected_total {}", s.injected);
+        family(
+            &mut out,
+            "weave_sleeve_superframes_total",
+            "counter",
+            "TCP super-frames carried whole in fragment datagrams.",
         );
         let _ = writeln!(
             out,
-            "# HELP weave_sleeve_superframes_total TCP super-frames carried whole in fragment datagrams.\n# TYPE weave_sleeve_superframes_total counter\nweave_sleeve_superframes_total{{direction=\"in\"}} {}\nweave_sleeve_superframes_total{{direction=\"out\"}} {}",
+            "weave_sleeve_superframes_total{{direction=\"in\"}} {}\nweave_sleeve_superframes_total{{direction=\"out\"}} {}",
             s.superframes_in, s.superframes_out
         );
     }
@@ -176,11 +196,6 @@ fn render_ipam(out: &mut String, ipam: &weave_api::IpamReport) {
     let _ = writeln!(out, "weave_ipam_ready {}", u8::from(ipam.ready));
 }
 
-/// Writes the HELP and TYPE lines of a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,8 +234,8 @@ mod tests {
             ipam: Some(IpamReport {
                 status: "ready".into(),
                 ready: true,
-                range: "10.32.0.0/12".into(),
-                default_subnet: "10.32.0.0/12".into(),
+                range: "10.32.0.0/12".parse().unwrap(),
+                default_subnet: "10.32.0.0/12".parse().unwrap(),
                 total: 1 << 20,
                 used: 4,
                 pending: 0,

@@ -3,12 +3,18 @@
 //! task per connection, and an actor task that owns the [`Mesh`] and is the
 //! only one to touch it.
 //!
-//! Everything the actor learns (accepted sockets, dial results, bytes,
-//! closes, API commands) arrives on channels; everything the mesh decides
-//! comes back as [`Action`]s that the actor carries out. The actor never
-//! blocks: writes go through a bounded queue per connection, and a peer that
-//! lets its queue fill up is disconnected rather than allowed to stall
-//! everybody else.
+//! Everything the actor learns arrives on its own inbox: accepted sockets,
+//! dial results, bytes and closes from the connection tasks; [`ApiCommand`]s
+//! from the local API; [`PathEvent`]s from the sleeve; gossip bodies that
+//! subsystems queued on the [`GossipPort`]. Everything the mesh decides comes
+//! back as [`Action`]s that the actor carries out; gossip for a subsystem
+//! goes to the inbox its channel registered. The router knows no subsystem:
+//! it multiplexes channels. The actor never blocks: writes go through a
+//! bounded queue per connection, and a peer that lets its queue fill up is
+//! disconnected rather than allowed to stall everybody else.
+//!
+//! Invariants: only the actor touches the mesh; a connection's bytes reach
+//! the mesh in order; nothing the actor does blocks it.
 
 pub mod sleeve;
 
@@ -26,8 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::ipam::allocator::MeshEvent;
-use crate::mesh::core::CHANNEL_IPAM;
+use crate::mesh::gossip::{GossipPort, GossipTo, Outgoing};
 use crate::mesh::overlay::OverlayView;
 use crate::mesh::{Action, ConnId, Mesh, PeerName};
 use crate::sleeve::path::PathEvent;
@@ -41,7 +46,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A request from the local API to the router.
 #[derive(Debug)]
-pub enum Command {
+pub enum ApiCommand {
     /// Send back a report.
     Report(oneshot::Sender<weave_api::Report>),
     /// Add targets (optionally replacing the direct set); replies with the targets after.
@@ -60,28 +65,6 @@ pub enum Command {
         /// Reply channel.
         reply: oneshot::Sender<Vec<SocketAddr>>,
     },
-    /// The data plane verified or lost the path to a neighbour.
-    Path(PathEvent),
-    /// Send gossip of an application channel.
-    Gossip {
-        /// The channel.
-        channel: u8,
-        /// To whom.
-        to: GossipTo,
-        /// The body.
-        body: Vec<u8>,
-    },
-}
-
-/// Recipients of application gossip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GossipTo {
-    /// One connection.
-    Conn(ConnId),
-    /// A random subset of neighbours.
-    Fanout,
-    /// One random neighbour (anti-entropy).
-    Random,
 }
 
 /// What connection tasks tell the actor.
@@ -103,40 +86,44 @@ struct Link {
 pub struct Router {
     mesh: Mesh,
     listener: TcpListener,
-    commands: mpsc::Receiver<Command>,
+    api: mpsc::Receiver<ApiCommand>,
+    gossip: GossipPort,
+    paths: Option<mpsc::Receiver<PathEvent>>,
     views: Option<watch::Sender<Arc<OverlayView>>>,
-    sleeve: Option<Arc<sleeve::Shared>>,
-    ipam: Option<mpsc::Sender<MeshEvent>>,
+    sleeve: Option<Arc<sleeve::Sleeve>>,
 }
 
 impl Router {
     /// A router around `mesh`, listening on `listener`, taking API commands
-    /// from `commands`.
-    pub fn new(mesh: Mesh, listener: TcpListener, commands: mpsc::Receiver<Command>) -> Self {
+    /// from `api` and the gossip of the subsystems registered on `gossip`.
+    pub fn new(
+        mesh: Mesh,
+        listener: TcpListener,
+        api: mpsc::Receiver<ApiCommand>,
+        gossip: GossipPort,
+    ) -> Self {
         Self {
             mesh,
             listener,
-            commands,
+            api,
+            gossip,
+            paths: None,
             views: None,
             sleeve: None,
-            ipam: None,
         }
     }
 
-    /// Hands IPAM gossip, new neighbours and reachability to `ipam`.
-    pub fn with_ipam(mut self, ipam: mpsc::Sender<MeshEvent>) -> Self {
-        self.ipam = Some(ipam);
-        self
-    }
-
-    /// Publishes the mesh's overlay views to the sleeve on `views`, and adds
-    /// the sleeve's figures to reports.
+    /// Publishes the mesh's overlay views to the sleeve on `views`, takes
+    /// the sleeve's path events from `paths`, and adds the sleeve's figures
+    /// to reports.
     pub fn with_sleeve(
         mut self,
         views: watch::Sender<Arc<OverlayView>>,
-        sleeve: Arc<sleeve::Shared>,
+        paths: mpsc::Receiver<PathEvent>,
+        sleeve: Arc<sleeve::Sleeve>,
     ) -> Self {
         self.views = Some(views);
+        self.paths = Some(paths);
         self.sleeve = Some(sleeve);
         self
     }
@@ -146,12 +133,15 @@ impl Router {
         let Self {
             mut mesh,
             listener,
-            mut commands,
+            mut api,
+            mut gossip,
+            paths,
             views,
             sleeve,
-            ipam,
         } = self;
-        let mut reachable = std::collections::BTreeSet::new();
+        // Without a sleeve nobody sends path events: a receiver whose sender
+        // is dropped at once yields `None` and its branch is disabled.
+        let mut paths = paths.unwrap_or_else(|| mpsc::channel(1).1);
         let (events_tx, mut events) = mpsc::channel::<Event>(1024);
         let accept_tx = events_tx.clone();
         let accept_cancel = cancel.clone();
@@ -175,13 +165,15 @@ impl Router {
             }
         });
         let mut links: HashMap<ConnId, Link> = HashMap::new();
-        apply(&mut mesh, &mut links, &events_tx, ipam.as_ref());
+        apply(&mut mesh, &mut links, &events_tx, &mut gossip);
         loop {
             let deadline = mesh.poll_timeout();
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => mesh.tick(Instant::now()),
-                Some(cmd) = commands.recv() => on_command(&mut mesh, cmd, sleeve.as_deref()),
+                Some(cmd) = api.recv() => on_api(&mut mesh, cmd, sleeve.as_deref()),
+                Some(ev) = paths.recv() => on_path(&mut mesh, ev),
+                Some(out) = gossip.outgoing() => send_gossip(&mut mesh, out),
                 Some(ev) = events.recv() => {
                     let now = Instant::now();
                     match ev {
@@ -213,16 +205,13 @@ impl Router {
                     }
                 }
             }
-            apply(&mut mesh, &mut links, &events_tx, ipam.as_ref());
-            if let Some(ipam) = &ipam {
-                let now_reachable = mesh.reachable_peers();
-                if now_reachable != reachable {
-                    reachable.clone_from(&now_reachable);
-                    if ipam.try_send(MeshEvent::Reachable(now_reachable)).is_err() {
-                        // Retried on the next change; the set is small.
-                        reachable.clear();
-                    }
-                }
+            // Everything else the subsystems queued goes out in this turn.
+            while let Some(out) = gossip.try_outgoing() {
+                send_gossip(&mut mesh, out);
+            }
+            apply(&mut mesh, &mut links, &events_tx, &mut gossip);
+            if !gossip.is_empty() {
+                gossip.set_reachable(&mesh.reachable_peers());
             }
             if let Some(views) = &views {
                 let view = mesh.overlay_view();
@@ -240,21 +229,17 @@ impl Router {
     }
 }
 
-fn on_command(mesh: &mut Mesh, cmd: Command, sleeve: Option<&sleeve::Shared>) {
+fn on_api(mesh: &mut Mesh, cmd: ApiCommand, sleeve: Option<&sleeve::Sleeve>) {
     let now = Instant::now();
     match cmd {
-        Command::Report(reply) => {
+        ApiCommand::Report(reply) => {
             let mut report = mesh.report(now);
             if let Some(s) = sleeve {
                 add_sleeve_figures(&mut report, s);
             }
             let _ = reply.send(report);
         }
-        Command::Path(PathEvent::Established(peer, uid)) => {
-            mesh.overlay_established(peer, uid, now)
-        }
-        Command::Path(PathEvent::Failed(peer, uid)) => mesh.overlay_failed(peer, uid, now),
-        Command::Connect {
+        ApiCommand::Connect {
             addrs,
             replace,
             reply,
@@ -262,19 +247,31 @@ fn on_command(mesh: &mut Mesh, cmd: Command, sleeve: Option<&sleeve::Shared>) {
             mesh.connect(&addrs, replace, now);
             let _ = reply.send(mesh.maker().direct());
         }
-        Command::Forget { addrs, reply } => {
+        ApiCommand::Forget { addrs, reply } => {
             mesh.forget(&addrs, now);
             let _ = reply.send(mesh.maker().direct());
         }
-        Command::Gossip { channel, to, body } => match to {
-            GossipTo::Conn(conn) => mesh.send_channel(conn, channel, body),
-            GossipTo::Fanout => mesh.fanout_channel(channel, body, None),
-            GossipTo::Random => mesh.random_channel(channel, body),
-        },
     }
 }
 
-fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Shared) {
+fn on_path(mesh: &mut Mesh, ev: PathEvent) {
+    let now = Instant::now();
+    match ev {
+        PathEvent::Established(peer, uid) => mesh.overlay_established(peer, uid, now),
+        PathEvent::Failed(peer, uid) => mesh.overlay_failed(peer, uid, now),
+    }
+}
+
+fn send_gossip(mesh: &mut Mesh, out: Outgoing) {
+    let Outgoing { channel, to, body } = out;
+    match to {
+        GossipTo::Conn(conn) => mesh.send_channel(conn, channel.0, body),
+        GossipTo::Fanout => mesh.fanout_channel(channel.0, body, None),
+        GossipTo::Random => mesh.random_channel(channel.0, body),
+    }
+}
+
+fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Sleeve) {
     for c in &mut report.connections {
         let Some(peer) = c.peer.as_deref().and_then(|p| p.parse::<PeerName>().ok()) else {
             continue;
@@ -307,7 +304,7 @@ fn apply(
     mesh: &mut Mesh,
     links: &mut HashMap<ConnId, Link>,
     events: &mpsc::Sender<Event>,
-    ipam: Option<&mpsc::Sender<MeshEvent>>,
+    gossip: &mut GossipPort,
 ) {
     let mut stuck = Vec::new();
     while let Some(action) = mesh.poll_action() {
@@ -345,18 +342,11 @@ fn apply(
                 peer,
                 channel,
                 body,
-            } => match (channel, ipam) {
-                (CHANNEL_IPAM, Some(ipam)) => {
-                    // Anti-entropy repairs what is dropped when IPAM lags.
-                    let _ = ipam.try_send(MeshEvent::Gossip { conn, peer, body });
-                }
-                _ => debug!(%peer, channel, "ignoring gossip on an unhandled channel"),
-            },
-            Action::NeighbourUp { conn, .. } => {
-                if let Some(ipam) = ipam {
-                    let _ = ipam.try_send(MeshEvent::NeighbourUp { conn });
-                }
+            } => {
+                // Anti-entropy repairs what is dropped when a subsystem lags.
+                gossip.deliver(conn, peer, channel, body);
             }
+            Action::NeighbourUp { conn, peer } => gossip.neighbour_up(conn, peer),
         }
     }
     for conn in stuck {
@@ -368,7 +358,7 @@ fn apply(
     }
     if mesh.poll_action().is_some() {
         // Closing may have queued more work (gossip about the lost link).
-        apply(mesh, links, events, ipam);
+        apply(mesh, links, events, gossip);
     }
 }
 

@@ -1,16 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-//! What survives a restart, in `--state-dir`: for now the peer name.
-//!
-//! Files are replaced atomically (write a temporary file, fsync, rename,
-//! fsync the directory), so a crash at any instant leaves either the old or
-//! the new content, never a torn file.
+//! What survives a restart, in `--state-dir`, besides IPAM's own file
+//! (`ipam/persist.rs`): the peer name, written durably before first use
+//! with [`crate::atomic_file`], so a crash never leaves a torn name.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use rand::Rng;
 
+use crate::atomic_file;
 use crate::mesh::PeerName;
 use crate::{Error, Result};
 
@@ -48,48 +46,9 @@ pub fn load_or_create_peer_name(
         (None, None) => PeerName::random(rng),
     };
     if stored != Some(name) {
-        write_atomic(&path, format!("{name}\n").as_bytes()).map_err(err)?;
+        atomic_file::write_durable(&path, format!("{name}\n").as_bytes()).map_err(err)?;
     }
     Ok(name)
-}
-
-/// Replaces `path` with `data` atomically and durably.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_file(path, data, true)?;
-    sync_dir(path)
-}
-
-/// Replaces `path` with `data` atomically but without waiting for the disk:
-/// a crash of the process at any instant leaves the old or the new content;
-/// a power loss may lose the change until [`sync`] has run.
-pub fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_file(path, data, false)
-}
-
-/// Makes the current content of `path` (and its name) durable.
-pub fn sync(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path)?.sync_all()?;
-    sync_dir(path)
-}
-
-fn write_file(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
-    }
-    fs::rename(&tmp, path)
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

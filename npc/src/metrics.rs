@@ -18,6 +18,7 @@ use axum::Router;
 use nftables::types::NfFamily;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weave_api::prometheus::{escape, family};
 use weave_platform::firewall::{CounterValue, Firewall};
 
 use crate::compile::{CounterOwner, DropCounter, TABLE};
@@ -368,18 +369,6 @@ async fn scrape(State((metrics, firewall)): State<(Arc<Metrics>, Arc<dyn Firewal
         })
         .unwrap_or_default();
     metrics.render(&values)
-}
-
-/// `# HELP` and `# TYPE` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

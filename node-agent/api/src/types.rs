@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! JSON bodies of the local API. Peer names travel as `aa:bb:cc:dd:ee:ff`
-//! strings and addresses as `ip:port` strings so that the format is readable
-//! with `jq` and stable across Rust versions.
+//! strings, peer addresses as `ip:port` strings and IP addresses as the
+//! strings their [`crate::net`] types print as (`10.32.0.5/12`), so that
+//! the format is readable with `jq` and stable across Rust versions.
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::net::{self, IpNet, Ipv4Net};
 
 /// `GET /report`: everything the agent knows, as `weave report` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,7 +250,7 @@ pub struct AttachReply {
     /// Interface inside the namespace.
     pub ifname: String,
     /// Addresses configured on it.
-    pub cidrs: Vec<String>,
+    pub cidrs: Vec<IpNet>,
 }
 
 /// `POST /detach`: undo an attach.
@@ -283,8 +288,8 @@ pub struct AllocateRequest {
     /// Identifier of the attachment (e.g. `cni:CONTAINER:IFNAME`).
     pub id: String,
     /// Subnet inside the allocation range; the default subnet when absent.
-    #[serde(default)]
-    pub subnet: Option<String>,
+    #[serde(default, deserialize_with = "net::opt_subnet_v4")]
+    pub subnet: Option<Ipv4Net>,
     /// How long to wait for space (consensus, donation), in milliseconds;
     /// 30 000 when absent.
     #[serde(default)]
@@ -298,7 +303,8 @@ pub struct ClaimRequest {
     /// Identifier of the attachment.
     pub id: String,
     /// Address with prefix, `10.32.0.9/12`.
-    pub address: String,
+    #[serde(deserialize_with = "net::net_v4")]
+    pub address: Ipv4Net,
     /// As in [`AllocateRequest::timeout_ms`].
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -312,8 +318,8 @@ pub struct ReleaseRequest {
     /// Identifier of the attachment.
     pub id: String,
     /// One address (`10.32.0.9` or `10.32.0.9/12`); all of them when absent.
-    #[serde(default)]
-    pub address: Option<String>,
+    #[serde(default, deserialize_with = "net::opt_addr_v4")]
+    pub address: Option<Ipv4Addr>,
 }
 
 /// `POST /ipam/lookup`: the addresses of `id`.
@@ -330,7 +336,54 @@ pub struct AddressesReply {
     /// The identifier.
     pub id: String,
     /// Addresses with the prefix length of their subnet, `10.32.0.5/12`.
-    pub addresses: Vec<String>,
+    pub addresses: Vec<IpNet>,
+}
+
+/// `POST /cni/add`: everything a CNI ADD needs from the agent, in one
+/// request: an address for `id` (as `/ipam/allocate` gives it), the bridge
+/// and overlay MTU the pod is wired with and, if asked, the pod subnet's
+/// gateway (the bridge's address in that subnet, given to the bridge from
+/// IPAM the first time). The agent answers from its own state and one call
+/// to IPAM; the gateway is known after its first use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAddRequest {
+    /// Identifier of the attachment, `cni:NETWORK:CONTAINERID:IFNAME`.
+    pub id: String,
+    /// Subnet inside the allocation range; the default subnet when absent.
+    #[serde(default, deserialize_with = "net::opt_subnet_v4")]
+    pub subnet: Option<Ipv4Net>,
+    /// As in [`AllocateRequest::timeout_ms`].
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Whether to answer with the subnet's gateway (false when the network
+    /// config names its own).
+    #[serde(default)]
+    pub gateway: bool,
+    /// The bridge the pod joins when the network config names one; the
+    /// agent's own when absent.
+    #[serde(default)]
+    pub bridge: Option<String>,
+}
+
+/// Reply to `POST /cni/add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAddReply {
+    /// The identifier.
+    pub id: String,
+    /// The attachment's addresses with the prefix length of their subnet.
+    pub addresses: Vec<IpNet>,
+    /// The bridge: the one asked for, else the agent's (none when it runs
+    /// with `--bridge off`).
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// The overlay MTU, when the agent runs a data plane.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// The gateway of the addresses' subnet, when asked for and there is a
+    /// bridge to hold it.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
 }
 
 /// `POST /ipam/gc`: release every allocation whose id starts with `prefix`
@@ -379,9 +432,9 @@ pub struct IpamReport {
     /// Whether an allocation can proceed now (the CNI STATUS check).
     pub ready: bool,
     /// The allocation range.
-    pub range: String,
+    pub range: Ipv4Net,
     /// The default subnet.
-    pub default_subnet: String,
+    pub default_subnet: Ipv4Net,
     /// Addresses in the range.
     pub total: u64,
     /// Addresses handed out by this peer.

@@ -4,8 +4,10 @@
 //! [`Netlink`] is what the data plane and the CNI plugin program against;
 //! [`LinuxNetlink`] speaks rtnetlink to the kernel and `fake::FakeNetlink`
 //! (feature `fake`) keeps the same state in memory. Both share the argument
-//! checks below and the same idempotency rules (STYLE §2): creating something
-//! that exists is success, deleting something that is gone is success.
+//! checks below (`*_op` check an operation's arguments and name it for
+//! errors, so both implementations refuse and describe alike) and the same
+//! idempotency rules (STYLE §2): creating something that exists is success,
+//! deleting something that is gone is success.
 //!
 //! A handle is bound to one namespace for life: the namespace its netlink
 //! socket was opened in. Use [`LinuxNetlink::in_netns`] for another one.
@@ -148,6 +150,37 @@ pub(crate) fn validate_ifname(name: &str) -> Result<()> {
         return invalid("contains '/', ':', whitespace or NUL");
     }
     Ok(())
+}
+
+/// Checks the arguments of [`Netlink::create_veth`] (both names); returns
+/// the operation as errors name it.
+pub(crate) fn veth_op(host_if: &str, peer_if: &str, netns_path: &Path) -> Result<String> {
+    validate_ifname(host_if)?;
+    validate_ifname(peer_if)?;
+    Ok(format!(
+        "create veth {host_if} with peer {peer_if} in network namespace {}",
+        netns_path.display()
+    ))
+}
+
+/// Checks the arguments of [`Netlink::add_addr`]; returns the operation as
+/// errors name it.
+pub(crate) fn addr_op(index: u32, addr: IpAddr, prefix_len: u8) -> Result<String> {
+    check_addr(addr, prefix_len)?;
+    Ok(format!("add address {addr}/{prefix_len} to link {index}"))
+}
+
+/// Checks the arguments of [`Netlink::add_route`]; returns the operation as
+/// errors name it.
+pub(crate) fn route_op(
+    dst: IpAddr,
+    prefix_len: u8,
+    gateway: Option<IpAddr>,
+    index: u32,
+) -> Result<String> {
+    check_route(dst, prefix_len, gateway)?;
+    let via = gateway.map(|gw| format!(" via {gw}")).unwrap_or_default();
+    Ok(format!("add route {dst}/{prefix_len}{via} dev {index}"))
 }
 
 /// A MAC address as iproute2 prints it, for error messages.

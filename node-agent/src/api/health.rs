@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{ask, ipam, Api};
-use crate::router::Command;
+use crate::router::ApiCommand;
 
 /// How long each task may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
@@ -60,7 +60,7 @@ pub(super) async fn readyz(State(api): State<Api>) -> Response {
 
 /// Whether the router and IPAM answer in time.
 async fn alive(api: &Api) -> Result<(), &'static str> {
-    tokio::time::timeout(ANSWER_WITHIN, ask(api, Command::Report))
+    tokio::time::timeout(ANSWER_WITHIN, ask(api, ApiCommand::Report))
         .await
         .map_err(|_| "the router does not answer")?
         .map_err(|_| "the router has stopped")?;

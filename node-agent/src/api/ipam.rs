@@ -6,7 +6,7 @@
 //! bad request gets a 400 and changes nothing.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -14,13 +14,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use tokio::sync::oneshot;
+use weave_api::net::{parse_net, IpNet, Ipv4Net};
 use weave_api::{
     AddressesReply, AllocateRequest, ClaimRequest, GcReply, GcRequest, IpamReport, LookupRequest,
     ReleaseRequest, RmPeerReply, RmPeerRequest,
 };
 
 use super::{error, parse, Api, ApiError};
-use crate::attach::Cidr;
 use crate::ipam::allocator::Request;
 use crate::ipam::space::{Allocation, Ident};
 use crate::ipam::subnet::Subnet;
@@ -37,11 +37,13 @@ pub(crate) enum AddrSpec {
     /// Allocate in this subnet (`None`: the default subnet).
     Allocate(Option<Subnet>),
     /// This fixed address (claimed in IPAM when it is IPv4).
-    Fixed(Cidr),
+    Fixed(IpNet),
 }
 
 impl AddrSpec {
-    /// Parses `net:default`, `net:CIDR`, `ip:CIDR` or `CIDR`.
+    /// Parses `net:default`, `net:CIDR`, `ip:CIDR` or `CIDR`; a fixed
+    /// address needs a prefix length of at least 1 (it names the pod's
+    /// network).
     pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if s == "net:default" {
             return Ok(Self::Allocate(None));
@@ -49,27 +51,28 @@ impl AddrSpec {
         if let Some(net) = s.strip_prefix("net:") {
             return net.parse::<Subnet>().map(|n| Self::Allocate(Some(n)));
         }
-        s.strip_prefix("ip:").unwrap_or(s).parse().map(Self::Fixed)
+        let c = parse_net(s.strip_prefix("ip:").unwrap_or(s), "CIDR")?;
+        if c.prefix_len() == 0 {
+            return Err(format!(
+                "invalid CIDR {s:?}: prefix length must be 1..={}",
+                c.max_prefix_len()
+            ));
+        }
+        Ok(Self::Fixed(c))
     }
 }
 
-/// Parses `a.b.c.d/len` (host bits allowed: it is an address).
-fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad = || format!("invalid address {s:?}: expected IPv4ADDRESS/PREFIX like 10.32.0.5/12");
-    let (a, p) = s.split_once('/').ok_or_else(bad)?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
-    let prefix: u8 = p.parse().map_err(|_| bad())?;
-    if !(1..=32).contains(&prefix) {
-        return Err(bad());
-    }
-    Ok((addr, prefix))
+/// The subnet of a request, checked: host bits zero, 4 addresses or more.
+pub(crate) fn subnet(net: Option<Ipv4Net>) -> Result<Option<Subnet>, ApiError> {
+    net.map(|n| Subnet::try_from(n).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
+        .transpose()
 }
 
-fn ident(s: &str) -> Result<Ident, ApiError> {
+pub(crate) fn ident(s: &str) -> Result<Ident, ApiError> {
     Ident::new(s).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
-fn timeout(ms: Option<u64>) -> Duration {
+pub(crate) fn timeout(ms: Option<u64>) -> Duration {
     ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis)
         .min(MAX_TIMEOUT)
 }
@@ -94,7 +97,7 @@ pub(crate) fn ipam_error(e: IpamError) -> ApiError {
     error(status, e.to_string())
 }
 
-fn disabled() -> ApiError {
+pub(crate) fn disabled() -> ApiError {
     error(
         StatusCode::CONFLICT,
         "IP address management is off (--ipalloc-range off)",
@@ -152,7 +155,7 @@ pub(crate) async fn resolve(
             .await?
         }
         AddrSpec::Fixed(cidr) => {
-            let (std::net::IpAddr::V4(addr), prefix) = (cidr.addr, cidr.prefix_len) else {
+            let (IpAddr::V4(addr), prefix) = (cidr.addr(), cidr.prefix_len()) else {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     format!("{cidr} is not an IPv4 address; IPAM handles IPv4 only"),
@@ -173,7 +176,7 @@ pub(crate) async fn resolve(
 fn addresses(id: &Ident, list: &[Allocation]) -> Json<AddressesReply> {
     Json(AddressesReply {
         id: id.to_string(),
-        addresses: list.iter().map(ToString::to_string).collect(),
+        addresses: list.iter().map(Allocation::net).collect(),
     })
 }
 
@@ -190,14 +193,7 @@ pub(crate) async fn allocate(
 ) -> Result<Json<AddressesReply>, ApiError> {
     let req: AllocateRequest = parse(&body)?;
     let id = ident(&req.id)?;
-    let subnet = req
-        .subnet
-        .as_deref()
-        .map(|s| {
-            s.parse::<Subnet>()
-                .map_err(|e| error(StatusCode::BAD_REQUEST, e))
-        })
-        .transpose()?;
+    let subnet = subnet(req.subnet)?;
     let a = resolve(
         &api,
         &id,
@@ -214,21 +210,17 @@ pub(crate) async fn claim(
 ) -> Result<Json<AddressesReply>, ApiError> {
     let req: ClaimRequest = parse(&body)?;
     let id = ident(&req.id)?;
-    let (addr, prefix) = parse_cidr(&req.address).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-    if prefix > 30 {
+    if !(1..=30).contains(&req.address.prefix_len()) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!(
                 "invalid address {:?}: prefix length must be 1..=30",
-                req.address
+                req.address.to_string()
             ),
         ));
     }
-    let cidr = Cidr {
-        addr: addr.into(),
-        prefix_len: prefix,
-    };
-    let a = resolve(&api, &id, AddrSpec::Fixed(cidr), timeout(req.timeout_ms)).await?;
+    let fixed = AddrSpec::Fixed(req.address.into());
+    let a = resolve(&api, &id, fixed, timeout(req.timeout_ms)).await?;
     Ok(addresses(&id, &[a]))
 }
 
@@ -238,20 +230,9 @@ pub(crate) async fn release(
 ) -> Result<Json<AddressesReply>, ApiError> {
     let req: ReleaseRequest = parse(&body)?;
     let id = ident(&req.id)?;
-    let addr = req
-        .address
-        .as_deref()
-        .map(|a| {
-            a.split('/')
-                .next()
-                .unwrap_or(a)
-                .parse::<Ipv4Addr>()
-                .map_err(|_| error(StatusCode::BAD_REQUEST, format!("invalid address {a:?}")))
-        })
-        .transpose()?;
     let released = call(&api, DEFAULT_TIMEOUT, |reply| Request::Release {
         ident: id.clone(),
-        addr,
+        addr: req.address,
         reply,
     })
     .await?;
@@ -328,6 +309,7 @@ mod tests {
             AddrSpec::Allocate(Some("10.2.3.0/24".parse().unwrap()))
         );
         let fixed = AddrSpec::Fixed("10.2.3.4/24".parse().unwrap());
+        assert!(AddrSpec::parse("10.2.3.4/0").is_err());
         assert_eq!(AddrSpec::parse("ip:10.2.3.4/24").unwrap(), fixed);
         assert_eq!(AddrSpec::parse("10.2.3.4/24").unwrap(), fixed);
         assert!(AddrSpec::parse("fd00::1/64").is_ok());

@@ -39,14 +39,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            tracing::error!("{msg}");
+            tracing::error!("{}", weave_api::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

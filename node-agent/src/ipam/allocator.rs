@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The task that owns [`Ipam`]: it takes API requests and mesh events,
-//! persists the state before any answer leaves, and hands gossip to the
-//! router.
+//! The task that owns [`Ipam`]: it takes API requests and the events of its
+//! gossip channel, persists the state before any answer leaves, and sends
+//! its gossip through the mesh's gossip port ([`crate::mesh::gossip`]).
 //!
 //! Requests that arrive together are handled as one batch and cost one
 //! write of the state file; a reply is only sent once the state that
@@ -20,10 +20,11 @@ use tracing::{debug, error, info, warn};
 use super::space::{Allocation, Ident};
 use super::subnet::Subnet;
 use super::{persist, Ipam, IpamError, OpId, Removal};
-use crate::mesh::core::CHANNEL_IPAM;
-use crate::mesh::{ConnId, PeerName};
-use crate::router::{Command, GossipTo};
+use crate::mesh::gossip::{Channel, GossipEvent, GossipSender, GossipTo, Registration};
+use crate::mesh::ConnId;
 
+/// The gossip channel of IP address management.
+pub const CHANNEL: Channel = Channel(1);
 /// Requests handled per batch before the state is written.
 const BATCH: usize = 256;
 /// How often waiting requests whose caller went away are dropped, and the
@@ -95,27 +96,6 @@ pub enum Request {
     },
 }
 
-/// What the router tells IPAM.
-#[derive(Debug)]
-pub enum MeshEvent {
-    /// IPAM gossip from a neighbour.
-    Gossip {
-        /// The connection.
-        conn: ConnId,
-        /// The neighbour.
-        peer: PeerName,
-        /// Body.
-        body: Vec<u8>,
-    },
-    /// A new neighbour: send it our state.
-    NeighbourUp {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// The set of reachable peers changed.
-    Reachable(BTreeSet<PeerName>),
-}
-
 /// Refuses an allocation range that overlaps a route of this host (other
 /// than routes via `bridge`, which are ours): pods would be unreachable, or
 /// worse, shadow real hosts. The default route is not a conflict.
@@ -161,8 +141,8 @@ pub struct Allocator {
     ipam: Ipam,
     state_dir: PathBuf,
     requests: mpsc::Receiver<Request>,
-    events: mpsc::Receiver<MeshEvent>,
-    router: mpsc::Sender<Command>,
+    events: mpsc::Receiver<GossipEvent>,
+    gossip: GossipSender,
     waiters: HashMap<OpId, AddressReply>,
     outgoing: Vec<Outgoing>,
     gossip_to: Vec<ConnId>,
@@ -172,20 +152,20 @@ pub struct Allocator {
 }
 
 impl Allocator {
-    /// An allocator persisting to `state_dir`, sending gossip through `router`.
+    /// An allocator persisting to `state_dir`, gossiping through the
+    /// registration of [`CHANNEL`].
     pub fn new(
         ipam: Ipam,
         state_dir: PathBuf,
         requests: mpsc::Receiver<Request>,
-        events: mpsc::Receiver<MeshEvent>,
-        router: mpsc::Sender<Command>,
+        gossip: Registration,
     ) -> Self {
         Self {
             ipam,
             state_dir,
             requests,
-            events,
-            router,
+            events: gossip.inbox,
+            gossip: gossip.sender,
             waiters: HashMap::new(),
             outgoing: Vec::new(),
             gossip_to: Vec::new(),
@@ -309,19 +289,21 @@ impl Allocator {
         }
     }
 
-    fn on_event(&mut self, ev: MeshEvent) {
+    fn on_event(&mut self, ev: GossipEvent) {
         let now = Instant::now();
         match ev {
-            MeshEvent::Gossip { conn, peer, body } => match self.ipam.on_gossip(peer, &body, now) {
-                Ok(out) => {
-                    if out.reply {
-                        self.gossip_to.push(conn);
+            GossipEvent::Received { conn, from, body } => {
+                match self.ipam.on_gossip(from, &body, now) {
+                    Ok(out) => {
+                        if out.reply {
+                            self.gossip_to.push(conn);
+                        }
                     }
+                    Err(e) => warn!(peer = %from, error = %e, "dropping IPAM gossip"),
                 }
-                Err(e) => warn!(%peer, error = %e, "dropping IPAM gossip"),
-            },
-            MeshEvent::NeighbourUp { conn } => self.gossip_to.push(conn),
-            MeshEvent::Reachable(set) => self.ipam.set_reachable(set, now),
+            }
+            GossipEvent::NeighbourUp { conn, .. } => self.gossip_to.push(conn),
+            GossipEvent::Reachable(set) => self.ipam.set_reachable(set, now),
         }
     }
 
@@ -402,13 +384,8 @@ impl Allocator {
     }
 
     fn send(&mut self, to: GossipTo) {
-        let cmd = Command::Gossip {
-            channel: CHANNEL_IPAM,
-            to,
-            body: self.ipam.gossip_state().encode(),
-        };
         // Gossip is repeated by anti-entropy; dropping under pressure is fine.
-        if self.router.try_send(cmd).is_err() {
+        if !self.gossip.send(to, self.ipam.gossip_state().encode()) {
             debug!("router busy; IPAM gossip dropped");
         }
     }

@@ -237,14 +237,14 @@ pub fn load(dir: &Path, peer: PeerName, range: Subnet) -> Result<Option<Persiste
 /// Writes the state atomically (durable only after [`sync`]).
 pub fn save(dir: &Path, state: &Persisted) -> Result<(), PersistError> {
     let path = dir.join(FILE);
-    crate::state::replace(&path, &state.to_json())
+    crate::atomic_file::replace(&path, &state.to_json())
         .map_err(|source| PersistError::Io { path, source })
 }
 
 /// Makes the last [`save`] durable.
 pub fn sync(dir: &Path) -> Result<(), PersistError> {
     let path = dir.join(FILE);
-    crate::state::sync(&path).map_err(|source| PersistError::Io { path, source })
+    crate::atomic_file::sync(&path).map_err(|source| PersistError::Io { path, source })
 }
 
 impl fmt::Display for Persisted {

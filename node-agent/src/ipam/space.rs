@@ -62,6 +62,16 @@ pub struct Allocation {
     pub subnet: Subnet,
 }
 
+impl Allocation {
+    /// The address with its subnet's prefix length, as the API sends it.
+    pub fn net(&self) -> weave_api::net::IpNet {
+        let subnet: weave_api::net::Ipv4Net = self.subnet.into();
+        weave_api::net::Ipv4Net::new(ip(u64::from(self.addr)), subnet.prefix_len())
+            .expect("a subnet's prefix is at most 30")
+            .into()
+    }
+}
+
 impl fmt::Display for Allocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", ip(u64::from(self.addr)), self.subnet.prefix())

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use weave_api::net::{parse_net_v4, Ipv4Net};
 
 /// Smallest subnet IPAM allocates in: 4 addresses, two of them usable.
 pub const MIN_PREFIX_SIZE: u8 = 30;
@@ -116,16 +117,23 @@ impl FromStr for Subnet {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, p) = s.split_once('/').ok_or_else(|| {
-            format!("invalid subnet {s:?}: expected ADDRESS/PREFIX like 10.32.0.0/12")
-        })?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("invalid subnet {s:?}: {a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .map_err(|_| format!("invalid subnet {s:?}: {p:?} is not a prefix length"))?;
-        Self::new(addr, prefix)
+        Self::try_from(parse_net_v4(s, "subnet")?)
+    }
+}
+
+impl TryFrom<Ipv4Net> for Subnet {
+    type Error = String;
+
+    /// The network `net`; fails unless its host bits are zero and its
+    /// prefix is 1..=30.
+    fn try_from(net: Ipv4Net) -> Result<Self, Self::Error> {
+        Self::new(net.addr(), net.prefix_len())
+    }
+}
+
+impl From<Subnet> for Ipv4Net {
+    fn from(s: Subnet) -> Self {
+        Ipv4Net::new(s.addr(), s.prefix).expect("a subnet's prefix is at most 30")
     }
 }
 

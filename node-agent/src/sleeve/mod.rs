@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The sleeve data plane without I/O: the datagram format, the switch that
-//! decides where frames go, the UDP path state, the datagram encryption per
-//! neighbour, and what carries TCP super-frames (offload headers, fragments
-//! put back together). The TAP and UDP loops that drive them live in
+//! The sleeve data plane without I/O: the datagram format ([`frame`]), the
+//! switch that decides where frames go ([`switch`]), how frames are batched
+//! and cut into datagrams ([`batch`]), the MTU arithmetic ([`mtu`]), the UDP
+//! path state ([`path`]), the datagram encryption per neighbour
+//! ([`sealer`]), and what carries TCP super-frames ([`offload`] headers,
+//! fragments put back together by [`reassembly`]). Everything here decides;
+//! nothing does a system call. The TAP and UDP threads that drive it live in
 //! [`crate::router::sleeve`].
 
+pub mod batch;
 pub mod frame;
 pub mod mtu;
 pub mod offload;

@@ -1,13 +1,90 @@
 // SPDX-License-Identifier: Apache-2.0
-//! What to do with a frame too large for the overlay: an IPv4 packet with
-//! "don't fragment" gets an ICMP "fragmentation needed" back (RFC 792, RFC
-//! 1191), so its sender lowers its path MTU instead of retrying into a
-//! black hole. The ICMP message pretends to come from the packet's
+//! MTU arithmetic of the sleeve, without I/O: which overlay MTU an underlay
+//! allows ([`overlay_mtu`], from the devices [`underlay_devices`] picks),
+//! how large a datagram that makes ([`underlay_payload`]), and what to do
+//! with a frame too large for the overlay: an IPv4 packet with "don't
+//! fragment" gets an ICMP "fragmentation needed" back ([`frag_needed`], RFC
+//! 792, RFC 1191), so its sender lowers its path MTU instead of retrying
+//! into a black hole. The ICMP message pretends to come from the packet's
 //! destination, which is what makes the sender's kernel cache the smaller
 //! MTU for that destination.
+//!
+//! Invariant: an overlay MTU chosen here plus [`overhead`] never exceeds the
+//! underlay MTU it came from, and is never below the IPv4 minimum of 576.
+
+use weave_platform::Route;
+
+use super::frame;
+use crate::crypto::session::SEALED_OVERHEAD;
 
 /// Ethernet header length.
 const ETH: usize = 14;
+/// Bytes of encapsulation between the underlay MTU and the overlay MTU:
+/// IPv4 (20) + UDP (8) + datagram header (8) + frame header (14) + the
+/// inner Ethernet header (14).
+pub const OVERHEAD: u32 = 64;
+/// The smallest overlay MTU worth running (every IPv4 host must take 576).
+pub const MIN_MTU: u32 = 576;
+
+/// Why no overlay MTU could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MtuError {
+    /// No device carries IPv4 routes.
+    #[error("no IPv4 route to any peer network")]
+    NoRoute,
+    /// The underlay leaves less than [`MIN_MTU`].
+    #[error("underlay MTU {0} is too small")]
+    TooSmall(u32),
+}
+
+/// Bytes between the underlay MTU and the overlay MTU: [`OVERHEAD`], plus
+/// the sealed datagram's epoch, counter and tag with a password
+/// (`crypto::session`).
+pub fn overhead(encrypted: bool) -> u32 {
+    if encrypted {
+        // 36 bytes: the conversion cannot fail.
+        OVERHEAD + u32::try_from(SEALED_OVERHEAD).unwrap_or(0)
+    } else {
+        OVERHEAD
+    }
+}
+
+/// The devices whose MTU bounds the overlay: the default route's device if
+/// there is a default route, else every device with an IPv4 route; never
+/// the `bridge` (the overlay itself).
+pub fn underlay_devices(routes: &[Route], bridge: Option<u32>) -> Vec<u32> {
+    let default = routes
+        .iter()
+        .find(|r| r.prefix_len == 0)
+        .and_then(|r| r.oif);
+    let mut out: Vec<u32> = routes
+        .iter()
+        .filter_map(|r| r.oif)
+        .filter(|oif| Some(*oif) != bridge && (default.is_none() || default == Some(*oif)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The overlay MTU under devices of MTUs `underlay` (the smallest counts):
+/// that minus `overhead`.
+pub fn overlay_mtu(
+    underlay: impl IntoIterator<Item = u32>,
+    overhead: u32,
+) -> Result<u32, MtuError> {
+    let smallest = underlay.into_iter().min().ok_or(MtuError::NoRoute)?;
+    smallest
+        .checked_sub(overhead)
+        .filter(|m| *m >= MIN_MTU)
+        .ok_or(MtuError::TooSmall(smallest))
+}
+
+/// The largest plain datagram of an overlay MTU: one whole frame (overlay
+/// MTU plus its Ethernet header) behind the datagram and frame headers.
+pub fn underlay_payload(mtu: u32) -> usize {
+    mtu as usize + ETH + frame::FRAME_HEADER_LEN + frame::HEADER_LEN
+}
 
 /// Internet checksum (RFC 1071) of `data`.
 fn checksum(data: &[u8]) -> u16 {
@@ -76,6 +153,54 @@ pub fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(dst: [u8; 4], prefix_len: u8, oif: u32) -> Route {
+        Route {
+            dst: std::net::IpAddr::from(dst),
+            prefix_len,
+            gateway: None,
+            oif: Some(oif),
+        }
+    }
+
+    #[test]
+    fn the_default_route_device_decides_else_every_routed_one() {
+        let routes = [route([10, 0, 0, 0], 24, 2), route([10, 1, 0, 0], 24, 3)];
+        assert_eq!(underlay_devices(&routes, None), vec![2, 3]);
+        assert_eq!(
+            underlay_devices(&routes, Some(3)),
+            vec![2],
+            "never the bridge"
+        );
+        let with_default = [routes[0], routes[1], route([0, 0, 0, 0], 0, 3)];
+        assert_eq!(underlay_devices(&with_default, None), vec![3]);
+        assert!(underlay_devices(&[], None).is_empty());
+    }
+
+    #[test]
+    fn the_smallest_underlay_minus_the_overhead() {
+        assert_eq!(overlay_mtu([1500, 9000], OVERHEAD), Ok(1436));
+        assert_eq!(overlay_mtu([9000], overhead(true)), Ok(9000 - 100));
+        assert_eq!(overlay_mtu([], OVERHEAD), Err(MtuError::NoRoute));
+        assert_eq!(overlay_mtu([640], OVERHEAD), Ok(576));
+        assert_eq!(overlay_mtu([639], OVERHEAD), Err(MtuError::TooSmall(639)));
+        assert_eq!(overlay_mtu([10], OVERHEAD), Err(MtuError::TooSmall(10)));
+    }
+
+    #[test]
+    fn the_encrypted_overhead_is_the_sealed_datagram_format() {
+        assert_eq!(
+            (overhead(true) - overhead(false)) as usize,
+            crate::crypto::session::SEALED_OVERHEAD
+        );
+        assert_eq!(overhead(false), OVERHEAD);
+    }
+
+    #[test]
+    fn a_full_frame_fits_the_underlay() {
+        // 1436 + 64 = 1500: the datagram (payload of IPv4 + UDP) is 1472.
+        assert_eq!(underlay_payload(1436), 1500 - 20 - 8);
+    }
 
     fn ipv4_frame(df: bool, len: usize) -> Vec<u8> {
         let mut f = vec![0x0a, 0, 0, 0, 0, 2, 0x0a, 0, 0, 0, 0, 1, 0x08, 0x00];

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use weave_e2e::cluster::{Cluster, ClusterOptions, Cni};
-use weave_e2e::kube::{self, apply, pods};
+use weave_e2e::kube::{self, pods};
 
 use crate::percentile;
 
@@ -33,11 +33,10 @@ pub(crate) fn bench() -> Result<()> {
         cni: Cni::None,
         ..ClusterOptions::default()
     })?;
-    let agnhost = cluster.image("agnhost")?.to_owned();
     let install = kube::install_manifest(&cluster, Duration::from_secs(180))?;
-    kube::rollout_status(&cluster, Duration::from_secs(180))?;
-    let mut weave = start_latency(&cluster, &agnhost)?;
-    deploy(&cluster, &agnhost, PODS)?;
+    kube::rollout(&cluster, kube::NAMESPACE, "daemonset/weave-net")?;
+    let mut weave = start_latency(&cluster)?;
+    deploy(&cluster, PODS)?;
     let rss = memory(&cluster)?;
     let gap = restart_gap(&cluster)?;
     cluster.kubectl(&["delete", "pod", "prober", "--wait=true"])?;
@@ -53,19 +52,12 @@ pub(crate) fn bench() -> Result<()> {
     kube::run_uninstall(&cluster)?;
     cluster.install_reference_cni()?;
     cluster.wait_ready(Duration::from_secs(120))?;
-    let mut reference = start_latency(&cluster, &agnhost)?;
+    let mut reference = start_latency(&cluster)?;
     remove_bench(&cluster)?;
     cluster.remove_reference_cni()?;
     kube::install_manifest(&cluster, Duration::from_secs(180))?;
-    cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "rollout",
-        "status",
-        "daemonset/weave-net",
-        "--timeout=180s",
-    ])?;
-    weave.extend(start_latency(&cluster, &agnhost)?);
+    kube::rollout(&cluster, kube::NAMESPACE, "daemonset/weave-net")?;
+    weave.extend(start_latency(&cluster)?);
     weave.sort();
     reference.sort();
     println!("| pod start, create → Ready ({PODS} pods a round; weave: 2 rounds, reference: 1) | p50 | p99 |");
@@ -124,7 +116,7 @@ fn memory(cluster: &Cluster) -> Result<Vec<String>> {
 
 /// Starts a Deployment of `PODS` pods and returns each pod's create → Ready time; deletes it
 /// afterwards.
-fn start_latency(cluster: &Cluster, agnhost: &str) -> Result<Vec<Duration>> {
+fn start_latency(cluster: &Cluster) -> Result<Vec<Duration>> {
     let mut watch = cluster
         .kubectl_cmd()
         .args(["get", "pods", "-l", "app=bench", "--watch", "--output-watch-events", "-o"])
@@ -159,7 +151,7 @@ fn start_latency(cluster: &Cluster, agnhost: &str) -> Result<Vec<Duration>> {
             .filter_map(|(name, at)| Some(at.duration_since(*first.get(name)?)))
             .collect::<Vec<Duration>>()
     });
-    deploy(cluster, agnhost, PODS)?;
+    deploy(cluster, PODS)?;
     let mut times = reader
         .join()
         .map_err(|_| anyhow::anyhow!("watch reader panicked"))?;
@@ -187,30 +179,15 @@ fn remove_bench(cluster: &Cluster) -> Result<()> {
 }
 
 /// A Deployment `bench` of `n` agnhost pods spread over the nodes, rolled out.
-fn deploy(cluster: &Cluster, agnhost: &str, n: usize) -> Result<()> {
-    apply(
+fn deploy(cluster: &Cluster, n: usize) -> Result<()> {
+    kube::deploy_spread(
         cluster,
-        &format!(
-            r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: bench, namespace: default }}
-spec:
-  replicas: {n}
-  selector: {{ matchLabels: {{ app: bench }} }}
-  template:
-    metadata: {{ labels: {{ app: bench }} }}
-    spec:
-      terminationGracePeriodSeconds: 1
-      topologySpreadConstraints:
-      - {{ maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{ matchLabels: {{ app: bench }} }} }}
-      containers:
-      - {{ name: c, image: "{agnhost}", args: [netexec, --http-port=8080] }}
-"#
-        ),
-    )?;
-    cluster.kubectl(&["rollout", "status", "deployment/bench", "--timeout=300s"])?;
-    Ok(())
+        "bench",
+        "default",
+        n,
+        "netexec, --http-port=8080",
+        true,
+    )
 }
 
 /// The longest gap in a prober's traffic (node-1 → a pod on node-2) across a rolling restart.

@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::Path};
 use super::{FakeKind, FakeNetlink, FakeOp, FakePeer};
 use crate::{
     error::{netlink_error, Error, Result},
-    netlink::{check_addr, check_route, fmt_mac, network, validate_ifname, Netlink, Route},
+    netlink::{addr_op, fmt_mac, network, route_op, validate_ifname, veth_op, Netlink, Route},
 };
 
 /// Smallest MTU the kernel accepts on Ethernet-like links (`ETH_MIN_MTU`).
@@ -129,14 +129,8 @@ impl Netlink for FakeNetlink {
         netns_path: &Path,
         mtu: u32,
     ) -> Result<u32> {
-        validate_ifname(host_if)?;
-        validate_ifname(peer_if)?;
-        let what = || {
-            format!(
-                "create veth {host_if} with peer {peer_if} in network namespace {}",
-                netns_path.display()
-            )
-        };
+        let described = veth_op(host_if, peer_if, netns_path)?;
+        let what = || described.clone();
         self.op(FakeOp::CreateVeth, what, |w, netns| {
             check_mtu(mtu, what)?;
             if let Some(link) = w.ns(netns).by_name(host_if) {
@@ -177,8 +171,8 @@ impl Netlink for FakeNetlink {
     }
 
     async fn add_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
-        check_addr(addr, prefix_len)?;
-        let what = || format!("add address {addr}/{prefix_len} to link {index}");
+        let described = addr_op(index, addr, prefix_len)?;
+        let what = || described.clone();
         self.op(FakeOp::AddAddr, what, |w, netns| {
             let link = w.ns(netns).get_mut(index, what)?;
             // The kernel matches IPv4 addresses on (local, prefix length) and
@@ -215,11 +209,8 @@ impl Netlink for FakeNetlink {
         gateway: Option<IpAddr>,
         index: u32,
     ) -> Result<()> {
-        check_route(dst, prefix_len, gateway)?;
-        let what = || {
-            let via = gateway.map(|gw| format!(" via {gw}")).unwrap_or_default();
-            format!("add route {dst}/{prefix_len}{via} dev {index}")
-        };
+        let described = route_op(dst, prefix_len, gateway, index)?;
+        let what = || described.clone();
         self.op(FakeOp::AddRoute, what, |w, netns| {
             let ns = w.ns(netns);
             let link = ns.get_mut(index, what)?.clone();

@@ -25,7 +25,7 @@ use rtnetlink::{
 };
 use tracing::debug;
 
-use super::{check_addr, check_route, fmt_mac, validate_ifname, Netlink, Route};
+use super::{addr_op, fmt_mac, route_op, validate_ifname, veth_op, Netlink, Route};
 use crate::{
     error::{netlink_errno, Error, Result},
     netns,
@@ -292,14 +292,8 @@ impl Netlink for LinuxNetlink {
         netns_path: &Path,
         mtu: u32,
     ) -> Result<u32> {
-        validate_ifname(host_if)?;
-        validate_ifname(peer_if)?;
-        let op = || {
-            format!(
-                "create veth {host_if} with peer {peer_if} in network namespace {}",
-                netns_path.display()
-            )
-        };
+        let described = veth_op(host_if, peer_if, netns_path)?;
+        let op = || described.clone();
         // The descriptor must stay open until the kernel has answered: it
         // names the namespace by IFLA_NET_NS_FD.
         let ns = File::open(netns_path).map_err(|e| Error::io(op(), e))?;
@@ -346,7 +340,7 @@ impl Netlink for LinuxNetlink {
     }
 
     async fn add_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
-        check_addr(addr, prefix_len)?;
+        let op = addr_op(index, addr, prefix_len)?;
         match self
             .handle
             .address()
@@ -354,10 +348,7 @@ impl Netlink for LinuxNetlink {
             .execute()
             .await
         {
-            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(
-                format!("add address {addr}/{prefix_len} to link {index}"),
-                e,
-            )),
+            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(op, e)),
             _ => Ok(()),
         }
     }
@@ -387,7 +378,7 @@ impl Netlink for LinuxNetlink {
         gateway: Option<IpAddr>,
         index: u32,
     ) -> Result<()> {
-        check_route(dst, prefix_len, gateway)?;
+        let op = route_op(dst, prefix_len, gateway, index)?;
         let mut msg = match dst {
             IpAddr::V4(d) => {
                 let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -413,13 +404,7 @@ impl Netlink for LinuxNetlink {
             msg.header.scope = RouteScope::Link;
         }
         match self.handle.route().add(msg).execute().await {
-            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => {
-                let via = gateway.map(|gw| format!(" via {gw}")).unwrap_or_default();
-                Err(Error::netlink(
-                    format!("add route {dst}/{prefix_len}{via} dev {index}"),
-                    e,
-                ))
-            }
+            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(op, e)),
             _ => Ok(()),
         }
     }

@@ -7,10 +7,11 @@ mod node;
 mod status;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use weave_api::net::{parse_addr_v4, parse_net_v4, IpNet, Ipv4Net};
 use weave_api::{
     AddressesReply, AllocateRequest, AttachReply, AttachRequest, ClaimRequest, Client,
     ConnectRequest, DetachRequest, Endpoint, ForgetRequest, LookupRequest, ReleaseRequest, Report,
@@ -142,27 +143,44 @@ pub enum IpamCommand {
         /// Identifier.
         id: String,
         /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
-        subnet: Option<String>,
+        #[arg(value_parser = parse_subnet)]
+        subnet: Option<Ipv4Net>,
     },
     /// A specific address (10.32.0.9/12) for ID.
     Claim {
         /// Identifier.
         id: String,
         /// Address with prefix.
-        address: String,
+        #[arg(value_parser = |s: &str| parse_net_v4(s, "address"))]
+        address: Ipv4Net,
     },
     /// Give back one address of ID, or all of them.
     Release {
         /// Identifier.
         id: String,
         /// One address; all if absent.
-        address: Option<String>,
+        #[arg(value_parser = |s: &str| parse_addr_v4(s, "address"))]
+        address: Option<Ipv4Addr>,
     },
     /// The addresses of ID.
     Lookup {
         /// Identifier.
         id: String,
     },
+}
+
+/// A subnet argument, `net:CIDR` or `CIDR`.
+fn parse_subnet(s: &str) -> Result<Ipv4Net, String> {
+    parse_net_v4(s.trim_start_matches("net:"), "subnet")
+}
+
+/// A list of addresses as the CLI prints it: space-separated.
+fn joined(addrs: &[IpNet]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A namespace argument: a path as given, or a name under /run/netns.
@@ -232,7 +250,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     id,
                 },
             )?;
-            writeln!(out, "{}", reply.cidrs.join(" "))?;
+            writeln!(out, "{}", joined(&reply.cidrs))?;
         }
         Command::Detach { id, netns } => {
             let _: serde_json::Value = client.post_json(
@@ -259,17 +277,14 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         }
         Command::Ipam { command } => {
             let reply: AddressesReply = match command {
-                IpamCommand::Allocate { id, subnet } => {
-                    let subnet = subnet.map(|s| s.trim_start_matches("net:").to_string());
-                    client.post_json(
-                        "/ipam/allocate",
-                        &AllocateRequest {
-                            id,
-                            subnet,
-                            timeout_ms: None,
-                        },
-                    )?
-                }
+                IpamCommand::Allocate { id, subnet } => client.post_json(
+                    "/ipam/allocate",
+                    &AllocateRequest {
+                        id,
+                        subnet,
+                        timeout_ms: None,
+                    },
+                )?,
                 IpamCommand::Claim { id, address } => client.post_json(
                     "/ipam/claim",
                     &ClaimRequest {
@@ -285,7 +300,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     client.post_json("/ipam/lookup", &LookupRequest { id })?
                 }
             };
-            writeln!(out, "{}", reply.addresses.join(" "))?;
+            writeln!(out, "{}", joined(&reply.addresses))?;
         }
         Command::SetupCni {
             source_dir,

@@ -90,8 +90,11 @@ pub fn render_status(r: &Report) -> String {
     match &r.ipam {
         Some(ipam) => {
             rows.push(vec!["IPAM:".into(), ipam.status.clone()]);
-            rows.push(vec!["Range:".into(), ipam.range.clone()]);
-            rows.push(vec!["DefaultSubnet:".into(), ipam.default_subnet.clone()]);
+            rows.push(vec!["Range:".into(), ipam.range.to_string()]);
+            rows.push(vec![
+                "DefaultSubnet:".into(),
+                ipam.default_subnet.to_string(),
+            ]);
         }
         None => rows.push(vec!["IPAM:".into(), "off".into()]),
     }
@@ -269,8 +272,8 @@ mod tests {
             ipam: Some(IpamReport {
                 status: "ready".into(),
                 ready: true,
-                range: "10.32.0.0/12".into(),
-                default_subnet: "10.32.0.0/12".into(),
+                range: "10.32.0.0/12".parse().unwrap(),
+                default_subnet: "10.32.0.0/12".parse().unwrap(),
                 total: 1 << 20,
                 used: 3,
                 pending: 0,

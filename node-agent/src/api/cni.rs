@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `POST /cni/add`: everything a CNI ADD needs, in one request, answered
+//! from the API's own state (bridge, MTU, peer name, the gateways it
+//! exposed) plus the one IPAM call that allocates the pod's address; the
+//! router is never asked.
+//!
+//! The gateway of a pod subnet is the bridge's address in it, as on Weave
+//! Net. The first ADD in a subnet finds it on the bridge, or gives the
+//! bridge one from IPAM (id `weave:expose:PEER:SUBNET`, so concurrent ADDs
+//! get the same address, and adding it twice is harmless); from then on the
+//! address is remembered and no ADD allocates for the gateway again. The
+//! gateway is settled before the pod's address is allocated, so a failure
+//! there leaves no allocation behind.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Mutex, PoisonError};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use tracing::info;
+use weave_api::net::Ipv4Net;
+use weave_api::{CniAddReply, CniAddRequest};
+use weave_platform::Netlink;
+
+use super::ipam::{self, AddrSpec};
+use super::{error, host_netlink, parse, Api, ApiError};
+use crate::ipam::space::Ident;
+use crate::ipam::subnet::Subnet;
+
+/// The gateways exposed so far, by bridge and subnet.
+#[derive(Debug, Default)]
+pub(crate) struct Gateways {
+    known: Mutex<HashMap<(String, Subnet), IpAddr>>,
+}
+
+impl Gateways {
+    fn get(&self, bridge: &str, subnet: Subnet) -> Option<IpAddr> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(bridge.to_string(), subnet))
+            .copied()
+    }
+
+    fn insert(&self, bridge: &str, subnet: Subnet, gateway: IpAddr) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((bridge.to_string(), subnet), gateway);
+    }
+}
+
+pub(crate) async fn add(
+    State(api): State<Api>,
+    body: Bytes,
+) -> Result<Json<CniAddReply>, ApiError> {
+    let req: CniAddRequest = parse(&body)?;
+    let id = ipam::ident(&req.id)?;
+    let subnet = match ipam::subnet(req.subnet)?.or(api.default_subnet) {
+        Some(s) => s,
+        None => return Err(ipam::disabled()),
+    };
+    let bridge = req
+        .bridge
+        .or_else(|| api.bridge.as_ref().map(|b| b.name.clone()));
+    let gateway = match (&bridge, req.gateway) {
+        (Some(b), true) => Some(gateway(&api, b, subnet).await?),
+        _ => None,
+    };
+    let spec = AddrSpec::Allocate(Some(subnet));
+    let a = ipam::resolve(&api, &id, spec, ipam::timeout(req.timeout_ms)).await?;
+    Ok(Json(CniAddReply {
+        id: id.to_string(),
+        addresses: vec![a.net()],
+        bridge,
+        mtu: api.bridge.as_ref().map(|b| b.mtu),
+        gateway,
+    }))
+}
+
+/// The bridge's address in `subnet`: remembered, else found on the bridge,
+/// else given to it from IPAM.
+async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<IpAddr, ApiError> {
+    if let Some(gw) = api.gateways.get(bridge, subnet) {
+        return Ok(gw);
+    }
+    let failed = |e: weave_platform::Error| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            weave_api::error_chain(&e),
+        )
+    };
+    let host = host_netlink()?;
+    let index = host
+        .link_index(bridge)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| {
+            error(
+                StatusCode::CONFLICT,
+                format!("bridge {bridge} does not exist; is weaver running with a bridge?"),
+            )
+        })?;
+    let net = Ipv4Net::from(subnet);
+    for (a, len) in host.addrs(index).await.map_err(failed)? {
+        if len == subnet.prefix() && matches!(a, IpAddr::V4(v4) if net.contains(&v4)) {
+            api.gateways.insert(bridge, subnet, a);
+            return Ok(a);
+        }
+    }
+    let expose = Ident::new(&format!("weave:expose:{}:{subnet}", api.peer))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let spec = AddrSpec::Allocate(Some(subnet));
+    let got = ipam::resolve(api, &expose, spec, ipam::DEFAULT_TIMEOUT).await?;
+    let gw = IpAddr::V4(Ipv4Addr::from(got.addr));
+    host.add_addr(index, gw, subnet.prefix())
+        .await
+        .map_err(failed)?;
+    info!(%bridge, address = %got, "bridge exposed in the pod subnet");
+    api.gateways.insert(bridge, subnet, gw);
+    Ok(gw)
+}

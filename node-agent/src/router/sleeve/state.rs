@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: Apache-2.0
+//! [`Sleeve`]: what the packet threads, the control task and the report
+//! share: the two devices (TAP port and UDP socket), the switch and path
+//! tables, the hand-over between the two threads, and the counters; plus the system calls every side uses to send (to a
+//! peer, sealed or not, in one datagram or in a run of segments) and to
+//! inject into the bridge.
+//!
+//! Invariants: tables are behind short-held mutexes and never locked across
+//! a system call that can block; counters only grow; the overlay view is
+//! replaced whole, never edited in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IoSlice;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use tokio::time::Instant;
+use tracing::info;
+use weave_platform::Tap;
+
+use crate::mesh::overlay::OverlayView;
+use crate::mesh::PeerName;
+use crate::sleeve::offload;
+use crate::sleeve::path::Paths;
+use crate::sleeve::sealer::Sealer;
+use crate::sleeve::switch::{DropReason, Switch, Verdict};
+
+/// The virtio-net header of a frame that needs nothing done.
+const PLAIN_VNET_HDR: [u8; offload::LEN] = [0; offload::LEN];
+
+/// Datagram-level drop reasons beyond the switch's.
+pub(super) const DROP_MALFORMED: &str = "malformed";
+pub(super) const DROP_UNKNOWN_SENDER: &str = "unknown_sender";
+pub(super) const DROP_NO_PATH: &str = "no_path";
+pub(super) const DROP_OVERSIZED: &str = "oversized";
+pub(super) const DROP_SEND_FAILED: &str = "send_failed";
+pub(super) const DROP_INJECT_FAILED: &str = "inject_failed";
+pub(super) const DROP_FRAGMENT_DUPLICATE: &str = "fragment_duplicate";
+pub(super) const DROP_FRAGMENTS_INCOMPLETE: &str = "fragments_incomplete";
+
+/// Traffic counters of one neighbour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerCounters {
+    /// Frames received from it.
+    pub frames_in: u64,
+    /// Frames sent to it.
+    pub frames_out: u64,
+    /// Datagram bytes received from it.
+    pub bytes_in: u64,
+    /// Datagram bytes sent to it.
+    pub bytes_out: u64,
+}
+
+/// The running sleeve: devices, tables and counters, shared by the packet
+/// threads, the control task and the report.
+pub struct Sleeve {
+    pub(super) local: PeerName,
+    pub(super) mtu: u32,
+    pub(super) bridge: String,
+    pub(super) view: RwLock<Arc<OverlayView>>,
+    pub(super) switch: Mutex<Switch>,
+    pub(super) paths: Mutex<Paths>,
+    pub(super) socket: UdpSocket,
+    pub(super) tap: Tap,
+    pub(super) stop: AtomicBool,
+    pub(super) peers: Mutex<HashMap<PeerName, PeerCounters>>,
+    pub(super) drops: Mutex<BTreeMap<&'static str, u64>>,
+    pub(super) injected: AtomicU64,
+    /// Sessions per neighbour when a password is set.
+    pub(super) sealer: Option<Sealer>,
+    /// Whether `UDP_SEGMENT` works here (cleared at the first refusal).
+    pub(super) udp_gso: AtomicBool,
+    /// Whether the TAP port took the offloads.
+    pub(super) offload: bool,
+    /// Super-frames sent and received.
+    pub(super) superframes_out: AtomicU64,
+    pub(super) superframes_in: AtomicU64,
+    /// Number of the next large frame sent in fragments.
+    pub(super) next_fragment_id: AtomicU32,
+    /// Whether the TAP thread serves the TAP port (the I/O thread is
+    /// busy); when it is false the I/O thread polls the TAP port itself.
+    pub(super) tap_helper: AtomicBool,
+    /// Set if the TAP thread stopped for an error: it is not called in again.
+    pub(super) helper_failed: AtomicBool,
+    /// The TAP thread waits here while it is not needed.
+    pub(super) helper_wait: (Mutex<()>, Condvar),
+    /// The TAP thread writes a byte here when it hands the TAP port back,
+    /// so that the I/O thread polls it again at once.
+    pub(super) handback: (UnixDatagram, UnixDatagram),
+}
+
+impl std::fmt::Debug for Sleeve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sleeve")
+            .field("local", &self.local)
+            .field("mtu", &self.mtu)
+            .finish()
+    }
+}
+
+impl Sleeve {
+    /// The overlay MTU (pods and bridge).
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The bridge name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// Counters of a neighbour.
+    pub fn peer_counters(&self, peer: &PeerName) -> PeerCounters {
+        lock(&self.peers).get(peer).copied().unwrap_or_default()
+    }
+
+    /// Drops by reason.
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.drops).clone()
+    }
+
+    /// Frames handed to the local bridge.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the TAP port took checksum and segmentation offload.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Whether fragments go out with UDP segmentation offload (until the
+    /// kernel first refuses it).
+    pub fn udp_gso(&self) -> bool {
+        self.udp_gso.load(Ordering::Relaxed)
+    }
+
+    /// Super-frames sent and received whole.
+    pub fn superframes(&self) -> (u64, u64) {
+        (
+            self.superframes_out.load(Ordering::Relaxed),
+            self.superframes_in.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether datagrams are sealed.
+    pub fn encrypted(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    pub(super) fn drop_frame(&self, reason: &'static str) {
+        *lock(&self.drops).entry(reason).or_insert(0) += 1;
+    }
+
+    /// Counts a switching decision that dropped the frame (dropping a
+    /// frame meant for this host only is no drop).
+    pub(super) fn record_verdict(&self, v: Verdict) {
+        if let Verdict::Drop(reason) = v {
+            if reason != DropReason::Local {
+                self.drop_frame(reason.as_str());
+            }
+        }
+    }
+
+    /// Counts what went to neighbour `next`.
+    pub(super) fn count_out(&self, next: PeerName, frames: u64, bytes: usize) {
+        let mut peers = lock(&self.peers);
+        let c = peers.entry(next).or_default();
+        c.frames_out += frames;
+        c.bytes_out += bytes as u64;
+    }
+
+    /// Counts what came from neighbour `hop`.
+    pub(super) fn count_in(&self, hop: PeerName, frames: u64, bytes: usize) {
+        let mut peers = lock(&self.peers);
+        let c = peers.entry(hop).or_default();
+        c.frames_in += frames;
+        c.bytes_in += bytes as u64;
+    }
+
+    /// Writes a frame into the bridge: `frame` whole (offload header
+    /// included) or, with `plain`, a complete frame behind a header that
+    /// asks for nothing. Counts it, or its failure.
+    pub(super) fn inject(&self, frame: &[u8], plain: bool) {
+        let written = if plain {
+            self.tap
+                .write_parts(&[IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(frame)])
+        } else {
+            self.tap.write(frame)
+        };
+        match written {
+            Ok(_) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.drop_frame(DROP_INJECT_FAILED),
+        }
+    }
+
+    /// Writes a complete frame (nothing left to offload) into the bridge,
+    /// uncounted (an answer made here, such as an ICMP error).
+    pub(super) fn inject_plain(&self, frame: &[u8]) -> std::io::Result<usize> {
+        self.tap
+            .write_parts(&[IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(frame)])
+    }
+
+    /// Sends `count` datagrams laid end to end in `buf`, all `seg` bytes
+    /// long but the last, to `addr`: with one `sendmsg` and `UDP_SEGMENT`
+    /// where the kernel allows it, else one by one. Returns the bytes sent.
+    pub(super) fn send_segments(
+        &self,
+        buf: &[u8],
+        seg: usize,
+        count: usize,
+        addr: SocketAddr,
+    ) -> std::io::Result<usize> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        if count > 1 && self.udp_gso.load(Ordering::Relaxed) {
+            if let Ok(size) = u16::try_from(seg) {
+                let dst = SockaddrStorage::from(addr);
+                let iov = [IoSlice::new(buf)];
+                let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+                match sendmsg(
+                    self.socket.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::empty(),
+                    Some(&dst),
+                ) {
+                    Ok(n) => return Ok(n),
+                    Err(
+                        e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP),
+                    ) => {
+                        if self.udp_gso.swap(false, Ordering::Relaxed) {
+                            info!(error = %e, "UDP segmentation offload unavailable; sending fragments one by one");
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut sent = 0;
+        for d in buf.chunks(seg.max(1)) {
+            sent += self.socket.send_to(d, addr)?;
+        }
+        Ok(sent)
+    }
+
+    /// Sends a plain datagram to neighbour `peer` at `addr`, sealed when
+    /// encryption is on; `scratch` holds the sealed copy. Returns the bytes
+    /// sent.
+    pub(super) fn send_to_peer(
+        &self,
+        peer: &PeerName,
+        plain: &[u8],
+        addr: SocketAddr,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        let data = self
+            .wire_form(peer, plain, scratch, Instant::now())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no sleeve session with the peer",
+                )
+            })?;
+        self.socket.send_to(data, addr)
+    }
+
+    /// What goes on the wire for the plain datagram `plain` to neighbour
+    /// `peer`: `plain` itself, or its sealed copy in `scratch` when
+    /// encryption is on (`None` without a session with the peer).
+    pub(super) fn wire_form<'a>(
+        &self,
+        peer: &PeerName,
+        plain: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+        now: Instant,
+    ) -> Option<&'a [u8]> {
+        match &self.sealer {
+            Some(sealer) => sealer
+                .seal(peer, plain, scratch, now)
+                .then_some(&scratch[..]),
+            None => Some(plain),
+        }
+    }
+
+    /// The mesh's latest view.
+    pub(super) fn current_view(&self) -> Arc<OverlayView> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Locks a mutex, taking the data even if a packet thread panicked with it
+/// held (the counters and tables stay usable).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
