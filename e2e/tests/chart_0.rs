@@ -80,8 +80,7 @@ fn chart_0() -> Result<()> {
         "--show-only",
         "templates/clusternetworkpolicy-crd.yaml",
     ])?;
-    let shipped_crd =
-        std::fs::read_to_string(kube::cluster_policy_crd())?;
+    let shipped_crd = std::fs::read_to_string(kube::cluster_policy_crd())?;
     ensure!(
         String::from_utf8_lossy(&crd.stdout).contains(shipped_crd.trim()),
         "the chart's CRD differs from manifests/clusternetworkpolicy-crd.yaml"
