@@ -93,10 +93,10 @@ fn tier_workload(cluster: &Cluster, agnhost: &str) -> Result<(Pod, Pod, Pod, Pod
     manifest.push_str(&pod("tiers-c", "client", "node-3", "pause"));
     apply(cluster, &manifest)?;
     for ns in ["tiers-a", "tiers-b", "tiers-c"] {
-        kube::wait_pods_ready(cluster, ns, "", Duration::from_secs(120))?;
+        kube::wait_pods_ready(cluster, ns, "role", Duration::from_secs(120))?;
     }
     let find = |ns: &str, name: &str| -> Result<Pod> {
-        pods(cluster, ns, "")?
+        pods(cluster, ns, "role")?
             .into_iter()
             .find(|p| p.name == name)
             .with_context(|| format!("pod {ns}/{name}"))
@@ -341,7 +341,7 @@ spec: {{ podSelector: {{}}, policyTypes: [Ingress, Egress] }}
         "--timeout=120s",
     ])?;
     let probed = pods(cluster, "probes", "app=probed")?;
-    let clients = pods(cluster, "tiers-b", "")?;
+    let clients = pods(cluster, "tiers-b", "role")?;
     let client = clients.first().context("a client")?;
     // The deny is in force: nothing else reaches the pods.
     for p in &probed {
