@@ -181,8 +181,46 @@ pub fn run_cluster_policy_suite(
     Ok(parse_go_test(&text))
 }
 
-/// The subtests of a `go test -v` run (`--- PASS: TestConformance/Name (1.23s)`).
+/// The subtests of a `go test -v` run (`--- PASS: TestConformance/Name (1.23s)`). A run
+/// whose top-level test failed with no failed subtest (the suite's setup failed, so no test
+/// ran) or that never reported a result gives one failed outcome [`SUITE`], so that it
+/// cannot pass as a run with nothing to report.
 pub fn parse_go_test(text: &str) -> Vec<Outcome> {
+    let mut out = subtests(text);
+    let top_failed = text
+        .lines()
+        .any(|l| l.starts_with("--- FAIL: TestConformance ") || l.starts_with("FAIL\t"));
+    let top_passed = text
+        .lines()
+        .any(|l| l.starts_with("--- PASS: TestConformance "));
+    let sub_failed = out.iter().any(|o| o.status == Status::Failed);
+    if (top_failed && !sub_failed) || (!top_failed && !top_passed) {
+        let message = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Messages:"))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_else(|| {
+                if top_failed {
+                    "the suite failed outside its tests".to_owned()
+                } else {
+                    "the test binary reported no result".to_owned()
+                }
+            });
+        out.push(Outcome {
+            name: SUITE.to_owned(),
+            status: Status::Failed,
+            seconds: 0.0,
+            message,
+        });
+    }
+    out
+}
+
+/// The outcome standing for the go test run as a whole (see [`parse_go_test`]).
+pub const SUITE: &str = "TestConformance (the suite's setup, outside any test)";
+
+/// The subtests' outcomes of a `go test -v` run.
+fn subtests(text: &str) -> Vec<Outcome> {
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
@@ -312,5 +350,26 @@ mod tests {
         assert_eq!(got[1].status, Status::Failed);
         assert_eq!(got[1].message, "tier.go:12: expected allowed");
         assert_eq!(unexpected(&got).len(), 1);
+    }
+
+    #[test]
+    fn a_suite_that_fails_before_its_tests_is_a_failure() {
+        let text = "=== RUN   TestConformance\n    suite.go:175: \n        \tError:      \tReceived unexpected error:\n        \tMessages:   \terror waiting for namespaces to be ready\n--- FAIL: TestConformance (301.96s)\nFAIL\n";
+        let got = parse_go_test(text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].name.as_str(), got[0].status),
+            (SUITE, Status::Failed)
+        );
+        assert_eq!(got[0].message, "error waiting for namespaces to be ready");
+        assert_eq!(unexpected(&got).len(), 1);
+        let got = parse_go_test("=== RUN   TestConformance\n");
+        assert_eq!(got.len(), 1, "no result at all: {got:?}");
+        assert_eq!(got[0].message, "the test binary reported no result");
+        let ok = parse_go_test(
+            "    --- PASS: TestConformance/A (1.00s)\n--- PASS: TestConformance (1.00s)\nPASS\n",
+        );
+        assert_eq!(ok.len(), 1, "{ok:?}");
+        assert!(unexpected(&ok).is_empty());
     }
 }
