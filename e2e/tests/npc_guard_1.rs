@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use weave_e2e::npc::{PolicyBed, TestPod, NPC};
 use weave_e2e::wait_until;
@@ -119,6 +119,10 @@ fn drop_log_names_both_pods_and_the_policy_and_stays_bounded() -> Result<()> {
     let counted = wait_until(Duration::from_secs(10), "the counter to settle", || {
         let now = pb.metric(series)?;
         Ok((now - before >= 10_000).then_some(now - before))
+    })
+    .with_context(|| {
+        let now = pb.metric(series).unwrap_or(before);
+        format!("{} of 10,000 packets counted", now - before)
     })?;
     ensure!(
         counted == 10_000,
