@@ -10,7 +10,10 @@
 //! - a connection an Admin rule denies gives one drop log line on the destination's node
 //!   naming both pods and the rule, and `weave-npc explain` (run in the weave-npc container)
 //!   says the same;
-//! - kubelet probes keep passing under default deny of ingress and egress.
+//! - kubelet probes keep passing under default deny of ingress and egress;
+//! - a policy change is enforced on every node: the time from `kubectl apply` to the changed
+//!   rule being in each node's ruleset, p50 and p99 over 20 changes, is printed
+//!   (BENCHMARKS.md).
 
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ fn kube_policy_3() -> Result<()> {
     let agnhost = cluster.image("agnhost")?.to_owned();
     cluster_policy_tiers(&cluster, &agnhost)?;
     probes_pass_under_default_deny(&cluster, &agnhost)?;
+    policy_change_latency(&cluster)?;
     Ok(())
 }
 
@@ -370,5 +374,68 @@ spec: {{ podSelector: {{}}, policyTypes: [Ingress, Egress] }}
         out.lines().count() == 3 && out.lines().all(|l| l == "True 0"),
         "probed pods not ready or restarted under default deny: {out}"
     );
+    Ok(())
+}
+
+/// Changes the allowed port of a policy selecting the `probed` pods (one on each node) 20
+/// times and measures, from the start of `kubectl apply`, when the new rule is in weave-npc's
+/// ruleset on every node (each node polled by its own thread with `nft`, so the resolution
+/// is one `nft` listing). Prints p50 and p99 (the largest of 20) of the slowest node, and
+/// the time `kubectl apply` itself took, which is part of every figure.
+// Wall-clock figures reported by the test; the waits are on conditions.
+#[allow(clippy::disallowed_types)]
+fn policy_change_latency(cluster: &Cluster) -> Result<()> {
+    const ROUNDS: u16 = 20;
+    let mut slowest = Vec::new();
+    let mut kubectl = Vec::new();
+    for round in 0..ROUNDS {
+        let port = 20_000 + round;
+        let manifest = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{ name: latency, namespace: probes }}\nspec:\n  podSelector: {{ matchLabels: {{ app: probed }} }}\n  ingress: [{{ ports: [{{ port: {port} }}] }}]\n"
+        );
+        // nft lists `meta l4proto tcp th dport` as `tcp dport`.
+        let rule = format!("dport {port} accept");
+        let start = std::time::Instant::now();
+        let per_node = std::thread::scope(|scope| -> Result<Vec<f64>> {
+            let watchers: Vec<_> = (1..=3)
+                .map(|i| {
+                    let rule = &rule;
+                    scope.spawn(move || -> Result<f64> {
+                        wait_until(
+                            Duration::from_secs(30),
+                            "the changed rule on a node",
+                            || {
+                                let out = cluster
+                                    .node_cmd(i, "nft")
+                                    .args(["list", "table", "inet", "weave-npc"])
+                                    .output()?;
+                                Ok(String::from_utf8_lossy(&out.stdout)
+                                    .contains(rule.as_str())
+                                    .then(|| start.elapsed().as_secs_f64()))
+                            },
+                        )
+                    })
+                })
+                .collect();
+            apply(cluster, &manifest)?;
+            kubectl.push(start.elapsed().as_secs_f64());
+            watchers
+                .into_iter()
+                .map(|w| w.join().map_err(|_| anyhow::anyhow!("watcher panicked"))?)
+                .collect()
+        })?;
+        slowest.push(per_node.into_iter().fold(0.0, f64::max));
+    }
+    let ms = |v: &mut Vec<f64>, q: usize| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() - 1) * q / 100] * 1000.0
+    };
+    eprintln!(
+        "kube_policy_3: policy change to enforcement on all 3 nodes over {ROUNDS} changes: p50 {:.0} ms, p99 {:.0} ms (kubectl apply itself: p50 {:.0} ms)",
+        ms(&mut slowest, 50),
+        ms(&mut slowest, 100),
+        ms(&mut kubectl, 50)
+    );
+    cluster.kubectl(&["-n", "probes", "delete", "networkpolicy", "latency"])?;
     Ok(())
 }
