@@ -30,7 +30,7 @@
 //!   controller has not seen yet is therefore unreachable (never open by accident), and IPv6
 //!   (link-local included; pods have IPv4 addresses only) never reaches or leaves a pod.
 //!
-//! Everything that churns with pods and namespaces lives in named sets ([`sets`]). Policy
+//! Everything that churns with pods and namespaces lives in named sets (`sets.rs`). Policy
 //! rules depend on the policies only; the per-pod chains and verdict maps are derived from
 //! the local pods and the policies selecting them. A [`Compiled`] keeps all of it and follows
 //! changes of any object incrementally: [`Compiled::update`] turns the difference since the
