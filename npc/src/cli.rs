@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::compile::NodeConfig;
+pub use crate::config::Config;
 
 /// `weave-npc`: enforces Kubernetes NetworkPolicy and ClusterNetworkPolicy on this node with
 /// nftables.
@@ -77,25 +78,6 @@ pub enum Command {
     /// Closes every pod port of this node until weave-npc's first ruleset replaces the hold
     /// (does nothing when weave-npc's tables exist); run before any pod is wired after a boot.
     Hold,
-}
-
-/// Validated settings of a running controller.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Kubeconfig, or `None` to infer.
-    pub kubeconfig: Option<PathBuf>,
-    /// What compile needs to know about the node.
-    pub node: NodeConfig,
-    /// Metrics listener, if any.
-    pub metrics_addr: Option<SocketAddr>,
-    /// Period of the full reconcile.
-    pub resync: Duration,
-    /// The `nft` program.
-    pub nft: PathBuf,
-    /// Time limit of one nft transaction.
-    pub nft_limit: Duration,
-    /// Whether to log dropped connections.
-    pub drop_log: bool,
 }
 
 impl Cli {

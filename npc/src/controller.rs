@@ -39,9 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 use weave_platform::firewall::{Firewall, NftFirewall};
 
-use crate::cli::Config;
 use crate::cluster_policy::{self, ClusterNetworkPolicy};
 use crate::compile::{Compiled, NodeConfig, Objects};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::policy::Rejection;

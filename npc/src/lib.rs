@@ -10,11 +10,12 @@
 //! Modules: [`selector`] (label selectors), [`policy`] and [`cluster_policy`] (validated
 //! models), [`mod@compile`], [`explain`] (why a connection is allowed or denied),
 //! [`droplog`] (the nflog reader), [`controller`] (reflectors, debounce, apply),
-//! [`metrics`], [`cli`] (flags and one-shot commands).
+//! [`metrics`], [`config`] (validated settings), [`cli`] (flags and one-shot commands).
 
 pub mod cli;
 pub mod cluster_policy;
 pub mod compile;
+pub mod config;
 pub mod controller;
 pub mod droplog;
 mod error;
