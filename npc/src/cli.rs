@@ -30,7 +30,7 @@ pub struct Cli {
     #[arg(long, env = "WEAVE_NODE_NAME", default_value = "")]
     pub node_name: String,
     /// Prometheus metrics address; `off` disables it.
-    #[arg(long, env = "WEAVE_METRICS_ADDR", default_value = ":6781")]
+    #[arg(long, env = "WEAVE_NPC_METRICS_ADDR", default_value = ":6781")]
     pub metrics_addr: String,
     /// Prefix of the host-side veth names of pods on the bridge.
     #[arg(
@@ -64,9 +64,18 @@ pub struct Cli {
     /// Log filter (`info`, `debug`, or an EnvFilter directive); `RUST_LOG` wins when set.
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "WEAVE_LOG_JSON")]
-    pub log_json: bool,
+    /// Log format: `text` or `json` (one JSON object per line), as weaver's.
+    #[arg(long, env = "WEAVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The one-shot commands.

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if cli.log_json {
+    if cli.log_format == cli::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
