@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cni_release;
 pub mod config;
 pub mod crypto;
+pub mod dns;
 pub mod egress;
 mod error;
 pub mod install;
@@ -157,16 +158,37 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         }),
         ipam: None,
         default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
+        dns: None,
     };
+    let removed = ipam
+        .as_ref()
+        .map(|_| tokio::sync::watch::channel(std::collections::BTreeSet::new()));
+    if let Some(settings) = &config.dns {
+        let handle = dns::start(
+            settings,
+            name,
+            config.state_dir.clone(),
+            config.gossip_interval,
+            &mut gossip,
+            removed.as_ref().map(|(_, rx)| rx.clone()),
+            &mut tasks,
+            &cancel,
+        )
+        .await?;
+        services.dns = Some(handle);
+    }
     if let Some(ipam) = ipam {
         let (req_tx, req_rx) = mpsc::channel(1024);
         let registration = gossip
             .register(ipam::allocator::CHANNEL)
             .expect("IPAM is the only subsystem on its channel");
         services.ipam = Some(req_tx.clone());
-        let allocator =
+        let mut allocator =
             ipam::allocator::Allocator::new(ipam, config.state_dir.clone(), req_rx, registration)
                 .with_gossip_interval(config.gossip_interval);
+        if let Some((tx, _)) = removed {
+            allocator = allocator.with_removed(tx);
+        }
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
         if let Some(socket) = config.api_socket.as_deref() {
