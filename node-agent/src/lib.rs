@@ -385,6 +385,45 @@ pub mod fuzz {
         let _ = ipam.on_gossip(from, &ipam.gossip_state().encode(), now);
     }
 
+    /// Decodes weaveDNS gossip and merges it into a peer that holds records
+    /// of its own; the merge must be idempotent, re-encoding must round-trip,
+    /// and the counts must stay consistent with what the zone lists.
+    pub fn dns_gossip(data: &[u8]) {
+        use crate::dns::gossip::DnsGossip;
+        use crate::dns::zone::{Holder, Key, Zone};
+        let Ok(g) = DnsGossip::decode(data) else {
+            return;
+        };
+        assert_eq!(
+            DnsGossip::decode(&g.encode()).as_ref(),
+            Ok(&g),
+            "re-encoding round-trips"
+        );
+        let now = tokio::time::Instant::now();
+        let me = crate::mesh::PeerName::from_u64(1);
+        let mut z = Zone::new(me, None, now);
+        let name = crate::dns::DnsName::parse("own.weave.local").expect("a valid name");
+        let holder = Holder::new("fuzz").expect("a valid holder");
+        let _ = z.add(Key {
+            name,
+            addr: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            holder,
+        });
+        z.merge(&g);
+        z.take_delta();
+        let live: Vec<_> = z.live().map(|(p, k, v)| (p, k.clone(), v)).collect();
+        assert!(live.len() <= z.total());
+        assert!(
+            !z.merge(&g).changed,
+            "merging the same gossip twice changes nothing"
+        );
+        let again: Vec<_> = z.live().map(|(p, k, v)| (p, k.clone(), v)).collect();
+        assert_eq!(live, again);
+        for f in z.full_state() {
+            let _ = DnsGossip::decode(&f.encode()).expect("own state decodes");
+        }
+    }
+
     /// Decodes a sleeve datagram and walks all its frames; a fragment goes
     /// through a reassembly pool.
     pub fn sleeve(data: &[u8]) {

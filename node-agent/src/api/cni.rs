@@ -68,7 +68,7 @@ pub(crate) async fn add(
         .bridge
         .or_else(|| api.bridge.as_ref().map(|b| b.name.clone()));
     let gateway = match (&bridge, req.gateway) {
-        (Some(b), true) => Some(gateway(&api, b, subnet).await?),
+        (Some(b), true) => Some(self::gateway(&api, b, subnet).await?),
         _ => None,
     };
     let dns_name = req
@@ -84,7 +84,7 @@ pub(crate) async fn add(
     let dns_gateway = match (&dns_name, gateway, &bridge) {
         (None, _, _) => None,
         (Some(_), Some(g), _) => Some(g),
-        (Some(_), None, Some(b)) => Some(gateway(&api, b, subnet).await?),
+        (Some(_), None, Some(b)) => Some(self::gateway(&api, b, subnet).await?),
         (Some(_), None, None) => None,
     };
     let spec = AddrSpec::Allocate(Some(subnet));

@@ -15,8 +15,8 @@ use axum::Json;
 use tokio::sync::oneshot;
 use tracing::warn;
 use weave_api::{
-    DnsAddRequest, DnsChangeReply, DnsLookupReply, DnsLookupRequest, DnsRemoveRequest,
-    DnsReport, DnsSettings, ExposeReply, ExposeRequest,
+    DnsAddRequest, DnsChangeReply, DnsLookupReply, DnsLookupRequest, DnsRemoveRequest, DnsReport,
+    DnsSettings, ExposeReply, ExposeRequest,
 };
 
 use super::{bridge, cni, error, ipam, parse, Api, ApiError};
@@ -98,7 +98,9 @@ pub(crate) async fn forget(api: &Api, id: &str) {
 /// The report, if DNS runs.
 pub(crate) async fn status(api: &Api, entries: bool) -> Option<DnsReport> {
     api.dns.as_ref()?;
-    call(api, |reply| Request::Report { entries, reply }).await.ok()
+    call(api, |reply| Request::Report { entries, reply })
+        .await
+        .ok()
 }
 
 /// Resolver settings for a pod whose gateway is `gateway`.
@@ -166,8 +168,8 @@ pub(crate) async fn lookup(
 ) -> Result<Json<DnsLookupReply>, ApiError> {
     let req: DnsLookupRequest = parse(&body)?;
     let name = qualify(&api, &req.name)?;
-    let addresses = crate::dns::table::read(&handle(&api)?.table, |t| t.lookup(&name))
-        .unwrap_or_default();
+    let addresses =
+        crate::dns::table::read(&handle(&api)?.table, |t| t.lookup(&name)).unwrap_or_default();
     Ok(Json(DnsLookupReply {
         name: name.to_string(),
         addresses,
@@ -181,7 +183,11 @@ pub(crate) async fn expose(
     body: Bytes,
 ) -> Result<Json<ExposeReply>, ApiError> {
     let req: ExposeRequest = parse(&body)?;
-    let name = req.dns_name.as_deref().map(|n| qualify(&api, n)).transpose()?;
+    let name = req
+        .dns_name
+        .as_deref()
+        .map(|n| qualify(&api, n))
+        .transpose()?;
     let subnet = match ipam::subnet(req.subnet)?.or(api.default_subnet) {
         Some(s) => s,
         None => return Err(ipam::disabled()),

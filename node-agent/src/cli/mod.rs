@@ -21,7 +21,10 @@ pub enum LogFormat {
 /// every DNS query.
 pub fn init_tracing(level: &str, format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    if !std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string()).contains("hickory") {
+    if !std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| level.to_string())
+        .contains("hickory")
+    {
         filter = filter.add_directive(
             "hickory_server=warn"
                 .parse()

@@ -149,6 +149,16 @@ impl Cli {
             "off" | "" => None,
             p => Some(PathBuf::from(p)),
         };
+        let bridge = match self.bridge.as_str() {
+            "off" | "" => None,
+            b if b.len() > 15 => {
+                return Err(format!(
+                    "invalid --bridge {b:?}: interface names have at most 15 bytes"
+                ))
+            }
+            b => Some(b.to_string()),
+        };
+        let dns = self.dns_settings(bridge.as_deref())?;
         if self.read_timeout <= self.heartbeat {
             return Err(format!(
                 "--read-timeout ({:?}) must be longer than --heartbeat ({:?})",
@@ -177,6 +187,7 @@ impl Cli {
         }
         let nickname = self
             .nickname
+            .clone()
             .or_else(|| kube.as_ref().map(|k| k.node_name.clone()))
             .unwrap_or_else(hostname);
         let ipam = IpamSettings::parse(
@@ -185,16 +196,6 @@ impl Cli {
             self.ipalloc_init.as_deref(),
             peers.len(),
         )?;
-        let bridge = match self.bridge.as_str() {
-            "off" | "" => None,
-            b if b.len() > 15 => {
-                return Err(format!(
-                    "invalid --bridge {b:?}: interface names have at most 15 bytes"
-                ))
-            }
-            b => Some(b.to_string()),
-        };
-        let dns = self.dns_settings(bridge.as_deref())?;
         Ok(Config {
             name: self.name,
             nickname,
@@ -315,7 +316,10 @@ mod tests {
         );
         assert_eq!(dns.ttl, 1);
         let cli = Cli::try_parse_from(["weaver", "--bridge", "off"]).unwrap();
-        assert!(cli.into_config().unwrap().dns.is_none(), "no bridge, no address: no DNS");
+        assert!(
+            cli.into_config().unwrap().dns.is_none(),
+            "no bridge, no address: no DNS"
+        );
         let cli = Cli::try_parse_from(["weaver", "--no-dns"]).unwrap();
         assert!(cli.into_config().unwrap().dns.is_none());
     }
@@ -357,7 +361,10 @@ mod tests {
         let bad_http = Cli::try_parse_from(["weaver", "--http-addr", "x"]).unwrap();
         assert!(bad_http.into_config().is_err());
         let bad_domain = Cli::try_parse_from(["weaver", "--dns-domain", "a..b"]).unwrap();
-        assert!(bad_domain.into_config().unwrap_err().contains("--dns-domain"));
+        assert!(bad_domain
+            .into_config()
+            .unwrap_err()
+            .contains("--dns-domain"));
         let bad_timeout =
             Cli::try_parse_from(["weaver", "--heartbeat", "5s", "--read-timeout", "2s"]).unwrap();
         assert!(bad_timeout.into_config().is_err());

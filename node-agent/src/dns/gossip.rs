@@ -171,13 +171,28 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_refused_with_the_reason() {
-        assert!(matches!(DnsGossip::decode(&[2, 0, 0]), Err(GossipError::Format(2))));
-        assert!(matches!(DnsGossip::decode(&[]), Err(GossipError::Decode(_))));
-        assert!(matches!(DnsGossip::decode(&[1, 0, 1, 1]), Err(GossipError::Decode(_))));
+        assert!(matches!(
+            DnsGossip::decode(&[2, 0, 0]),
+            Err(GossipError::Format(2))
+        ));
+        assert!(matches!(
+            DnsGossip::decode(&[]),
+            Err(GossipError::Decode(_))
+        ));
+        assert!(matches!(
+            DnsGossip::decode(&[1, 0, 1, 1]),
+            Err(GossipError::Decode(_))
+        ));
         // A name with a space in it.
         let mut g = DnsGossip::new(false, vec![]).encode();
         g.truncate(2);
-        g.extend([1, 1, 0, 0, 1, 3, b'a', b' ', b'.', 10, 0, 0, 1, 1, b'x', 1, 0]);
-        assert!(matches!(DnsGossip::decode(&g), Err(GossipError::Decode(_))), "{:?}", DnsGossip::decode(&g));
+        g.extend([
+            1, 1, 0, 0, 1, 3, b'a', b' ', b'.', 10, 0, 0, 1, 1, b'x', 1, 0,
+        ]);
+        assert!(
+            matches!(DnsGossip::decode(&g), Err(GossipError::Decode(_))),
+            "{:?}",
+            DnsGossip::decode(&g)
+        );
     }
 }

@@ -160,9 +160,18 @@ mod tests {
     fn names_are_lower_cased_and_fully_qualified() {
         let d = Domain::default();
         assert_eq!(d.qualify("Web").unwrap().as_str(), "web.weave.local.");
-        assert_eq!(d.qualify("a.WEAVE.local").unwrap().as_str(), "a.weave.local.");
-        assert_eq!(d.qualify("b.c.weave.local.").unwrap().as_str(), "b.c.weave.local.");
-        assert_eq!(d.qualify("_http._tcp.weave.local").unwrap().as_str(), "_http._tcp.weave.local.");
+        assert_eq!(
+            d.qualify("a.WEAVE.local").unwrap().as_str(),
+            "a.weave.local."
+        );
+        assert_eq!(
+            d.qualify("b.c.weave.local.").unwrap().as_str(),
+            "b.c.weave.local."
+        );
+        assert_eq!(
+            d.qualify("_http._tcp.weave.local").unwrap().as_str(),
+            "_http._tcp.weave.local."
+        );
     }
 
     #[test]

@@ -267,7 +267,10 @@ impl RequestHandler for Handler {
                         records = Vec::new();
                         Outcome::NxDomain
                     }
-                    Some(mut addrs) if matches!(qtype, RecordType::A | RecordType::ANY) && !addrs.is_empty() => {
+                    Some(mut addrs)
+                        if matches!(qtype, RecordType::A | RecordType::ANY)
+                            && !addrs.is_empty() =>
+                    {
                         addrs.shuffle(&mut rand::thread_rng());
                         records = addrs
                             .into_iter()
@@ -288,7 +291,11 @@ impl RequestHandler for Handler {
             Route::Ptr(name) => {
                 meta.authoritative = true;
                 let target = Name::from_ascii(name.as_str()).unwrap_or_default();
-                records = vec![Record::from_rdata(qname, inner.ttl, RData::PTR(PTR(target)))];
+                records = vec![Record::from_rdata(
+                    qname,
+                    inner.ttl,
+                    RData::PTR(PTR(target)),
+                )];
                 inner.stats.count(qtype, Outcome::Answer);
                 response
                     .send_response(builder.build(meta, records.iter(), [], [], []))

@@ -307,7 +307,9 @@ impl Service {
             .await;
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => error!(error = %e, "could not persist DNS records; they may not survive a restart"),
+                Ok(Err(e)) => {
+                    error!(error = %e, "could not persist DNS records; they may not survive a restart")
+                }
                 Err(e) => error!(error = %e, "DNS persistence task failed"),
             }
         }
@@ -333,7 +335,13 @@ impl Service {
         let live = self.zone.live().count() as u64;
         weave_api::DnsReport {
             domain: self.info.domain.name().to_string(),
-            listen: self.info.listen.borrow().iter().map(ToString::to_string).collect(),
+            listen: self
+                .info
+                .listen
+                .borrow()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             upstream: self
                 .info
                 .forwarder

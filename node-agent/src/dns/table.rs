@@ -63,9 +63,7 @@ impl Table {
     /// The name of `addr` for PTR answers: the first in sorted order when
     /// several share it.
     pub fn name_of(&self, addr: Ipv4Addr) -> Option<DnsName> {
-        self.addrs
-            .get(&addr)
-            .and_then(|m| m.keys().next().cloned())
+        self.addrs.get(&addr).and_then(|m| m.keys().next().cloned())
     }
 
     /// Names with records.
@@ -96,11 +94,7 @@ pub fn apply(table: &SharedTable, transitions: Vec<Transition>) {
         .apply(transitions);
 }
 
-fn release<A: std::hash::Hash + Eq, B: Ord>(
-    map: &mut HashMap<A, BTreeMap<B, u32>>,
-    a: &A,
-    b: &B,
-) {
+fn release<A: std::hash::Hash + Eq, B: Ord>(map: &mut HashMap<A, BTreeMap<B, u32>>, a: &A, b: &B) {
     let Some(inner) = map.get_mut(a) else { return };
     if let Some(n) = inner.get_mut(b) {
         *n -= 1;
@@ -136,8 +130,14 @@ mod tests {
             (key("web.weave.local", [10, 0, 0, 2], "c"), true),
             (key("db.weave.local", [10, 0, 0, 1], "a"), true),
         ]);
-        assert_eq!(t.lookup(&web).unwrap(), vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
-        assert_eq!(t.name_of([10, 0, 0, 1].into()).unwrap().as_str(), "db.weave.local.");
+        assert_eq!(
+            t.lookup(&web).unwrap(),
+            vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]
+        );
+        assert_eq!(
+            t.name_of([10, 0, 0, 1].into()).unwrap().as_str(),
+            "db.weave.local."
+        );
         t.apply(vec![(key("web.weave.local", [10, 0, 0, 1], "a"), false)]);
         assert_eq!(t.lookup(&web).unwrap().len(), 2);
         t.apply(vec![

@@ -60,7 +60,9 @@ pub fn parse_resolv_conf(text: &str, exclude: &[SocketAddr]) -> Vec<SocketAddr> 
         .filter_map(|l| {
             let l = l.split(['#', ';']).next().unwrap_or("");
             let mut words = l.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
         })
         // Link-local IPv6 with a zone (fe80::1%eth0) is not supported.
         .filter_map(|w| w.parse::<IpAddr>().ok())
@@ -236,7 +238,10 @@ impl Forwarder {
         if servers.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
-        let _permit = self.inflight.try_acquire().map_err(|_| ForwardError::Busy)?;
+        let _permit = self
+            .inflight
+            .try_acquire()
+            .map_err(|_| ForwardError::Busy)?;
         let mut last = String::new();
         for server in servers.iter() {
             let deadline = Instant::now() + self.timeout;
@@ -344,7 +349,10 @@ mod tests {
         let (_otx, ours) = watch::channel(Arc::new(Vec::new()));
         let f = Forwarder::new(rx, ours.clone(), Duration::from_secs(5));
         let q = Message::query().to_vec().unwrap();
-        assert_eq!(f.forward(&q, false, 512, "x.").await.unwrap_err(), ForwardError::NoUpstream);
+        assert_eq!(
+            f.forward(&q, false, 512, "x.").await.unwrap_err(),
+            ForwardError::NoUpstream
+        );
         // A port nobody listens on, on loopback: refused, not a timeout.
         let idle = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = idle.local_addr().unwrap();
@@ -354,11 +362,17 @@ mod tests {
         let start = Instant::now();
         let e = f.forward(&q, false, 512, "x.").await.unwrap_err();
         assert!(matches!(e, ForwardError::Failed(_)), "{e}");
-        assert!(start.elapsed() < Duration::from_secs(2), "refusal is not a timeout");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "refusal is not a timeout"
+        );
         assert_eq!(f.failures(), 1);
         // The same server as our own address is never asked.
         let (_otx, ours) = watch::channel(Arc::new(vec![addr]));
         let f = Forwarder::new(rx, ours, Duration::from_secs(5));
-        assert_eq!(f.forward(&q, false, 512, "x.").await.unwrap_err(), ForwardError::NoUpstream);
+        assert_eq!(
+            f.forward(&q, false, 512, "x.").await.unwrap_err(),
+            ForwardError::NoUpstream
+        );
     }
 }

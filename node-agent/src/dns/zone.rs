@@ -446,7 +446,10 @@ impl Zone {
             for k in stale {
                 self.drop_key(o.origin, &k);
             }
-            self.origins.get_mut(&o.origin).expect("inserted above").floor = o.floor;
+            self.origins
+                .get_mut(&o.origin)
+                .expect("inserted above")
+                .floor = o.floor;
             self.delta.entry(o.origin).or_default().0 = true;
             changed = true;
         }
@@ -479,7 +482,7 @@ impl Zone {
                 false
             }
         };
-        if was_live != !slot.tombstone {
+        if was_live == slot.tombstone {
             self.transitions.push((key.clone(), !slot.tombstone));
         }
         if origin == self.me {
