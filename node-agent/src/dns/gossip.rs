@@ -155,7 +155,7 @@ mod tests {
             1,                      // format
             0,                      // complete: false
             1,                      // one origin
-            0x80, 0x80, 0x80, 0x80, 0x80, 0x40, // origin peer name (u64 varint 0x0200_0000_0001)
+            0x81, 0x80, 0x80, 0x80, 0x80, 0x40, // origin peer name (u64 varint 0x0200_0000_0001)
             3,                      // floor
             1,                      // complete: true
             1,                      // one entry
