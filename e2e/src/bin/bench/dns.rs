@@ -141,16 +141,9 @@ pub(crate) fn bench() -> Result<()> {
     start_weaver(
         h1,
         &[],
-        &[
-            "--dns-listen-address",
-            &listen,
-            "--resolv-conf",
-            &resolv_s,
-            "--log-level",
-            "warn",
-        ],
+        &["--dns-listen-address", &listen, "--resolv-conf", &resolv_s],
     )?;
-    start_weaver(h2, &[], &["--no-dns", "--log-level", "warn"])?;
+    start_weaver(h2, &[], &["--no-dns"])?;
     std::thread::sleep(Duration::from_secs(2));
     let rss = |h: &Host| -> Result<u64> {
         proc_status_kib(h.pid(WEAVER).context("weaver runs")?, "VmRSS")
