@@ -264,3 +264,65 @@ fn names_resolve_across_hosts_with_load_balancing_and_forwarding() -> Result<()>
     }
     Ok(())
 }
+
+/// With a mesh password (DNS gossip rides the encrypted control channel):
+/// h3 is cut off from h1 and h2, names are registered on both sides of the
+/// cut, each side sees only its own; after the heal every host knows all.
+#[test]
+fn names_registered_during_a_partition_are_known_everywhere_after_the_heal() -> Result<()> {
+    let bed = TestBed::new(Topology::Segment(3))?;
+    let h1 = bed.host(1);
+    let mut flags: Vec<String> = ["--ipalloc-init", "consensus=3", "--dns-ttl", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let pw = bed.run_dir().join("password");
+    std::fs::write(&pw, "correct horse battery staple")?;
+    flags.extend(["--password-file".to_string(), pw.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    start_weaver(h1, &[], &flags)?;
+    start_weaver(bed.host(2), &[peer_addr(h1)], &flags)?;
+    start_weaver(
+        bed.host(3),
+        &[peer_addr(h1), peer_addr(bed.host(2))],
+        &flags,
+    )?;
+    for h in bed.hosts() {
+        wait_for_mesh(h, &["h1", "h2", "h3"], 2, Duration::from_secs(30))?;
+    }
+    let report = weave_e2e::weave::report(h1)?;
+    assert!(
+        report.connections.iter().all(|c| c.encrypted),
+        "control connections are encrypted"
+    );
+    let mut gw = BTreeMap::new();
+    let mut client = BTreeMap::new();
+    for h in 1..=3 {
+        let out = weave(bed.host(h), &["expose"])?;
+        gw.insert(
+            h,
+            out.trim().split('/').next().unwrap_or_default().to_string(),
+        );
+        client.insert(h, attach_allocated(&bed, h, "client", &[])?.0);
+    }
+    bed.cut(1, 3)?;
+    bed.cut(2, 3)?;
+    weave(h1, &["dns-add", "-h", "left", "10.99.0.1"])?;
+    weave(bed.host(3), &["dns-add", "-h", "right", "10.99.0.3"])?;
+    let left = BTreeSet::from(["10.99.0.1".to_string()]);
+    let right = BTreeSet::from(["10.99.0.3".to_string()]);
+    wait_answer(&client[&2], &gw[&2], "left.weave.local", &left)?;
+    wait_answer(&client[&3], &gw[&3], "right.weave.local", &right)?;
+    assert!(dig_short(&client[&3], &gw[&3], &["left.weave.local"])?.is_empty());
+    assert!(dig_short(&client[&1], &gw[&1], &["right.weave.local"])?.is_empty());
+    bed.restore(1, 3)?;
+    bed.restore(2, 3)?;
+    for h in bed.hosts() {
+        wait_for_mesh(h, &["h1", "h2", "h3"], 2, Duration::from_secs(60))?;
+    }
+    for h in 1..=3 {
+        wait_answer(&client[&h], &gw[&h], "left.weave.local", &left)?;
+        wait_answer(&client[&h], &gw[&h], "right.weave.local", &right)?;
+    }
+    Ok(())
+}
