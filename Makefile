@@ -10,7 +10,7 @@ NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 .PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster conformance fuzz-build fuzz-smoke demo bench clean-netns
 
 # From PyPI: kubernetes-validate checks the manifests against the API schemas.
-PIPS := kubernetes-validate==1.37.0
+PIPS := kubernetes-validate==1.37.0 prometheus-client==0.21.1
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -18,7 +18,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@command -v kubernetes-validate >/dev/null || python3 -m pip install -q --root-user-action=ignore $(PIPS)
+	@command -v kubernetes-validate >/dev/null && python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore $(PIPS)
 
 build:
 	$(CARGO) build --workspace --bins

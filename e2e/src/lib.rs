@@ -15,6 +15,7 @@ mod faults;
 mod host;
 pub mod kube;
 pub mod kube_stub;
+pub mod metrics;
 mod netns;
 pub mod npc;
 mod process;
@@ -25,6 +26,7 @@ mod wait;
 pub mod weave;
 
 pub use binaries::{bin, bin_dir, BIN_DIR_ENV};
+pub use command::run_with_input;
 pub use host::Host;
 pub use netns::in_netns;
 pub use teardown::teardown_all;

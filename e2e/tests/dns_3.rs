@@ -262,6 +262,17 @@ fn names_resolve_across_hosts_with_load_balancing_and_forwarding() -> Result<()>
     if dig_short(&client[&1], &gw[&1], &["-x", &web1])? != Vec::<String>::new() {
         bail!("PTR of a detached address still answered");
     }
+
+    // Every running agent's metrics page (h3's was stopped above), after pod traffic and
+    // DNS queries, passes a real Prometheus parser and the catalogue.
+    for h in bed
+        .hosts()
+        .iter()
+        .filter(|h| h.is_running(weave_e2e::weave::WEAVER))
+    {
+        let page = weave_e2e::metrics::fetch(h.netns(), "127.0.0.1:6782".parse()?)?;
+        weave_e2e::metrics::check(&page).with_context(|| format!("metrics of {}", h.name()))?;
+    }
     Ok(())
 }
 

@@ -96,8 +96,11 @@ fn from_readme(readme: &str, heading: &str) -> Result<BTreeSet<Flag>> {
 
 /// Both directions of the comparison, with what differs.
 fn compare(binary: &str, readme: &str, heading: &str) -> Result<()> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(readme))?;
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(readme),
+    )?;
     let help = from_help(binary)?;
     let documented = from_readme(&readme, heading)?;
     let undocumented: Vec<_> = help.difference(&documented).collect();

@@ -34,6 +34,7 @@ mod cni;
 mod dns;
 mod health;
 mod ipam;
+mod names;
 
 use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
@@ -154,7 +155,7 @@ pub async fn serve_metrics(
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
-    report.dns = dns::status(&api, false).await;
+    report.dns = names::status(&api, false).await;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -299,7 +300,7 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
 async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
     let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
-    report.dns = dns::status(&api, false).await;
+    report.dns = names::status(&api, false).await;
     Ok(Json(report))
 }
 
@@ -382,7 +383,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
     let dns_name = req
         .dns_name
         .as_deref()
-        .map(|n| dns::qualify(&api, n))
+        .map(|n| names::qualify(&api, n))
         .transpose()?;
     let dns_holder = dns_name
         .as_ref()
@@ -458,7 +459,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
                 std::net::IpAddr::V6(_) => None,
             })
             .collect();
-        dns::register(&api, name, v4, holder).await?;
+        names::register(&api, name, v4, holder).await?;
     }
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply { ifname, cidrs }))
@@ -472,7 +473,7 @@ async fn detach_netns(
     let id = attach_ident(req.id.as_deref(), &req.netns)?;
     bridge(&api)?;
     let host = host_netlink()?;
-    dns::forget(&api, id.as_str()).await;
+    names::forget(&api, id.as_str()).await;
     attach::detach(&host, std::path::Path::new(&req.netns))
         .await
         .map_err(attach_error)?;

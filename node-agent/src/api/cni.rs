@@ -74,7 +74,7 @@ pub(crate) async fn add(
     let dns_name = req
         .dns_name
         .as_deref()
-        .map(|n| super::dns::qualify(&api, n))
+        .map(|n| super::names::qualify(&api, n))
         .transpose()?;
     let holder = dns_name
         .as_ref()
@@ -90,7 +90,7 @@ pub(crate) async fn add(
     let spec = AddrSpec::Allocate(Some(subnet));
     let a = ipam::resolve(&api, &id, spec, ipam::timeout(req.timeout_ms)).await?;
     if let (Some(name), Some(holder)) = (dns_name, holder) {
-        super::dns::register(&api, name, vec![Ipv4Addr::from(a.addr)], holder).await?;
+        super::names::register(&api, name, vec![Ipv4Addr::from(a.addr)], holder).await?;
     }
     Ok(Json(CniAddReply {
         id: id.to_string(),
@@ -98,7 +98,7 @@ pub(crate) async fn add(
         bridge,
         mtu: api.bridge.as_ref().map(|b| b.mtu),
         gateway,
-        dns: dns_gateway.and_then(|g| super::dns::settings(&api, g)),
+        dns: dns_gateway.and_then(|g| super::names::settings(&api, g)),
     }))
 }
 

@@ -238,7 +238,7 @@ pub(crate) async fn release(
     .await?;
     if req.address.is_none() {
         // The id is gone (CNI DEL): so are its names.
-        super::dns::forget(&api, id.as_str()).await;
+        super::names::forget(&api, id.as_str()).await;
     }
     Ok(addresses(&id, &released))
 }
@@ -273,7 +273,7 @@ pub(crate) async fn gc(State(api): State<Api>, body: Bytes) -> Result<Json<GcRep
     })
     .await?;
     for id in &released {
-        super::dns::forget(&api, id.as_str()).await;
+        super::names::forget(&api, id.as_str()).await;
     }
     Ok(Json(GcReply {
         released: released.iter().map(ToString::to_string).collect(),

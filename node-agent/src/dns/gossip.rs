@@ -9,8 +9,62 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::name::DnsName;
-use super::zone::{Holder, MAX_ORIGINS, MAX_PER_ORIGIN};
 use crate::mesh::PeerName;
+
+/// Records (live and deleted) one origin may hold.
+pub const MAX_PER_ORIGIN: usize = 16_384;
+/// Origins kept.
+pub const MAX_ORIGINS: usize = 1024;
+/// Longest holder identifier, in bytes.
+pub const MAX_HOLDER: usize = 128;
+
+/// Who registered a record on its origin: a container or attachment id,
+/// `weave:extern` (`weave dns-add` without one), `weave:expose`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Holder(String);
+
+impl Holder {
+    /// The holder of records added by hand.
+    pub const EXTERN: &'static str = "weave:extern";
+    /// The holder of the bridge's own names (`weave expose -h`).
+    pub const EXPOSE: &'static str = "weave:expose";
+
+    /// Validates: 1..=[`MAX_HOLDER`] printable ASCII bytes without spaces.
+    pub fn new(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_HOLDER || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "invalid id {s:?}: 1 to {MAX_HOLDER} printable characters without spaces"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Holder {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<Holder> for String {
+    fn from(h: Holder) -> Self {
+        h.0
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Version of the encoding.
 pub const FORMAT: u8 = 1;

@@ -35,70 +35,16 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::gossip::{DnsGossip, OriginGossip, WireEntry, CHUNK_ENTRIES};
+pub use super::gossip::{Holder, MAX_HOLDER, MAX_ORIGINS, MAX_PER_ORIGIN};
 use super::name::DnsName;
 use crate::mesh::PeerName;
 
-/// Records (live and deleted) one origin may hold.
-pub const MAX_PER_ORIGIN: usize = 16_384;
-/// Origins kept.
-pub const MAX_ORIGINS: usize = 1024;
 /// Records kept in all.
 pub const MAX_TOTAL: usize = 262_144;
 /// Own tombstones are purged once this old.
 pub const TOMBSTONE_AGE: Duration = Duration::from_secs(60);
 /// Own tombstones beyond this are purged early (the older half).
 pub const MAX_TOMBSTONES: usize = 4096;
-/// Longest holder identifier, in bytes.
-pub const MAX_HOLDER: usize = 128;
-
-/// Who registered a record on its origin: a container or attachment id,
-/// `weave:extern` (`weave dns-add` without one), `weave:expose`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Holder(String);
-
-impl Holder {
-    /// The holder of records added by hand.
-    pub const EXTERN: &'static str = "weave:extern";
-    /// The holder of the bridge's own names (`weave expose -h`).
-    pub const EXPOSE: &'static str = "weave:expose";
-
-    /// Validates: 1..=[`MAX_HOLDER`] printable ASCII bytes without spaces.
-    pub fn new(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > MAX_HOLDER || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "invalid id {s:?}: 1 to {MAX_HOLDER} printable characters without spaces"
-            ));
-        }
-        Ok(Self(s.to_string()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Holder {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(&s)
-    }
-}
-
-impl From<Holder> for String {
-    fn from(h: Holder) -> Self {
-        h.0
-    }
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Identity of a record within its origin.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
