@@ -254,6 +254,20 @@ pub fn wait_pods_ready(
     Ok(())
 }
 
+/// The agents' peer registry (ConfigMap `weave-net`, key `peers`) as JSON.
+pub fn peer_registry(cluster: &Cluster) -> Result<serde_json::Value> {
+    let text = cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "configmap",
+        "weave-net",
+        "-o",
+        "jsonpath={.data.peers}",
+    ])?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// Each peer's share of the range as node `i`'s agent reports it: `name(nickname) N IPs`
 /// lines without the per-peer usage (which only the owner knows exactly), sorted.
 pub fn ipam_shares(cluster: &Cluster, i: usize) -> Result<Vec<String>> {
