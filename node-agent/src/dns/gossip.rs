@@ -17,6 +17,11 @@ pub const MAX_PER_ORIGIN: usize = 16_384;
 pub const MAX_ORIGINS: usize = 1024;
 /// Longest holder identifier, in bytes.
 pub const MAX_HOLDER: usize = 128;
+/// Highest version or floor a peer may send. An origin's clock grows by one
+/// per local change, so this is never reached honestly; refusing more keeps
+/// a faulty peer from pushing a clock to `u64::MAX`, where the next own
+/// change could not be numbered.
+pub const MAX_VERSION: u64 = 1 << 62;
 
 /// Who registered a record on its origin: a container or attachment id,
 /// `weave:extern` (`weave dns-add` without one), `weave:expose`.
@@ -159,6 +164,13 @@ impl DnsGossip {
             )));
         }
         for o in &g.origins {
+            let top = o.entries.iter().map(|e| e.version).chain([o.floor]).max();
+            if let Some(v) = top.filter(|v| *v > MAX_VERSION) {
+                return Err(GossipError::TooLarge(format!(
+                    "version {v} of {}, at most {MAX_VERSION}",
+                    o.origin
+                )));
+            }
             if o.entries.len() > MAX_PER_ORIGIN {
                 return Err(GossipError::TooLarge(format!(
                     "{} records of {}, at most {MAX_PER_ORIGIN}",
@@ -237,6 +249,29 @@ mod tests {
             DnsGossip::decode(&[1, 0, 1, 1]),
             Err(GossipError::Decode(_))
         ));
+        // A version past the bound, in an entry and as a floor.
+        for (floor, version) in [(0, MAX_VERSION + 1), (u64::MAX, 1)] {
+            let g = DnsGossip::new(
+                false,
+                vec![OriginGossip {
+                    origin: PeerName::from_u64(2),
+                    floor,
+                    complete: false,
+                    entries: vec![WireEntry {
+                        name: DnsName::parse("a.w.").unwrap(),
+                        addr: Ipv4Addr::new(10, 32, 0, 5),
+                        holder: Holder::new("c1").unwrap(),
+                        version,
+                        tombstone: false,
+                    }],
+                }],
+            );
+            assert!(
+                matches!(DnsGossip::decode(&g.encode()), Err(GossipError::TooLarge(ref m)) if m.contains("at most")),
+                "{:?}",
+                DnsGossip::decode(&g.encode())
+            );
+        }
         // A name with a space in it.
         let mut g = DnsGossip::new(false, vec![]).encode();
         g.truncate(2);
