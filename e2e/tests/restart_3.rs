@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use weave_e2e::weave::{
-    attach_allocated, peer_addr, pod_mac, ps, report, start_weaver, wait_for_mesh, weave, WEAVER,
+    attach_allocated, peer_addr, pod_mac, ps, report, start_weaver, state_dir, wait_for_mesh,
+    weave, WEAVER,
 };
 use weave_e2e::{wait_until, TestBed, Topology};
 
@@ -50,6 +51,16 @@ fn killed_agent_rejoins_with_same_name_and_new_uid() -> Result<()> {
         Ok(())
     };
     listed("attached")?;
+    // Three names in a burst: the state file is written for the first at once and for the
+    // rest within weaveDNS's persist interval; all must be there after a kill -9.
+    for (i, name) in ["kept1", "kept2", "kept3"].iter().enumerate() {
+        weave(h2, &["dns-add", "-h", name, &format!("10.99.0.{}", i + 1)])?;
+    }
+    let state = state_dir(h2).join("dns.json");
+    wait_until(Duration::from_secs(5), "the burst in dns.json", || {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        Ok(text.contains("kept3").then_some(()))
+    })?;
     let before = report(h2)?.peer;
     h2.kill(WEAVER)?;
     // the others notice (connection reset) and drop it
@@ -70,6 +81,10 @@ fn killed_agent_rejoins_with_same_name_and_new_uid() -> Result<()> {
             .then_some(()))
     })?;
     listed("after the restart")?;
+    for name in ["kept1", "kept2", "kept3"] {
+        let got = weave(h2, &["dns-lookup", name])?;
+        ensure!(!got.trim().is_empty(), "{name} lost over the restart");
+    }
     weave(h2, &["detach", &ns])?;
     let left = ps(h2)?.entries;
     ensure!(

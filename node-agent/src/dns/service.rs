@@ -2,7 +2,8 @@
 //! The task that owns the [`Zone`]: it takes registrations from the API,
 //! the events of its gossip channel and the set of removed peers, keeps the
 //! server's lookup table in step, persists this peer's records
-//! (`dns.json`) and gossips: deltas to a fan-out of neighbours after each
+//! (`dns.json`: at once after a quiet spell, then at most every
+//! [`PERSIST_EVERY`] during a burst, and on the way out) and gossips: deltas to a fan-out of neighbours after each
 //! change, the full state to each new neighbour and to one random
 //! neighbour every gossip interval, and to a sender what it lacks.
 
@@ -31,6 +32,10 @@ use crate::mesh::PeerName;
 pub const CHANNEL: Channel = Channel(2);
 /// Requests handled per batch before the table, file and gossip catch up.
 const BATCH: usize = 256;
+/// Shortest time between two writes of the state file: a burst of
+/// registrations (a node starting 100 pods) rewrites it a few times, not
+/// once per record.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// Name of the state file in `--state-dir`.
 pub const STATE_FILE: &str = "dns.json";
 /// Version of the state file.
@@ -122,6 +127,10 @@ pub struct Service {
     removed: Option<watch::Receiver<BTreeSet<PeerName>>>,
     gossip_interval: Duration,
     info: ServiceInfo,
+    /// Own records changed since the last write.
+    unsaved: bool,
+    /// When the state file was last written.
+    saved_at: Option<Instant>,
 }
 
 impl Service {
@@ -144,6 +153,8 @@ impl Service {
             removed: None,
             gossip_interval: Duration::from_secs(10),
             info,
+            unsaved: false,
+            saved_at: None,
         }
     }
 
@@ -171,7 +182,8 @@ impl Service {
                 .zone
                 .next_purge()
                 .unwrap_or(now + Duration::from_secs(3600))
-                .min(next_gossip);
+                .min(next_gossip)
+                .min(self.save_due().unwrap_or(next_gossip));
             let removed_changed = async {
                 match &mut self.removed {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -207,6 +219,9 @@ impl Service {
                 Some(ev) = self.events.recv() => self.on_event(ev),
             }
             self.catch_up().await;
+        }
+        if self.unsaved {
+            self.save().await;
         }
         info!("weaveDNS stopped");
         Ok(())
@@ -293,7 +308,28 @@ impl Service {
     /// Brings the table, the state file and the neighbours up to date.
     async fn catch_up(&mut self) {
         table::apply(&self.table, self.zone.take_transitions());
-        if self.zone.take_persist_dirty() {
+        self.unsaved |= self.zone.take_persist_dirty();
+        if self.save_due().is_some_and(|due| due <= Instant::now()) {
+            self.save().await;
+        }
+        if let Some(delta) = self.zone.take_delta() {
+            self.send(GossipTo::Fanout, &delta);
+        }
+    }
+
+    /// When the pending write of the state file is due, if one is.
+    fn save_due(&self) -> Option<Instant> {
+        self.unsaved.then(|| {
+            self.saved_at
+                .map_or_else(Instant::now, |at| at + PERSIST_EVERY)
+        })
+    }
+
+    /// Writes this peer's records to the state file.
+    async fn save(&mut self) {
+        self.unsaved = false;
+        self.saved_at = Some(Instant::now());
+        {
             let file = StateFile {
                 format: STATE_FORMAT,
                 peer: self.zone.me(),
@@ -312,9 +348,6 @@ impl Service {
                 }
                 Err(e) => error!(error = %e, "DNS persistence task failed"),
             }
-        }
-        if let Some(delta) = self.zone.take_delta() {
-            self.send(GossipTo::Fanout, &delta);
         }
     }
 

@@ -7,9 +7,11 @@
 //! one name, so it costs a few hash-map operations rather than a rebuilt
 //! snapshot, which matters with 10,000 records and a burst of
 //! registrations. Two holders of the same address under one name count
-//! once in answers.
+//! once in answers. A name has few addresses and an address few names, so
+//! each keeps them in a small sorted vector with a holder count (a
+//! `BTreeMap` would allocate a node of eleven slots for each).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -19,8 +21,18 @@ use super::zone::Transition;
 /// Live names and addresses.
 #[derive(Debug, Default)]
 pub struct Table {
-    names: HashMap<DnsName, BTreeMap<Ipv4Addr, u32>>,
-    addrs: HashMap<Ipv4Addr, BTreeMap<DnsName, u32>>,
+    names: HashMap<DnsName, Counted<Ipv4Addr>>,
+    addrs: HashMap<Ipv4Addr, Counted<DnsName>>,
+}
+
+/// Values in ascending order, each with the number of records holding it.
+type Counted<T> = Vec<(T, u32)>;
+
+fn hold<T: Ord>(set: &mut Counted<T>, v: T) {
+    match set.binary_search_by(|(x, _)| x.cmp(&v)) {
+        Ok(i) => set[i].1 += 1,
+        Err(i) => set.insert(i, (v, 1)),
+    }
 }
 
 /// The table as shared between the DNS task and the server.
@@ -31,18 +43,8 @@ impl Table {
     pub fn apply(&mut self, transitions: Vec<Transition>) {
         for (key, live) in transitions {
             if live {
-                *self
-                    .names
-                    .entry(key.name.clone())
-                    .or_default()
-                    .entry(key.addr)
-                    .or_default() += 1;
-                *self
-                    .addrs
-                    .entry(key.addr)
-                    .or_default()
-                    .entry(key.name)
-                    .or_default() += 1;
+                hold(self.names.entry(key.name.clone()).or_default(), key.addr);
+                hold(self.addrs.entry(key.addr).or_default(), key.name);
             } else {
                 release(&mut self.names, &key.name, &key.addr);
                 release(&mut self.addrs, &key.addr, &key.name);
@@ -52,7 +54,9 @@ impl Table {
 
     /// Addresses of `name`, ascending; `None` when the name is unknown.
     pub fn lookup(&self, name: &DnsName) -> Option<Vec<Ipv4Addr>> {
-        self.names.get(name).map(|m| m.keys().copied().collect())
+        self.names
+            .get(name)
+            .map(|m| m.iter().map(|(a, _)| *a).collect())
     }
 
     /// Whether `name` has records.
@@ -63,7 +67,9 @@ impl Table {
     /// The name of `addr` for PTR answers: the first in sorted order when
     /// several share it.
     pub fn name_of(&self, addr: Ipv4Addr) -> Option<DnsName> {
-        self.addrs.get(&addr).and_then(|m| m.keys().next().cloned())
+        self.addrs
+            .get(&addr)
+            .and_then(|m| m.first().map(|(n, _)| n.clone()))
     }
 
     /// Names with records.
@@ -94,16 +100,18 @@ pub fn apply(table: &SharedTable, transitions: Vec<Transition>) {
         .apply(transitions);
 }
 
-fn release<A: std::hash::Hash + Eq, B: Ord>(map: &mut HashMap<A, BTreeMap<B, u32>>, a: &A, b: &B) {
+fn release<A: std::hash::Hash + Eq, B: Ord>(map: &mut HashMap<A, Counted<B>>, a: &A, b: &B) {
     let Some(inner) = map.get_mut(a) else { return };
-    if let Some(n) = inner.get_mut(b) {
-        *n -= 1;
-        if *n == 0 {
-            inner.remove(b);
+    if let Ok(i) = inner.binary_search_by(|(x, _)| x.cmp(b)) {
+        inner[i].1 -= 1;
+        if inner[i].1 == 0 {
+            inner.remove(i);
         }
     }
     if inner.is_empty() {
         map.remove(a);
+    } else if inner.capacity() > 2 * inner.len() + 4 {
+        inner.shrink_to_fit();
     }
 }
 
