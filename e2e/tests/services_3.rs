@@ -237,7 +237,7 @@ fn export_import_rebind_expose_hide_restart_reset() -> Result<()> {
         &["service", "remove", "9999"],
         "no service on tcp :9999",
     )?;
-    refused(h1, &["hide"], "remove them first")?;
+    refused(h1, &["hide", "--force"], "remove them first")?;
     assert_eq!(
         (table(h1), table(h2)),
         (t1, t2),
@@ -276,6 +276,12 @@ fn export_import_rebind_expose_hide_restart_reset() -> Result<()> {
     let out = weave(h1, &["service", "rebind", "3322", &h6_service.to_string()])?;
     assert_eq!(out.trim(), format!("import tcp {front} -> {h6_service}"));
     wait_answer(&a2, front, "h6")?;
+    let after = answered.load(Ordering::Relaxed) + 20;
+    wait_until(
+        Duration::from_secs(10),
+        "20 more answers to the client loop",
+        || Ok((answered.load(Ordering::Relaxed) >= after).then_some(())),
+    )?;
     stop.store(true, Ordering::Relaxed);
     let seen = looping
         .join()
