@@ -36,7 +36,10 @@ mod expose;
 mod health;
 mod ipam;
 mod names;
+mod ps;
 mod services;
+
+pub use ps::Attachments;
 
 use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
@@ -61,6 +64,7 @@ struct Api {
     gateways: Arc<cni::Gateways>,
     dns: Option<crate::dns::DnsHandle>,
     services: Option<ServicesInfo>,
+    attachments: Arc<Attachments>,
 }
 
 /// What the API serves besides the router.
@@ -78,6 +82,8 @@ pub struct Services {
     pub dns: Option<crate::dns::DnsHandle>,
     /// Exported and imported services, if they run (bridge and IPAM).
     pub services: Option<ServicesInfo>,
+    /// Where attachments live, for `weave ps`.
+    pub attachments: Arc<Attachments>,
 }
 
 /// How the API reaches the services task.
@@ -102,6 +108,7 @@ impl Services {
             gateways: Arc::default(),
             dns: self.dns,
             services: self.services,
+            attachments: self.attachments,
         }
     }
 }
@@ -139,6 +146,7 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
         .route("/services/import", post(services::import))
         .route("/services/rebind", post(services::rebind))
         .route("/services/remove", post(services::remove))
+        .route("/ps", get(ps::ps))
         .route("/version", get(version))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -482,6 +490,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
             .collect();
         names::register(&api, name, v4, holder).await?;
     }
+    api.attachments.record(id.as_str(), &req.netns, &ifname);
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply { ifname, cidrs }))
 }
@@ -495,6 +504,7 @@ async fn detach_netns(
     bridge(&api)?;
     let host = host_netlink()?;
     names::forget(&api, id.as_str()).await;
+    api.attachments.forget([id.as_str()]);
     attach::detach(&host, std::path::Path::new(&req.netns))
         .await
         .map_err(attach_error)?;

@@ -161,6 +161,7 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
         dns: None,
         services: None,
+        attachments: std::sync::Arc::new(api::Attachments::load(Some(&config.state_dir))),
     };
     let removed = ipam
         .as_ref()
