@@ -32,10 +32,12 @@ use weave_api::{
 
 mod cni;
 mod dns;
+mod expose;
 mod health;
 mod ipam;
 mod names;
 mod ps;
+mod services;
 
 pub use ps::Attachments;
 
@@ -61,6 +63,7 @@ struct Api {
     default_subnet: Option<Subnet>,
     gateways: Arc<cni::Gateways>,
     dns: Option<crate::dns::DnsHandle>,
+    services: Option<ServicesInfo>,
     attachments: Arc<Attachments>,
 }
 
@@ -77,8 +80,19 @@ pub struct Services {
     pub default_subnet: Option<Subnet>,
     /// weaveDNS, if it runs.
     pub dns: Option<crate::dns::DnsHandle>,
+    /// Exported and imported services, if they run (bridge and IPAM).
+    pub services: Option<ServicesInfo>,
     /// Where attachments live, for `weave ps`.
     pub attachments: Arc<Attachments>,
+}
+
+/// How the API reaches the services task.
+#[derive(Debug, Clone)]
+pub struct ServicesInfo {
+    /// Its requests.
+    pub requests: mpsc::Sender<crate::services::Request>,
+    /// The pod range.
+    pub range: Subnet,
 }
 
 impl Services {
@@ -93,6 +107,7 @@ impl Services {
             default_subnet: self.default_subnet,
             gateways: Arc::default(),
             dns: self.dns,
+            services: self.services,
             attachments: self.attachments,
         }
     }
@@ -124,7 +139,13 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
         .route("/dns/add", post(dns::add))
         .route("/dns/remove", post(dns::remove))
         .route("/dns/lookup", post(dns::lookup))
-        .route("/expose", post(dns::expose))
+        .route("/expose", post(expose::expose))
+        .route("/hide", post(expose::hide))
+        .route("/services", get(services::list))
+        .route("/services/export", post(services::export))
+        .route("/services/import", post(services::import))
+        .route("/services/rebind", post(services::rebind))
+        .route("/services/remove", post(services::remove))
         .route("/ps", get(ps::ps))
         .route("/version", get(version))
         .route("/healthz", get(health::healthz))

@@ -60,6 +60,9 @@ pub enum Error {
         /// The route.
         route: String,
     },
+    /// The services state file is unusable.
+    #[error(transparent)]
+    ServicesState(#[from] crate::services::LoadError),
     /// The mesh password could not be turned into keys.
     #[error("derive keys from the mesh password: {0}")]
     Password(String),

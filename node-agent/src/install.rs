@@ -30,6 +30,7 @@ const RECORD: &str = "cni-installed.json";
 const STATE_FILES: &[&str] = &[
     crate::state::PEER_NAME_FILE,
     crate::ipam::persist::FILE,
+    crate::services::FILE,
     "kube-registered",
     RECORD,
 ];

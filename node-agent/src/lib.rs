@@ -18,6 +18,7 @@ pub mod kube;
 pub mod mesh;
 pub mod metrics;
 pub mod router;
+pub mod services;
 pub mod sleeve;
 pub mod state;
 
@@ -159,6 +160,7 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         ipam: None,
         default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
         dns: None,
+        services: None,
         attachments: std::sync::Arc::new(api::Attachments::load(Some(&config.state_dir))),
     };
     let removed = ipam
@@ -217,6 +219,20 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
     if let Some(cfg) = egress {
         let firewall: std::sync::Arc<dyn weave_platform::firewall::Firewall> =
             std::sync::Arc::new(weave_platform::firewall::NftFirewall::default());
+        let (task, requests) = services::ServicesTask::load(
+            services::ServicesConfig {
+                range: cfg.range,
+                bridge: cfg.bridge.clone(),
+                state_dir: config.state_dir.clone(),
+            },
+            std::sync::Arc::clone(&firewall),
+        )?;
+        services.services = Some(api::ServicesInfo {
+            requests,
+            range: cfg.range,
+        });
+        let c = cancel.clone();
+        tasks.spawn(async move { ("services", task.run(c).await) });
         let c = cancel.clone();
         tasks.spawn(async move { ("egress", egress::run(cfg, firewall, c).await) });
     }

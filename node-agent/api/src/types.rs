@@ -654,3 +654,122 @@ pub struct ExposeReply {
     /// The bridge's address in the subnet.
     pub address: IpNet,
 }
+
+/// `POST /hide`: take the bridge's address in a subnet away again (undoes `POST /expose`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HideRequest {
+    /// A subnet inside the allocation range; the default subnet when absent.
+    #[serde(default, deserialize_with = "net::opt_subnet_v4")]
+    pub subnet: Option<Ipv4Net>,
+}
+
+/// Reply to `POST /hide`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HideReply {
+    /// The address removed from the bridge; none if it had none in the subnet.
+    pub address: Option<IpNet>,
+}
+
+/// Transport protocol of a service.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProto {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for ServiceProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceProto::Tcp => "tcp",
+            ServiceProto::Udp => "udp",
+        })
+    }
+}
+
+/// Which way a service goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// The outside reaches a weave address through this host's address and port.
+    Export,
+    /// Containers reach an outside address through a weave address of this host.
+    Import,
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Export => "export",
+            ServiceKind::Import => "import",
+        })
+    }
+}
+
+/// One exported or imported service: connections to the front (`address:port`) go to
+/// `target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Export or import.
+    pub kind: ServiceKind,
+    /// Protocol.
+    pub proto: ServiceProto,
+    /// Export: the host address it is bound to (absent: every address of the host).
+    /// Import: the weave address on this host's bridge that containers connect to.
+    pub address: Option<Ipv4Addr>,
+    /// Port of the front.
+    pub port: u16,
+    /// Where connections go.
+    pub target: std::net::SocketAddrV4,
+}
+
+/// `POST /services/export` and `POST /services/import`: add a service; `POST
+/// /services/rebind`: point the service at `proto`, `address` (which may be left out when
+/// one service has the port) and `port` to `target` instead, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAddRequest {
+    /// Protocol (TCP when absent).
+    #[serde(default)]
+    pub proto: ServiceProto,
+    /// Export: a host address to bind to. Import: the weave address (this host's exposed
+    /// address in the default subnet when absent, exposed first if need be).
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Port of the front.
+    pub port: u16,
+    /// Where connections go.
+    pub target: std::net::SocketAddrV4,
+}
+
+/// `POST /services/remove`: which service, by protocol, port and (when two share the port)
+/// address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFront {
+    /// Protocol (TCP when absent).
+    #[serde(default)]
+    pub proto: ServiceProto,
+    /// The front address; may be left out when one service has the port.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// The front port.
+    pub port: u16,
+}
+
+/// `GET /services` and the reply to every `/services/…` change: all services of this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesReply {
+    /// Every service, in front order.
+    pub services: Vec<Service>,
+    /// The service the request changed, if it changed one.
+    #[serde(default)]
+    pub changed: Option<Service>,
+}

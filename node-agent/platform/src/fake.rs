@@ -126,6 +126,8 @@ pub enum FakeOp {
     CreateVeth,
     /// [`Netlink::add_addr`](crate::Netlink::add_addr).
     AddAddr,
+    /// [`Netlink::del_addr`](crate::Netlink::del_addr).
+    DelAddr,
     /// [`Netlink::addrs`](crate::Netlink::addrs).
     Addrs,
     /// [`Netlink::add_route`](crate::Netlink::add_route).

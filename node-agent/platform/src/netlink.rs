@@ -94,6 +94,15 @@ pub trait Netlink: Send + Sync {
         prefix_len: u8,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Removes an address from a link (`ip addr del ADDR/LEN dev X`); an
+    /// address that is not there is success.
+    fn del_addr(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// The addresses of a link, IPv4 and IPv6, with their prefix lengths.
     fn addrs(&self, index: u32) -> impl Future<Output = Result<Vec<(IpAddr, u8)>>> + Send;
 

@@ -324,6 +324,21 @@ async fn addresses_and_routes() {
         .await
         .expect_err("host bits");
     assert!(matches!(err, Error::InvalidPrefix { .. }), "{err}");
+
+    nl.del_addr(br, ip("10.99.0.1"), 24)
+        .await
+        .expect("delete address");
+    nl.del_addr(br, ip("10.99.0.1"), 24)
+        .await
+        .expect("delete a missing address");
+    let addrs = nl.addrs(br).await.expect("list addresses");
+    assert!(!addrs.contains(&(ip("10.99.0.1"), 24)), "{addrs:?}");
+    assert!(addrs.contains(&(ip("fd99::1"), 64)), "{addrs:?}");
+    let routes = nl.routes_v4().await.expect("list routes");
+    assert!(
+        !routes.iter().any(|r| r.dst == ip("10.99.0.0")),
+        "the connected route goes with the address: {routes:?}"
+    );
 }
 
 #[tokio::test]

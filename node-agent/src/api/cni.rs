@@ -46,6 +46,14 @@ impl Gateways {
             .copied()
     }
 
+    /// Forgets the gateway of `subnet` (`weave hide` took it away).
+    pub(crate) fn forget(&self, bridge: &str, subnet: Subnet) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(bridge.to_string(), subnet));
+    }
+
     fn insert(&self, bridge: &str, subnet: Subnet, gateway: IpAddr) {
         self.known
             .lock()
@@ -105,6 +113,12 @@ pub(crate) async fn add(
     }))
 }
 
+/// The IPAM identifier of the bridge's address in `subnet`.
+pub(crate) fn expose_ident(api: &Api, subnet: Subnet) -> Result<Ident, ApiError> {
+    Ident::new(&format!("weave:expose:{}:{subnet}", api.peer))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
 /// The bridge's address in `subnet`: remembered, else found on the bridge,
 /// else given to it from IPAM (and weaveDNS told to listen there).
 pub(crate) async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<IpAddr, ApiError> {
@@ -135,8 +149,7 @@ pub(crate) async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<I
             return Ok(a);
         }
     }
-    let expose = Ident::new(&format!("weave:expose:{}:{subnet}", api.peer))
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let expose = expose_ident(api, subnet)?;
     let spec = AddrSpec::Allocate(Some(subnet));
     let got = ipam::resolve(api, &expose, spec, ipam::DEFAULT_TIMEOUT).await?;
     let gw = IpAddr::V4(Ipv4Addr::from(got.addr));

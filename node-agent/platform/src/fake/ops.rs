@@ -188,6 +188,16 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    async fn del_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let described = format!("delete {}", addr_op(index, addr, prefix_len)?);
+        let what = || described.clone();
+        self.op(FakeOp::DelAddr, what, |w, netns| {
+            let link = w.ns(netns).get_mut(index, what)?;
+            link.addrs.retain(|&(a, l)| !(a == addr && l == prefix_len));
+            Ok(())
+        })
+    }
+
     async fn addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
         self.op(
             FakeOp::Addrs,

@@ -205,6 +205,13 @@ async fn addresses_are_idempotent_and_make_connected_routes_when_up() {
         nl.addrs(eth).await.expect("list"),
         vec![(ip("10.32.0.1"), 12), (ip("fd00::1"), 64)]
     );
+    nl.del_addr(eth, ip("fd00::1"), 64).await.expect("delete");
+    nl.del_addr(eth, ip("fd00::1"), 64)
+        .await
+        .expect("delete a missing address");
+    nl.add_addr(eth, ip("fd00::1"), 64)
+        .await
+        .expect("add v6 again");
     assert_eq!(
         nl.routes_v4().await.expect("routes"),
         vec![],

@@ -353,6 +353,38 @@ impl Netlink for LinuxNetlink {
         }
     }
 
+    async fn del_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let op = format!("delete {}", addr_op(index, addr, prefix_len)?);
+        let mut req = AddressMessage::default();
+        req.header.index = index;
+        let dumped = self.dump(&op, RouteNetlinkMessage::GetAddress(req)).await?;
+        // The kernel deletes by the message it dumped, so send that one back.
+        let found = dumped.into_iter().find_map(|msg| match msg {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.header.index == index
+                    && a.header.prefix_len == prefix_len
+                    && address_of(&a) == Some(addr) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        });
+        let Some(msg) = found else {
+            return Ok(());
+        };
+        match self.handle.address().del(msg).execute().await {
+            Err(e)
+                if !matches!(
+                    netlink_errno(&e),
+                    Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ESRCH)
+                ) =>
+            {
+                Err(Error::netlink(op, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
         let mut req = AddressMessage::default();
         req.header.index = index;

@@ -4,7 +4,10 @@
 //! first and falls back to `--http-addr`/`WEAVE_HTTP_ADDR`.
 
 mod node;
+mod service;
 mod status;
+
+pub use service::{render_services, ServiceCommand};
 
 pub(crate) use status::table;
 
@@ -17,8 +20,9 @@ use weave_api::net::{parse_addr_v4, parse_net_v4, IpNet, Ipv4Net};
 use weave_api::{
     AddressesReply, AllocateRequest, AttachReply, AttachRequest, ClaimRequest, Client,
     ConnectRequest, DetachRequest, DnsAddRequest, DnsChangeReply, DnsLookupReply, DnsLookupRequest,
-    DnsRemoveRequest, Endpoint, ExposeReply, ExposeRequest, ForgetRequest, LookupRequest, PsReply,
-    ReleaseRequest, Report, RmPeerReply, RmPeerRequest, TargetsReply, VersionReply,
+    DnsRemoveRequest, Endpoint, ExposeReply, ExposeRequest, ForgetRequest, HideReply, HideRequest,
+    LookupRequest, PsReply, ReleaseRequest, Report, RmPeerReply, RmPeerRequest, TargetsReply,
+    VersionReply,
 };
 
 pub use status::{
@@ -120,6 +124,26 @@ pub enum Command {
         /// A DNS name for the host's address.
         #[arg(long, short = 'h')]
         hostname: Option<String>,
+    },
+    /// Take the bridge's address in a subnet away again (undoes `weave expose`: address,
+    /// route, IPAM allocation, weaveDNS names). Pods of this host in the subnet use it as
+    /// their gateway, so it refuses while pods are attached, unless --force.
+    Hide {
+        /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
+        #[arg(value_parser = parse_subnet)]
+        subnet: Option<Ipv4Net>,
+        /// Hide even while pods are attached to the bridge (they lose their gateway).
+        #[arg(long)]
+        force: bool,
+        /// The bridge.
+        #[arg(long, env = "WEAVE_BRIDGE", default_value = "weave")]
+        bridge: String,
+    },
+    /// Export and import services: `weave service export|import|rebind|remove|list`.
+    Service {
+        /// What to do.
+        #[command(subcommand)]
+        command: ServiceCommand,
     },
     /// Register NAME for addresses in weaveDNS: `weave dns-add [IP...] [--id ID] -h NAME`.
     #[command(name = "dns-add", disable_help_flag = true)]
@@ -311,6 +335,8 @@ pub enum StatusWhat {
     Ipam,
     /// weaveDNS: settings, counters and every live record.
     Dns,
+    /// Exported and imported services.
+    Services,
 }
 
 /// Runs the command, writing its output to `out`.
@@ -335,6 +361,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     Some(_) => render_dns(&client.get_json("/dns/entries")?),
                     None => "weaveDNS is off\n".to_string(),
                 },
+                Some(StatusWhat::Services) => {
+                    let r: weave_api::ServicesReply = client.get_json("/services")?;
+                    render_services(&r.services)
+                }
             };
             out.write_all(text.as_bytes())?;
         }
@@ -411,6 +441,19 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             )?;
             writeln!(out, "{}", reply.address)?;
         }
+        Command::Hide {
+            subnet,
+            force,
+            bridge,
+        } => {
+            crate::install::check_detached(&bridge, force)?;
+            let reply: HideReply = client.post_json("/hide", &HideRequest { subnet })?;
+            match reply.address {
+                Some(a) => writeln!(out, "{a}")?,
+                None => writeln!(out, "not exposed")?,
+            }
+        }
+        Command::Service { command } => service::run(&client, command, out)?,
         Command::DnsAdd {
             id,
             name,
