@@ -8,6 +8,8 @@
 //!   namespace, so sockets can be opened there;
 //! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
 //!   driven by the tokio reactor;
+//! - [`packet`]: [`PacketSocket`], raw Ethernet frames on one link (the fast
+//!   path's heartbeats, a pod's announcements);
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
 //! - `firewall` (feature `nft`): the `Firewall` trait, `NftFirewall` and, with
 //!   `fake` too, `FakeFirewall`;
@@ -18,7 +20,8 @@
 //!   same idempotency rules, for unit tests that must not need root.
 //!
 //! This is the only crate of the workspace allowed `unsafe`, and only in
-//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration).
+//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration) and
+//! [`packet`] (`sockaddr_ll` system calls and the same registration).
 
 mod error;
 #[cfg(feature = "fake")]
@@ -27,6 +30,7 @@ pub mod fake;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 pub mod sysctl;
 pub mod tap;
 pub mod wiring;
@@ -34,7 +38,11 @@ pub mod wiring;
 pub use error::{Error, Result};
 #[cfg(feature = "fake")]
 pub use fake::FakeNetlink;
-pub use netlink::{LinuxNetlink, Netlink, Route};
+pub use netlink::{
+    BridgeFdbState, BridgePortFlags, FdbEntry, FdbTarget, LinuxNetlink, Mac, Netlink, Route,
+    VxlanLink, VxlanSpec,
+};
+pub use packet::{AsyncPacketSocket, PacketSocket};
 pub use netns::open_in;
 pub use sysctl::{read_sysctl, write_sysctl};
 pub use tap::{AsyncTap, Tap};

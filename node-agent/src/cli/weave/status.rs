@@ -87,6 +87,19 @@ pub fn render_status(r: &Report) -> String {
         ],
     ];
     let mut rows = rows;
+    if let Some(f) = &r.fastdp {
+        let fastdp = match (&f.device, &f.unavailable) {
+            (Some(dev), _) => format!(
+                "{dev} on UDP {} ({} of {} connections)",
+                f.port,
+                f.connections,
+                r.connections.iter().filter(|c| c.mode.is_some()).count()
+            ),
+            (None, Some(why)) => format!("off ({why})"),
+            (None, None) => "off".into(),
+        };
+        rows.push(vec!["FastDP:".into(), fastdp]);
+    }
     match &r.ipam {
         Some(ipam) => {
             rows.push(vec!["IPAM:".into(), ipam.status.clone()]);
@@ -172,6 +185,7 @@ pub fn render_connections(r: &Report) -> String {
         "ADDRESS".into(),
         "STATE".into(),
         "PEER".into(),
+        "MODE".into(),
         "ENCRYPTED".into(),
         "INFO".into(),
     ]];
@@ -184,6 +198,11 @@ pub fn render_connections(r: &Report) -> String {
                 .as_deref()
                 .map(|n| peer_label(r, n))
                 .unwrap_or_default(),
+            match (&c.mode, &c.mode_reason) {
+                (Some(m), Some(why)) => format!("{m} ({why})"),
+                (Some(m), None) => m.clone(),
+                (None, _) => String::new(),
+            },
             c.encrypted.to_string(),
             c.info.clone(),
         ]);
@@ -251,7 +270,8 @@ mod tests {
                 address: "10.0.0.2:6783".into(),
                 state: ConnectionState::Established,
                 outbound: true,
-                mode: None,
+                mode: Some("sleeve".into()),
+                mode_reason: Some("heartbeat timeout".into()),
                 encrypted: false,
                 info: String::new(),
                 bytes_in: 1,
@@ -269,6 +289,12 @@ mod tests {
             }],
             stats: MeshStats::default(),
             sleeve: None,
+            fastdp: Some(FastdpReport {
+                device: None,
+                unavailable: Some("fastdp disabled".into()),
+                port: 6784,
+                ..FastdpReport::default()
+            }),
             ipam: Some(IpamReport {
                 status: "ready".into(),
                 ready: true,
@@ -329,6 +355,19 @@ mod tests {
             s.contains("Connections:    1 (1 established, 0 pending, 0 failed)"),
             "{s}"
         );
+        assert!(s.contains("FastDP:         off (fastdp disabled)"), "{s}");
+        let mut on = report();
+        on.fastdp = Some(FastdpReport {
+            device: Some("vxlan-weave".into()),
+            port: 6784,
+            connections: 1,
+            ..FastdpReport::default()
+        });
+        let s = render_status(&on);
+        assert!(
+            s.contains("FastDP:         vxlan-weave on UDP 6784 (1 of 1 connections)"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -336,8 +375,8 @@ mod tests {
         let s = render_connections(&report());
         assert_eq!(
             s,
-            "    ADDRESS        STATE        PEER                   ENCRYPTED  INFO\n\
-             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)  false\n"
+            "    ADDRESS        STATE        PEER                   MODE                        ENCRYPTED  INFO\n\
+             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)  sleeve (heartbeat timeout)  false\n"
         );
         let p = render_peers(&report());
         assert!(

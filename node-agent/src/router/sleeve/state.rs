@@ -9,7 +9,7 @@
 //! a system call that can block; counters only grow; the overlay view is
 //! replaced whole, never edited in place.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
@@ -60,10 +60,13 @@ pub struct Sleeve {
     pub(super) mtu: u32,
     pub(super) bridge: String,
     pub(super) view: RwLock<Arc<OverlayView>>,
+    /// Peers the kernel's fast path carries (see `sleeve::switch`).
+    pub(super) kernel: RwLock<Arc<BTreeSet<PeerName>>>,
     pub(super) switch: Mutex<Switch>,
     pub(super) paths: Mutex<Paths>,
     pub(super) socket: UdpSocket,
     pub(super) tap: Tap,
+    pub(super) tap_index: u32,
     pub(super) stop: AtomicBool,
     pub(super) peers: Mutex<HashMap<PeerName, PeerCounters>>,
     pub(super) drops: Mutex<BTreeMap<&'static str, u64>>,
@@ -150,6 +153,31 @@ impl Sleeve {
         self.sealer.is_some()
     }
 
+    /// Sets the peers the kernel's fast path carries: flooded frames go
+    /// to them through the VXLAN device, not the sleeve.
+    pub fn set_kernel_peers(&self, peers: BTreeSet<PeerName>) {
+        let mut k = self
+            .kernel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **k != peers {
+            *k = Arc::new(peers);
+        }
+    }
+
+    /// The peers the kernel's fast path carries.
+    pub fn kernel_peers(&self) -> Arc<BTreeSet<PeerName>> {
+        self.kernel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ifindex of the TAP port (looked up when the sleeve was set up).
+    pub fn tap_index(&self) -> u32 {
+        self.tap_index
+    }
+
     pub(super) fn drop_frame(&self, reason: &'static str) {
         *lock(&self.drops).entry(reason).or_insert(0) += 1;
     }
@@ -158,7 +186,7 @@ impl Sleeve {
     /// frame meant for this host only is no drop).
     pub(super) fn record_verdict(&self, v: Verdict) {
         if let Verdict::Drop(reason) = v {
-            if reason != DropReason::Local {
+            if !matches!(reason, DropReason::Local | DropReason::Kernel) {
                 self.drop_frame(reason.as_str());
             }
         }

@@ -60,6 +60,7 @@ impl TapReader {
     pub(super) fn drain(&mut self, sleeve: &Sleeve) -> usize {
         let TapReader { buf, hops, outbox } = self;
         let view = sleeve.current_view();
+        let kernel = sleeve.kernel_peers();
         let now = Instant::now();
         let mut read = 0;
         for _ in 0..BURST {
@@ -82,7 +83,7 @@ impl TapReader {
             if hdr.is_gso() {
                 // A TCP super-frame: it travels whole, header included.
                 let verdict =
-                    lock(&sleeve.switch).from_local(&buf[offload::LEN..n], &view, now, hops);
+                    lock(&sleeve.switch).from_local(&buf[offload::LEN..n], &view, &kernel, now, hops);
                 sleeve.record_verdict(verdict);
                 for hop in hops.iter() {
                     outbox.push_large(sleeve, *hop, sleeve.local, &buf[..n]);
@@ -110,7 +111,7 @@ impl TapReader {
                 }
                 continue;
             }
-            let verdict = lock(&sleeve.switch).from_local(data, &view, now, hops);
+            let verdict = lock(&sleeve.switch).from_local(data, &view, &kernel, now, hops);
             sleeve.record_verdict(verdict);
             for hop in hops.iter() {
                 outbox.push(sleeve, *hop, sleeve.local, data);
