@@ -523,7 +523,6 @@ pub fn is(p: &TestPod, ns: &str, name: &str) -> bool {
 /// announced (never open by accident). Expectations come from the NetworkPolicy API
 /// reference and the upstream e2e scenarios, not from weave-npc's code.
 pub fn scenarios(pb: &PolicyBed) -> Result<()> {
-
     // Default deny ingress in x: nothing reaches x pods; other namespaces are untouched.
     pb.apply_policy(
         "x",
@@ -535,7 +534,7 @@ pub fn scenarios(pb: &PolicyBed) -> Result<()> {
     // The node itself still reaches its pods (kubelet probes).
     let xa = pb.pod("x", "a").ip;
     let host_ns = pb.bed.host(1).netns().to_owned();
-    let from_node = weave_e2e::in_netns(&host_ns, move || {
+    let from_node = crate::in_netns(&host_ns, move || {
         Ok(std::net::TcpStream::connect_timeout(&(xa, 80).into(), Duration::from_secs(1)).is_ok())
     })?;
     ensure!(

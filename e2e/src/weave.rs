@@ -219,12 +219,7 @@ pub fn modes(r: &Report) -> std::collections::BTreeMap<String, (String, Option<S
 
 /// Waits until `host` reports `mode` (`fastdp` or `sleeve`) for its
 /// connection to each peer in `peers` (nicknames); returns the report.
-pub fn wait_for_mode(
-    host: &Host,
-    peers: &[&str],
-    mode: &str,
-    timeout: Duration,
-) -> Result<Report> {
+pub fn wait_for_mode(host: &Host, peers: &[&str], mode: &str, timeout: Duration) -> Result<Report> {
     let what = format!("{} to carry {peers:?} by {mode}", host.name());
     wait_until(timeout, &what, || {
         let r = report(host)?;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use weave_e2e::weave::{
-    attach_pod, in_pod, modes, peer_addr, pings, report, sleeve_frames, start_weaver,
-    tcp_transfer, wait_for_mesh, wait_for_mode, weave, WEAVER,
+    attach_pod, in_pod, modes, peer_addr, pings, report, sleeve_frames, start_weaver, tcp_transfer,
+    wait_for_mesh, wait_for_mode, weave, WEAVER,
 };
 use weave_e2e::{wait_until, Host, TestBed, Topology};
 
@@ -120,7 +120,7 @@ for i in range(20):
 "#;
 
 /// A flood counter running in a pod.
-struct Counter(Child);
+struct Counter(Option<Child>);
 
 impl Counter {
     fn start(ns: &str, kind: &str) -> Result<Counter> {
@@ -134,13 +134,14 @@ impl Counter {
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
         ensure!(line.trim() == "ready", "counter in {ns} said {line:?}");
-        Ok(Counter(child))
+        Ok(Counter(Some(child)))
     }
 
     /// Stops it; returns (frames, distinct frames).
     fn finish(mut self) -> Result<(u32, u32)> {
-        drop(self.0.stdin.take());
-        let out = self.0.wait_with_output()?;
+        let mut child = self.0.take().context("counter already finished")?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut it = text.split_whitespace().map(str::parse::<u32>);
         match (it.next(), it.next()) {
@@ -152,8 +153,10 @@ impl Counter {
 
 impl Drop for Counter {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -188,7 +191,10 @@ fn every_connection_on_fastdp_unicast_skips_the_sleeve_floods_arrive_once() -> R
     for h in 1..=3 {
         for p in 1..=2 {
             let ip = format!("10.2.1.{}", h * 10 + p);
-            pods.push((attach_pod(&bed, h, &format!("p{p}"), &format!("{ip}/24"))?, ip));
+            pods.push((
+                attach_pod(&bed, h, &format!("p{p}"), &format!("{ip}/24"))?,
+                ip,
+            ));
         }
     }
     // unicast between all pods; then a TCP transfer: the sleeve moves nothing
@@ -236,7 +242,11 @@ fn every_connection_on_fastdp_unicast_skips_the_sleeve_floods_arrive_once() -> R
     );
     for h in bed.hosts() {
         let f = report(h)?.fastdp.context("fastdp report")?;
-        ensure!(f.fdb_errors == 0 && f.mode_changes == 0, "{}: {f:?}", h.name());
+        ensure!(
+            f.fdb_errors == 0 && f.mode_changes == 0,
+            "{}: {f:?}",
+            h.name()
+        );
         ensure!(f.pinned_macs >= 6, "{}: pods' MACs pinned: {f:?}", h.name());
     }
 
@@ -244,7 +254,10 @@ fn every_connection_on_fastdp_unicast_skips_the_sleeve_floods_arrive_once() -> R
     bed.host(3).stop(WEAVER)?;
     bed.host(3).run("ip", &["link", "show", "vxlan-weave"])?;
     weave(bed.host(3), &["reset", "--force"])?;
-    ensure!(bed.host(3).run("ip", &["link", "show", "vxlan-weave"]).is_err());
+    ensure!(bed
+        .host(3)
+        .run("ip", &["link", "show", "vxlan-weave"])
+        .is_err());
     Ok(())
 }
 
@@ -290,11 +303,7 @@ fn a_blocked_fastdp_port_falls_back_with_its_reason_and_comes_back() -> Result<(
     for (h, peer) in [(h1, "h2"), (h2, "h1")] {
         let m = modes(&report(h)?);
         ensure!(
-            m.get(peer)
-                == Some(&(
-                    "sleeve".to_string(),
-                    Some("heartbeat timeout".to_string())
-                )),
+            m.get(peer) == Some(&("sleeve".to_string(), Some("heartbeat timeout".to_string()))),
             "{}: {m:?}",
             h.name()
         );
@@ -347,7 +356,9 @@ fn a_path_too_small_for_a_full_frame_uses_the_sleeve_without_a_black_hole() -> R
         let dst = format!("{}/32", other.addr());
         h.run(
             "ip",
-            &["route", "replace", &dst, "dev", "ul0", "mtu", "lock", "1400"],
+            &[
+                "route", "replace", &dst, "dev", "ul0", "mtu", "lock", "1400",
+            ],
         )?;
     }
     start_weaver(h1, &[], &[])?;
@@ -430,7 +441,9 @@ fn kill_9_of_an_agent_under_a_ping_flood_loses_nothing() -> Result<()> {
     // 3000 pings, 10 ms apart: 30 s, time for a kill and a restart
     let out = bed.run_dir().join("ping.out");
     let mut ping = Command::new("ip")
-        .args(["netns", "exec", &a, "ping", "-q", "-i", "0.01", "-c", "3000", "10.2.1.2"])
+        .args([
+            "netns", "exec", &a, "ping", "-q", "-i", "0.01", "-c", "3000", "10.2.1.2",
+        ])
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::inherit())
         .spawn()?;

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use weave_e2e::weave::{
-    attach_pod, in_pod, peer_addr, pings, report, start_weaver, tcp_transfer, wait_for_mesh,
-    WEAVER,
+    attach_pod, in_pod, peer_addr, pings, report, start_weaver, tcp_transfer, wait_for_mesh, WEAVER,
 };
 use weave_e2e::{wait_until, Host, TestBed, Topology};
 

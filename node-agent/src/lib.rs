@@ -10,8 +10,8 @@ pub mod cni_release;
 pub mod config;
 pub mod crypto;
 pub mod egress;
-pub mod fastdp;
 mod error;
+pub mod fastdp;
 pub mod install;
 pub mod ipam;
 pub mod kube;
@@ -190,14 +190,11 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
             tasks.spawn(async move { ("cni-release", spool.run(c).await) });
         }
     }
-    let fastdp_reg = match &fastdp {
-        Some(_) => Some(
-            gossip
-                .register(fastdp::advert::CHANNEL)
-                .expect("the fast path is the only subsystem on its channel"),
-        ),
-        None => None,
-    };
+    let fastdp_reg = fastdp.as_ref().map(|_| {
+        gossip
+            .register(fastdp::advert::CHANNEL)
+            .expect("the fast path is the only subsystem on its channel")
+    });
     let mut router = router::Router::new(mesh, listener, cmd_rx, gossip);
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =
@@ -493,12 +490,19 @@ pub mod fuzz {
         .collect();
         choice.sync(&neighbours, now);
         if let Ok(a) = Advert::decode(data) {
-            assert_eq!(Advert::decode(&a.encode()), Ok(a.clone()), "advert round trip");
+            assert_eq!(
+                Advert::decode(&a.encode()),
+                Ok(a.clone()),
+                "advert round trip"
+            );
             choice.on_advert(peer, a, now);
         }
         if let Ok(f) = Frame::decode(data) {
             let again = Frame::decode(&f.encode()).expect("re-encoded frame decodes");
-            assert_eq!((again.kind, again.seq, again.conn_uid), (f.kind, f.seq, f.conn_uid));
+            assert_eq!(
+                (again.kind, again.seq, again.conn_uid),
+                (f.kind, f.seq, f.conn_uid)
+            );
         }
         let _ = choice.on_frame(data, now);
         choice.tick(now);

@@ -290,7 +290,10 @@ impl FakeNetlink {
             let Some(bridge) = ns.links.get(&port).and_then(|l| l.master) else {
                 return;
             };
-            ns.fdb.retain(|e| !(e.mac == mac && matches!(e.target, FdbTarget::Bridge { bridge: b, .. } if b == bridge)));
+            ns.fdb.retain(|e| {
+                !(e.mac == mac
+                    && matches!(e.target, FdbTarget::Bridge { bridge: b, .. } if b == bridge))
+            });
             ns.fdb.push(FdbEntry {
                 mac,
                 ifindex: port,
@@ -429,7 +432,8 @@ impl Namespace {
         self.routes.retain(|r| r.oif != Some(index));
         // A port's entries and a bridge's go with them.
         self.fdb.retain(|e| {
-            e.ifindex != index && !matches!(e.target, FdbTarget::Bridge { bridge, .. } if bridge == index)
+            e.ifindex != index
+                && !matches!(e.target, FdbTarget::Bridge { bridge, .. } if bridge == index)
         });
         Some(link)
     }

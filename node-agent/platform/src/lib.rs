@@ -42,7 +42,7 @@ pub use netlink::{
     BridgeFdbState, BridgePortFlags, FdbEntry, FdbTarget, LinuxNetlink, Mac, Netlink, Route,
     VxlanLink, VxlanSpec,
 };
-pub use packet::{AsyncPacketSocket, PacketSocket};
 pub use netns::open_in;
+pub use packet::{AsyncPacketSocket, PacketSocket};
 pub use sysctl::{read_sysctl, write_sysctl};
 pub use tap::{AsyncTap, Tap};

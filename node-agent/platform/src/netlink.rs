@@ -276,8 +276,7 @@ pub(crate) fn fdb_op(verb: &str, e: &FdbEntry) -> Result<String> {
     let mac = fmt_mac(e.mac);
     match e.target {
         FdbTarget::Bridge { state, .. } => {
-            if verb == "add" && !matches!(state, BridgeFdbState::Static | BridgeFdbState::Sticky)
-            {
+            if verb == "add" && !matches!(state, BridgeFdbState::Static | BridgeFdbState::Sticky) {
                 return Err(Error::InvalidFdb {
                     entry: format!("{mac} dev {}", e.ifindex),
                     reason: "only static or sticky bridge entries can be added",
@@ -513,7 +512,10 @@ mod tests {
                 state: BridgeFdbState::Learned,
             },
         };
-        assert!(fdb_op("add", &learned).is_err(), "only static entries are added");
+        assert!(
+            fdb_op("add", &learned).is_err(),
+            "only static entries are added"
+        );
         fdb_op("delete", &learned).expect("any entry can be deleted");
         let spec = VxlanSpec {
             vni: 1 << 24,
@@ -522,7 +524,15 @@ mod tests {
         };
         assert!(vxlan_op("vxlan-weave", spec).is_err());
         assert!(vxlan_op("vxlan-weave", VxlanSpec { vni: 1, ..spec }).is_ok());
-        assert!(vxlan_op("vxlan-weave", VxlanSpec { vni: 1, port: 0, ..spec }).is_err());
+        assert!(vxlan_op(
+            "vxlan-weave",
+            VxlanSpec {
+                vni: 1,
+                port: 0,
+                ..spec
+            }
+        )
+        .is_err());
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl PacketSocket {
     /// A socket on link `ifindex` that only sends (protocol 0: the kernel
     /// hands it no frames).
     pub fn sender(ifindex: u32) -> Result<PacketSocket> {
-        Self::open(ifindex, 0, || format!("open packet socket on link {ifindex}"))
+        Self::open(ifindex, 0, || {
+            format!("open packet socket on link {ifindex}")
+        })
     }
 
     fn open(ifindex: u32, ethertype: u16, op: impl Fn() -> String) -> Result<PacketSocket> {

@@ -536,7 +536,11 @@ async fn vxlan_device_port_flags_and_fdb_entries() {
         .ensure_vxlan("wvvx0", VxlanSpec { mtu: 1400, ..spec })
         .await
         .expect("adopt vxlan");
-    assert_eq!((again.index, again.adopted), (vx.index, true), "same device");
+    assert_eq!(
+        (again.index, again.adopted),
+        (vx.index, true),
+        "same device"
+    );
     assert_eq!(nl.link_mtu("wvvx0").await.expect("mtu"), Some(1400));
     nl.set_master(vx.index, br).await.expect("attach");
     nl.set_bridge_port(
@@ -589,9 +593,7 @@ async fn vxlan_device_port_flags_and_fdb_entries() {
         nl.fdb_add(e).await.expect("adding twice is success");
     }
     let ours = |all: Vec<FdbEntry>| -> std::collections::BTreeSet<FdbEntry> {
-        all.into_iter()
-            .filter(|e| e.ifindex == vx.index)
-            .collect()
+        all.into_iter().filter(|e| e.ifindex == vx.index).collect()
     };
     assert_eq!(
         ours(nl.fdb_entries().await.expect("dump")),
@@ -604,7 +606,9 @@ async fn vxlan_device_port_flags_and_fdb_entries() {
     assert!(now.contains(&moved) && !now.contains(&wanted[2]), "{now:?}");
     for e in [&wanted[0], &moved, &pin] {
         nl.fdb_del(e).await.expect("delete");
-        nl.fdb_del(e).await.expect("deleting what is gone is success");
+        nl.fdb_del(e)
+            .await
+            .expect("deleting what is gone is success");
     }
     assert_eq!(
         ours(nl.fdb_entries().await.expect("dump")),
@@ -698,6 +702,7 @@ async fn frames_cross_a_real_vxlan_path_to_the_far_bridge() {
         f.resize(len, 0x5a);
         f
     };
+    let rx = &rx;
     let receive = |want: usize| async move {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -717,12 +722,23 @@ async fn frames_cross_a_real_vxlan_path_to_the_far_bridge() {
     let ul = "wvul0";
     open_in(a.path(), move || {
         let out = std::process::Command::new("ip")
-            .args(["route", "replace", "10.98.0.2/32", "dev", ul, "mtu", "lock", "1400"])
+            .args([
+                "route",
+                "replace",
+                "10.98.0.2/32",
+                "dev",
+                ul,
+                "mtu",
+                "lock",
+                "1400",
+            ])
             .output()?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
+            Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         }
     })
     .expect("route mtu inside the test namespace");
@@ -746,7 +762,11 @@ async fn announcements_leave_the_pod_interface() {
         .create_veth("wvpod0", "wvpod1", ns.path(), 1500)
         .await
         .expect("veth");
-    let peer = nl.link_index("wvpod1").await.expect("lookup").expect("peer");
+    let peer = nl
+        .link_index("wvpod1")
+        .await
+        .expect("lookup")
+        .expect("peer");
     nl.set_up(pod).await.expect("up");
     nl.set_up(peer).await.expect("up");
     let rx = open_in(ns.path(), move || {
@@ -769,5 +789,9 @@ async fn announcements_leave_the_pod_interface() {
     assert_eq!(&got[..6], &[0xff; 6]);
     assert_eq!(&got[22..28], &mac);
     assert_eq!(&got[28..32], &[10, 32, 0, 9]);
-    assert_eq!(&got[38..42], &[10, 32, 0, 9], "gratuitous: target is itself");
+    assert_eq!(
+        &got[38..42],
+        &[10, 32, 0, 9],
+        "gratuitous: target is itself"
+    );
 }

@@ -113,7 +113,11 @@ impl Advert {
         if n > MAX_ENCAPS {
             return Err(DecodeError::TooMany(n));
         }
-        let encaps = r.bytes(n)?.iter().filter_map(|c| Encap::from_code(*c)).collect();
+        let encaps = r
+            .bytes(n)?
+            .iter()
+            .filter_map(|c| Encap::from_code(*c))
+            .collect();
         let m = usize::from(u16::from_be_bytes(r.take()?));
         if m > MAX_MACS {
             return Err(DecodeError::TooMany(m));
@@ -213,7 +217,10 @@ mod tests {
         .encode();
         newer[11] = 2;
         newer.insert(12, 42);
-        assert_eq!(Advert::decode(&newer).map(|a| a.encaps), Ok(vec![Encap::Vxlan]));
+        assert_eq!(
+            Advert::decode(&newer).map(|a| a.encaps),
+            Ok(vec![Encap::Vxlan])
+        );
     }
 
     #[test]
@@ -227,14 +234,21 @@ mod tests {
         }
         .encode();
         for cut in 0..good.len() {
-            assert_eq!(Advert::decode(&good[..cut]), Err(DecodeError::Truncated), "{cut}");
+            assert_eq!(
+                Advert::decode(&good[..cut]),
+                Err(DecodeError::Truncated),
+                "{cut}"
+            );
         }
         let mut group = good.clone();
         group[15] = 0x01;
         assert_eq!(Advert::decode(&group), Err(DecodeError::BadMac));
         let mut too_many = good.clone();
         too_many[13..15].copy_from_slice(&u16::try_from(MAX_MACS + 1).unwrap().to_be_bytes());
-        assert_eq!(Advert::decode(&too_many), Err(DecodeError::TooMany(MAX_MACS + 1)));
+        assert_eq!(
+            Advert::decode(&too_many),
+            Err(DecodeError::TooMany(MAX_MACS + 1))
+        );
         let mut version = good;
         version[1] = 2;
         assert_eq!(Advert::decode(&version), Err(DecodeError::Unknown(1, 2)));

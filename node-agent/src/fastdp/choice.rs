@@ -674,10 +674,9 @@ impl Choice {
         let Some(p) = self.peers.get(name) else {
             return false;
         };
-        let fresh = p
-            .h
-            .last_full_ack
-            .is_some_and(|t| now.saturating_duration_since(t) < self.s.timing.fail_after);
+        let fresh =
+            p.h.last_full_ack
+                .is_some_and(|t| now.saturating_duration_since(t) < self.s.timing.fail_after);
         p.h.full_in_row >= self.s.timing.confirm || (p.state == State::Up && fresh)
     }
 
@@ -693,10 +692,9 @@ impl Choice {
         let fresh = |at: Option<Instant>| {
             at.is_some_and(|at| now.saturating_duration_since(at) < t.fail_after)
         };
-        let rx_ok = p
-            .h
-            .peer_says
-            .is_some_and(|(ok, _, at)| ok && fresh(Some(at)));
+        let rx_ok =
+            p.h.peer_says
+                .is_some_and(|(ok, _, at)| ok && fresh(Some(at)));
         let before = p.state;
         p.state = match (candidate, p.state) {
             (Err(_), State::Resuming { since, .. })

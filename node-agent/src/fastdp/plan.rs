@@ -271,7 +271,11 @@ mod tests {
         assert_eq!(d.flood, BTreeSet::from([r(2)]));
         assert_eq!(
             d.remotes,
-            BTreeMap::from([(n(2).to_bytes(), r(2)), (n(3).to_bytes(), r(3)), (pod2, r(2))])
+            BTreeMap::from([
+                (n(2).to_bytes(), r(2)),
+                (n(3).to_bytes(), r(3)),
+                (pod2, r(2))
+            ])
         );
         assert_eq!(
             d.pinned,

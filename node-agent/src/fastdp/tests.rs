@@ -231,7 +231,7 @@ impl Sim {
 }
 
 fn index(p: PeerName) -> usize {
-    usize::try_from(p.to_bytes()[5]).unwrap() - 1
+    usize::from(p.to_bytes()[5]) - 1
 }
 
 fn choice(i: usize, available: Result<u16, Reason>, now: Instant) -> Choice {
@@ -294,10 +294,7 @@ fn a_blocked_link_falls_back_within_two_seconds_and_comes_back_within_ten() {
     assert!(down <= Duration::from_secs(2), "fell back after {down:?}");
     sim.run(Duration::from_secs(20));
     for (a, b) in [(0, 1), (1, 0)] {
-        assert_eq!(
-            sim.mode(a, b),
-            Some(Mode::Sleeve(Reason::HeartbeatTimeout))
-        );
+        assert_eq!(sim.mode(a, b), Some(Mode::Sleeve(Reason::HeartbeatTimeout)));
     }
     // the other connections never left the fast path
     assert!(sim
@@ -464,7 +461,10 @@ fn forged_and_stray_frames_are_ignored() {
             conn_uid: 12345,
             ..good
         },
-        super::heartbeat::Frame { to: name(5), ..good },
+        super::heartbeat::Frame {
+            to: name(5),
+            ..good
+        },
         super::heartbeat::Frame {
             from: name(7),
             ..good
@@ -476,7 +476,11 @@ fn forged_and_stray_frames_are_ignored() {
             ..good
         },
     ] {
-        assert_eq!(n.on_frame(&forged.encode(), now), Received::Ignored, "{forged:?}");
+        assert_eq!(
+            n.on_frame(&forged.encode(), now),
+            Received::Ignored,
+            "{forged:?}"
+        );
     }
     assert_eq!(n.on_frame(b"short", now), Received::Ignored);
 }

@@ -68,9 +68,11 @@ fn plain_vxlan(bed: &TestBed) -> Result<(String, String)> {
         pods.push(pod);
     }
     let (a, b) = (pods[0].clone(), pods[1].clone());
-    wait_until(Duration::from_secs(10), "the plain VXLAN pods to talk", || {
-        Ok(weave_e2e::weave::pings(&a, "10.9.0.2").then_some(()))
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "the plain VXLAN pods to talk",
+        || Ok(weave_e2e::weave::pings(&a, "10.9.0.2").then_some(())),
+    )?;
     Ok((a, b))
 }
 
@@ -83,9 +85,9 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn time_to_mode(h1: &Host, h2: &Host, mode: &str) -> Result<Duration> {
     let t0 = Instant::now();
     wait_until(Duration::from_secs(60), &format!("both on {mode}"), || {
-        let ok = [(h1, "h2"), (h2, "h1")].iter().all(|(h, p)| {
-            report(h).is_ok_and(|r| modes(&r).get(*p).is_some_and(|m| m.0 == mode))
-        });
+        let ok = [(h1, "h2"), (h2, "h1")]
+            .iter()
+            .all(|(h, p)| report(h).is_ok_and(|r| modes(&r).get(*p).is_some_and(|m| m.0 == mode)));
         Ok(ok.then_some(()))
     })?;
     Ok(t0.elapsed())
@@ -120,7 +122,9 @@ pub(crate) fn bench() -> Result<()> {
     }
     let cpu = weaver_cpu_per_gb(&[h1, h2], &a, &b, "10.2.1.2")?;
     println!();
-    println!("# weave bench: fast datapath, 2 hosts, {ROUNDS} interleaved rounds (median, min … max)");
+    println!(
+        "# weave bench: fast datapath, 2 hosts, {ROUNDS} interleaved rounds (median, min … max)"
+    );
     println!();
     println!("| mode | TCP 1 stream | TCP 4 streams | UDP 64 B | ping RTT |");
     println!("|---|---|---|---|---|");
@@ -131,9 +135,13 @@ pub(crate) fn bench() -> Result<()> {
         ("UDP 64", |f| f.udp64_pps, 1e-3, "kpps"),
         ("RTT", |f| f.rtt_us, 1.0, "µs"),
     ];
-    for (m, name) in ["veth (native)", "plain kernel VXLAN + bridge", "weave fastdp"]
-        .iter()
-        .enumerate()
+    for (m, name) in [
+        "veth (native)",
+        "plain kernel VXLAN + bridge",
+        "weave fastdp",
+    ]
+    .iter()
+    .enumerate()
     {
         let cells: Vec<String> = picks
             .iter()
@@ -176,12 +184,20 @@ pub(crate) fn bench() -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("fallback after UDP 6784 is blocked: {} (goal ≤ 2 s)", secs(&falls));
-    println!("back to fastdp after it is unblocked: {} (goal ≤ 10 s)", secs(&backs));
+    println!(
+        "fallback after UDP 6784 is blocked: {} (goal ≤ 2 s)",
+        secs(&falls)
+    );
+    println!(
+        "back to fastdp after it is unblocked: {} (goal ≤ 10 s)",
+        secs(&backs)
+    );
 
     // pings lost while h1's agent is killed and restarted
-    let mut ping = Command::new("ip")
-        .args(["netns", "exec", &a, "ping", "-q", "-i", "0.005", "-c", "4000", "10.2.1.2"])
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &a, "ping", "-q", "-i", "0.005", "-c", "4000", "10.2.1.2",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("start ping")?;

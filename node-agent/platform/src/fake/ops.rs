@@ -300,12 +300,17 @@ impl Netlink for FakeNetlink {
             let mac = w.next_mac();
             let ns = w.ns(netns);
             match ns.by_name(name).map(|l| (l.index, l.kind)) {
-                Some((index, FakeKind::Vxlan(had))) if had.vni == spec.vni && had.port == spec.port => {
+                Some((index, FakeKind::Vxlan(had)))
+                    if had.vni == spec.vni && had.port == spec.port =>
+                {
                     let link = ns.get_mut(index, what)?;
                     link.mtu = spec.mtu;
                     link.up = true;
                     link.kind = FakeKind::Vxlan(spec);
-                    return Ok(VxlanLink { index, adopted: true });
+                    return Ok(VxlanLink {
+                        index,
+                        adopted: true,
+                    });
                 }
                 Some((_, FakeKind::Vxlan(_))) => {
                     ns.remove(name);
@@ -322,7 +327,10 @@ impl Netlink for FakeNetlink {
             }
             let index = ns.insert(name, FakeKind::Vxlan(spec), spec.mtu, mac);
             ns.get_mut(index, what)?.up = true;
-            Ok(VxlanLink { index, adopted: false })
+            Ok(VxlanLink {
+                index,
+                adopted: false,
+            })
         })
     }
 

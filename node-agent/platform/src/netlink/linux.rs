@@ -24,12 +24,11 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{
-            InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
-            LinkInfo, LinkMessage, VxlanDf,
+            InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+            LinkMessage, VxlanDf,
         },
         neighbour::{
-            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
-            NeighbourState,
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
         },
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType},
         AddressFamily, RouteNetlinkMessage,
@@ -511,7 +510,10 @@ impl Netlink for LinuxNetlink {
                     adopted: true,
                 });
             }
-            debug!(vxlan = name, "vxlan device has other settings; replacing it");
+            debug!(
+                vxlan = name,
+                "vxlan device has other settings; replacing it"
+            );
             self.delete_link(name).await?;
         }
         let msg = LinkVxlan::new(name, spec.vni)
@@ -586,7 +588,10 @@ impl Netlink for LinuxNetlink {
             FdbTarget::Remote { .. } if entry.mac == [0; 6] => NLM_F_CREATE | NLM_F_APPEND,
             _ => NLM_F_CREATE | NLM_F_REPLACE,
         };
-        match self.ack(RouteNetlinkMessage::NewNeighbour(msg), flags).await {
+        match self
+            .ack(RouteNetlinkMessage::NewNeighbour(msg), flags)
+            .await
+        {
             Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(op, e)),
             _ => Ok(()),
         }
@@ -679,10 +684,11 @@ fn fdb_message(e: &FdbEntry) -> NeighbourMessage {
         FdbTarget::Remote { dst, port } => {
             msg.header.flags = NeighbourFlags::Own;
             msg.header.state = NeighbourState::Permanent;
-            msg.attributes.push(NeighbourAttribute::Destination(match dst {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
+            msg.attributes
+                .push(NeighbourAttribute::Destination(match dst {
+                    IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                    IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+                }));
             if let Some(port) = port {
                 msg.attributes.push(NeighbourAttribute::Port(port));
             }

@@ -198,7 +198,10 @@ pub async fn run(
                 let found = Installed::read(&entries, ports);
                 let adopted = found.adoptable();
                 if !adopted.is_empty() {
-                    info!(peers = adopted.len(), "adopted the fast path's forwarding entries");
+                    info!(
+                        peers = adopted.len(),
+                        "adopted the fast path's forwarding entries"
+                    );
                 }
                 d.local_macs = found.local.clone();
                 choice.adopt(adopted, now);

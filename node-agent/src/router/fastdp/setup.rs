@@ -83,13 +83,12 @@ async fn attach(
     sleeve: &Sleeve,
     netlink: &impl Netlink,
 ) -> Result<Ports, weave_platform::Error> {
-    let bridge = netlink
-        .link_index(sleeve.bridge())
-        .await?
-        .ok_or_else(|| weave_platform::Error::LinkNotFound {
+    let bridge = netlink.link_index(sleeve.bridge()).await?.ok_or_else(|| {
+        weave_platform::Error::LinkNotFound {
             op: "set up the fast datapath".into(),
             name: sleeve.bridge().to_owned(),
-        })?;
+        }
+    })?;
     let spec = VxlanSpec {
         vni: VNI,
         port: cfg.port,

@@ -82,8 +82,13 @@ impl TapReader {
             };
             if hdr.is_gso() {
                 // A TCP super-frame: it travels whole, header included.
-                let verdict =
-                    lock(&sleeve.switch).from_local(&buf[offload::LEN..n], &view, &kernel, now, hops);
+                let verdict = lock(&sleeve.switch).from_local(
+                    &buf[offload::LEN..n],
+                    &view,
+                    &kernel,
+                    now,
+                    hops,
+                );
                 sleeve.record_verdict(verdict);
                 for hop in hops.iter() {
                     outbox.push_large(sleeve, *hop, sleeve.local, &buf[..n]);
