@@ -215,8 +215,8 @@ mod tests {
             macs: vec![],
         }
         .encode();
-        newer[11] = 2;
-        newer.insert(12, 42);
+        newer[10] = 2; // two encapsulations: an unknown one (42) first
+        newer.insert(11, 42);
         assert_eq!(
             Advert::decode(&newer).map(|a| a.encaps),
             Ok(vec![Encap::Vxlan])
@@ -241,10 +241,10 @@ mod tests {
             );
         }
         let mut group = good.clone();
-        group[15] = 0x01;
+        group[14] = 0x01; // first octet of the MAC: group bit
         assert_eq!(Advert::decode(&group), Err(DecodeError::BadMac));
         let mut too_many = good.clone();
-        too_many[13..15].copy_from_slice(&u16::try_from(MAX_MACS + 1).unwrap().to_be_bytes());
+        too_many[12..14].copy_from_slice(&u16::try_from(MAX_MACS + 1).unwrap().to_be_bytes());
         assert_eq!(
             Advert::decode(&too_many),
             Err(DecodeError::TooMany(MAX_MACS + 1))

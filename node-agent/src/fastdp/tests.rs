@@ -297,11 +297,13 @@ fn a_blocked_link_falls_back_within_two_seconds_and_comes_back_within_ten() {
         assert_eq!(sim.mode(a, b), Some(Mode::Sleeve(Reason::HeartbeatTimeout)));
     }
     // the other connections never left the fast path
-    assert!(sim
+    let others: Vec<_> = sim
         .changes
         .iter()
-        .filter(|(t, ..)| *t >= blocked_at)
-        .all(|(_, i, p, _)| (*i, index(*p)) == (0, 1) || (*i, index(*p)) == (1, 0)));
+        .filter(|(t, ..)| *t > blocked_at) // the upgrades that completed the mesh are at `blocked_at`
+        .filter(|(_, i, p, _)| !matches!((*i, index(*p)), (0, 1) | (1, 0)))
+        .collect();
+    assert!(others.is_empty(), "other connections changed: {others:?}");
     assert!(!sim.nodes[0].kernel_peers().contains(&name(1)));
     sim.links.remove(&(0, 1));
     let up = sim
