@@ -48,6 +48,8 @@ const REGISTRY_KEY: &str = "peers";
 const REGISTERED_FILE: &str = "kube-registered";
 /// How often the reconcile pass runs without a Node event.
 const RESYNC: Duration = Duration::from_secs(10);
+/// How long the agent's start keeps retrying the API server.
+const START_PATIENCE: Duration = Duration::from_secs(60);
 /// How many registry writes one pass may attempt (conflicts make it re-read).
 const PASS_WRITES: usize = 8;
 
@@ -177,7 +179,7 @@ impl Kube {
         if registered.trim() != name {
             return Ok(false);
         }
-        let (registry, _) = self.read_registry().await?;
+        let (registry, _) = with_retries("read the peer registry", || self.read_registry()).await?;
         if registry.contains(name) {
             return Ok(false);
         }
@@ -215,8 +217,10 @@ impl Kube {
     ) -> Result<Prepared, KubeError> {
         let me = me.to_string();
         let node = self.settings.node_name.clone();
-        self.update_registry("register this peer", |r| r.register(&me, &node))
-            .await?;
+        with_retries("register this peer", || {
+            self.update_registry("register this peer", |r| r.register(&me, &node))
+        })
+        .await?;
         let marker = state_dir.join(REGISTERED_FILE);
         crate::atomic_file::write_durable(&marker, me.as_bytes()).map_err(|source| {
             KubeError::State {
@@ -225,14 +229,16 @@ impl Kube {
                 source,
             }
         })?;
-        let nodes = self
-            .nodes()
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| KubeError::Api {
-                what: "list Nodes".into(),
-                source,
-            })?;
+        let nodes = with_retries("list Nodes", || async {
+            self.nodes()
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| KubeError::Api {
+                    what: "list Nodes".into(),
+                    source,
+                })
+        })
+        .await?;
         let peers = nodes::peer_addrs(&nodes.items, &self.settings.node_name, port);
         info!(node = %self.settings.node_name, nodes = nodes.items.len(), peers = ?peers, "peers from the Kubernetes Nodes");
         Ok(Prepared {
@@ -338,6 +344,31 @@ impl Kube {
                 debug!(what, "peer registry updated");
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Runs `call` until it succeeds, waiting longer after each API failure (0.5 s doubling to
+/// 8 s), for at most [`START_PATIENCE`]: at a node's boot the API server may not be
+/// reachable yet (kube-proxy has not programmed the Service address), and a quick retry here
+/// beats the kubelet's restart backoff. Errors other than API errors are not retried.
+async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T, KubeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, KubeError>>,
+{
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match call().await {
+            Err(KubeError::Api { source, .. })
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                warn!(error = %source, retry_in = ?pause, "{what}: the API server did not answer; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(8));
+            }
+            other => return other,
         }
     }
 }
@@ -493,4 +524,73 @@ impl<A: Agent> KubeTask<A> {
 struct Reconciled {
     /// The targets last given to the mesh.
     peers: Option<Vec<SocketAddr>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn unavailable() -> KubeError {
+        KubeError::Api {
+            what: "list Nodes".into(),
+            source: kube::Error::Api(kube::core::ErrorResponse {
+                status: "Failure".into(),
+                message: "connection refused".into(),
+                reason: "ServiceUnavailable".into(),
+                code: 503,
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_retries_an_unreachable_api_server_then_gives_up() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let got = with_retries("test", || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(unavailable())
+            } else {
+                Ok(7)
+            }
+        })
+        .await
+        .expect("the third call succeeds");
+        assert_eq!(got, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(1500),
+            "0.5 s then 1 s"
+        );
+
+        let started = tokio::time::Instant::now();
+        let err = with_retries("test", || async { Err::<(), _>(unavailable()) })
+            .await
+            .expect_err("never succeeds");
+        assert!(err.to_string().contains("list Nodes"), "{err}");
+        assert!(
+            started.elapsed() <= START_PATIENCE,
+            "gave up within the patience"
+        );
+        assert!(
+            started.elapsed() >= START_PATIENCE / 2,
+            "kept trying for a while"
+        );
+
+        let calls = AtomicU32::new(0);
+        let err = with_retries("test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(KubeError::Config("no kubeconfig".into()))
+        })
+        .await
+        .expect_err("not an API error");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "configuration errors are not retried"
+        );
+        assert!(err.to_string().contains("no kubeconfig"));
+    }
 }
