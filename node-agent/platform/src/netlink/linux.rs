@@ -714,6 +714,15 @@ fn fdb_entry(n: &NeighbourMessage) -> Option<FdbEntry> {
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                 dst = Some(IpAddr::V6(*v6));
             }
+            // In a bridge-family dump (ours) netlink-packet-route cannot
+            // tell the address family of NDA_DST and hands over its bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                };
+            }
             NeighbourAttribute::Port(p) => port = Some(*p),
             NeighbourAttribute::Controller(m) => master = Some(*m),
             _ => {}
