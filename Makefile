@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests, demo and benchmarks need.
 DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps python3 \
-	containernetworking-plugins
+	containernetworking-plugins graphviz
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster fuzz-build fuzz-smoke demo bench clean-netns

@@ -11,6 +11,9 @@
 //! - a NetworkPolicy (default deny plus one allow) holds between pods on different nodes;
 //! - `kubectl rollout restart daemonset/weave-net` while a pod talks to a pod on another
 //!   node: traffic resumes, no address is handed out twice, and the gap is reported;
+//! - `kubectl weave status` (the plugin, found by kubectl on PATH) shows all nodes with two
+//!   established connections each and IPAM shares summing to the range, as text and JSON; a
+//!   user without access to pods/proxy gets one clear line;
 //! - uninstalling leaves every node as it was: no weave devices, nftables tables, CNI files,
 //!   state or run directories.
 
@@ -50,6 +53,7 @@ fn kube_install_3() -> Result<()> {
     network_policy_holds_across_nodes(&cluster, &agnhost)?;
     rolling_restart_keeps_addresses(&cluster, &web)?;
     no_permission_was_refused(&cluster)?;
+    kubectl_weave_shows_every_node(&cluster)?;
     uninstall_leaves_nodes_clean(&cluster)?;
     Ok(())
 }
@@ -133,6 +137,106 @@ fn service_account_holds_exactly_the_manifests_rules(cluster: &Cluster) -> Resul
     in_kube_system.insert("configmaps [] [] [create]".into());
     in_kube_system.insert("configmaps [] [weave-net] [get update]".into());
     assert_eq!(rules("kube-system")?, in_kube_system);
+    Ok(())
+}
+
+/// `kubectl weave status` through kubectl's plugin lookup, with the admin's kubeconfig.
+fn kubectl_weave(cluster: &Cluster, args: &[&str]) -> Result<std::process::Output> {
+    let path = std::env::join_paths(std::iter::once(weave_e2e::bin_dir()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let kubectl = cluster.kubectl_cmd().get_program().to_owned();
+    Command::new(kubectl)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("PATH", path)
+        .arg("weave")
+        .args(args)
+        .output()
+        .context("run kubectl weave")
+}
+
+/// The cluster-wide view of `kubectl weave status`: every node, its connections to the two
+/// others established, the IPAM shares summing to the whole range and agreed by all nodes;
+/// a user without RBAC on pods/proxy is told what is missing.
+fn kubectl_weave_shows_every_node(cluster: &Cluster) -> Result<()> {
+    weave_e2e::bin("kubectl-weave")?;
+    let mut last = String::new();
+    let settled = wait_until(
+        Duration::from_secs(60),
+        "kubectl weave to show settled nodes",
+        || {
+            let out = kubectl_weave(cluster, &["status", "-o", "json"])?;
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return Ok(None);
+            };
+            let Some(nodes) = json["nodes"].as_array() else {
+                return Ok(None);
+            };
+            let settled = nodes.len() == NODES
+                && json["ipam_agrees"] == true
+                && nodes.iter().all(|n| {
+                    let r = &n["report"];
+                    let established = r["connections"].as_array().map_or(0, |c| {
+                        c.iter().filter(|c| c["state"] == "established").count()
+                    });
+                    let total = r["ipam"]["total"].as_u64().unwrap_or(0);
+                    let owned: u64 = r["ipam"]["owners"].as_array().map_or(0, |o| {
+                        o.iter().filter_map(|o| o["addresses"].as_u64()).sum()
+                    });
+                    established == NODES - 1 && total > 0 && owned == total
+                });
+            Ok(settled.then_some(()))
+        },
+    );
+    settled.with_context(|| format!("last output of kubectl weave status -o json:\n{last}"))?;
+
+    let out = kubectl_weave(cluster, &["status"])?;
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(
+        out.status.success(),
+        "kubectl weave status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node_rows = text
+        .lines()
+        .filter(|l| l.contains(&format!("{}/{} established", NODES - 1, NODES - 1)))
+        .count();
+    ensure!(
+        node_rows == NODES,
+        "expected {NODES} nodes with all connections established:\n{text}"
+    );
+    ensure!(text.contains("every node sees the same owners"), "{text}");
+    eprintln!("kubectl weave status:\n{text}");
+
+    let out = kubectl_weave(cluster, &["status", "connections", "--node", "node-1"])?;
+    let text = String::from_utf8(out.stdout)?;
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    ensure!(
+        rows.len() == NODES - 1
+            && rows
+                .iter()
+                .all(|r| r.starts_with("node-1 ") && r.contains("established")),
+        "connections of node-1:\n{text}"
+    );
+
+    let out = kubectl_weave(
+        cluster,
+        &["status", "--as", "system:serviceaccount:net:default"],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "a user without RBAC was shown the status"
+    );
+    ensure!(
+        err.contains("forbidden: kubectl weave needs list on pods and get on pods/proxy"),
+        "unclear error for a user without RBAC: {err}"
+    );
     Ok(())
 }
 

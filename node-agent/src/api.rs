@@ -124,8 +124,11 @@ pub async fn serve_metrics(
     services: Services,
     cancel: CancellationToken,
 ) -> Result<()> {
+    // Read-only: the report lets `kubectl weave` see every node through the API server's
+    // pod proxy without reaching the local API.
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
+        .route("/report", get(report))
         .fallback(not_found)
         .with_state(services.api(commands, 0));
     axum::serve(listener, app)

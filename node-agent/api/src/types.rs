@@ -475,7 +475,7 @@ pub struct RmPeerReply {
 /// `GET /ipam`: state of IP address management.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamReport {
-    /// `ready`, `idle`, `waiting for consensus: 2 of 3 peers`, …
+    /// `ready`, `idle`, `waiting for consensus: 1 peer known, 2 needed of an expected 3`, …
     pub status: String,
     /// Whether an allocation can proceed now (the CNI STATUS check).
     pub ready: bool,

@@ -2,6 +2,7 @@
 //! Command-line front ends: the flags of `weaver` and the subcommands of
 //! `weave`. The binaries in `src/bin/` only call into here.
 
+pub mod kubectl;
 pub mod weave;
 pub mod weaver;
 

@@ -393,10 +393,15 @@ impl Ipam {
             return match (&self.cfg.init, &self.paxos) {
                 (Init::Consensus(n), Some(p)) => {
                     let known = p.electors().len();
+                    let peers = if known == 1 { "peer" } else { "peers" };
+                    let quorum = p.quorum();
                     if self.pending.is_empty() {
-                        format!("idle: consensus deferred until the first allocation ({known} of {n} peers known)")
+                        format!(
+                            "idle: the range is split by consensus at the first allocation \
+                             ({known} {peers} known, {quorum} needed of an expected {n})"
+                        )
                     } else {
-                        format!("waiting for consensus: {known} of {n} peers")
+                        format!("waiting for consensus: {known} {peers} known, {quorum} needed of an expected {n}")
                     }
                 }
                 _ => "waiting for a peer to share the IP allocation ring (observer)".to_string(),

@@ -378,13 +378,29 @@ fn chaos_with_seed_never_duplicates_and_converges() {
 }
 
 #[test]
+fn idle_status_says_when_the_range_will_be_split() {
+    let mut sim = Sim::new(1, 3, Init::Consensus(1), "10.32.0.0/12");
+    assert_eq!(
+        sim.nodes[0].ipam.status(),
+        "idle: the range is split by consensus at the first allocation (1 peer known, 1 needed of an expected 1)"
+    );
+    sim.quiesce();
+    let status = sim.nodes[0].ipam.status();
+    assert!(
+        status.starts_with("idle: the range is split by consensus at the first allocation ("),
+        "{status}"
+    );
+    assert!(!status.contains("of 1 peers"), "{status}");
+}
+
+#[test]
 fn consensus_waits_for_a_quorum_then_splits_among_all_known() {
     let mut sim = Sim::new(1, 3, Init::Consensus(3), "10.32.0.0/12");
     sim.allocate(0, "a");
     assert!(sim.nodes[0].ipam.has_pending());
     assert_eq!(
         sim.nodes[0].ipam.status(),
-        "waiting for consensus: 1 of 3 peers"
+        "waiting for consensus: 1 peer known, 2 needed of an expected 3"
     );
     assert!(!sim.nodes[0].ipam.ready());
     sim.quiesce();

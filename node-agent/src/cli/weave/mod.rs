@@ -6,6 +6,8 @@
 mod node;
 mod status;
 
+pub(crate) use status::table;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -44,8 +46,13 @@ pub enum Command {
         #[arg(value_enum)]
         what: Option<StatusWhat>,
     },
-    /// Everything the agent knows, as JSON.
-    Report,
+    /// Everything the agent knows, as JSON; or the mesh as a Graphviz graph
+    /// (`weave report --format dot | dot -Tsvg > mesh.svg`).
+    Report {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ReportFormat,
+    },
     /// Connect to more peers (IP, IP:PORT or `[IPv6]:PORT`).
     Connect {
         /// Replace the whole set of targets instead of adding to it.
@@ -192,6 +199,15 @@ fn netns_path(arg: &str) -> String {
     }
 }
 
+/// Formats of `weave report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// The whole report as JSON.
+    Json,
+    /// Peers and connections as a Graphviz graph.
+    Dot,
+}
+
 /// Parts of `weave status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StatusWhat {
@@ -226,10 +242,15 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             };
             out.write_all(text.as_bytes())?;
         }
-        Command::Report => {
+        Command::Report { format } => {
             let report: Report = client.get_json("/report")?;
-            serde_json::to_writer_pretty(&mut *out, &report)?;
-            writeln!(out)?;
+            match format {
+                ReportFormat::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &report)?;
+                    writeln!(out)?;
+                }
+                ReportFormat::Dot => out.write_all(status::render_dot(&report).as_bytes())?,
+            }
         }
         Command::Connect { replace, peers } => {
             let reply: TargetsReply =

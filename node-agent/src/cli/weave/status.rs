@@ -6,7 +6,7 @@ use std::fmt::Write;
 use weave_api::{ConnectionState, IpamReport, Report};
 
 /// Lays out rows in columns separated by two spaces; the last column is not padded.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -49,7 +49,11 @@ pub fn render_status(r: &Report) -> String {
         .map(|p| p.connections.iter().filter(|c| c.established).count())
         .sum();
     let unreachable = r.peers.iter().filter(|p| !p.reachable).count();
-    let mut peers = format!("{} (with {} established connections)", r.peers.len(), links);
+    let mut peers = format!(
+        "{} (with {links} established connection{})",
+        r.peers.len(),
+        if links == 1 { "" } else { "s" }
+    );
     if unreachable > 0 {
         let _ = write!(peers, ", {unreachable} unreachable");
     }
@@ -111,7 +115,88 @@ pub fn render_status(r: &Report) -> String {
         }
         None => rows.push(vec!["IPAM:".into(), "off".into()]),
     }
+    if let Some(sleeve) = &r.sleeve {
+        rows.push(vec![
+            "Data plane:".into(),
+            format!("bridge {}, overlay MTU {}", sleeve.bridge, sleeve.mtu),
+        ]);
+    }
     table(&rows)
+}
+
+/// `weave report --format dot`: the topology as a Graphviz graph (`| dot -Tsvg`).
+///
+/// Every peer is a node (the local one drawn bold, unreachable ones dashed and grey); every
+/// pair of peers that announces a connection is one edge, solid once established, dashed
+/// while not. The local peer's own connections are coloured by data-plane mode (fastdp blue,
+/// sleeve green, control only grey) and labelled with mode and MTU; only the local peer
+/// knows the mode of a connection, so other edges stay black.
+pub(super) fn render_dot(r: &Report) -> String {
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let quote = |s: &str| format!("\"{}\"", escape(s));
+    let mut out = String::from("graph weave {\n  node [shape=box, fontname=\"monospace\"];\n");
+    for p in &r.peers {
+        let label = if p.nickname.is_empty() {
+            escape(&p.name)
+        } else {
+            // Graphviz's own line break between the escaped parts.
+            format!("{}\\n{}", escape(&p.nickname), escape(&p.name))
+        };
+        let mut attrs = vec![format!("label=\"{label}\"")];
+        if p.name == r.peer.name {
+            attrs.push("style=bold".into());
+        } else if !p.reachable {
+            attrs.push("style=dashed, color=grey".into());
+        }
+        let _ = writeln!(out, "  {} [{}];", quote(&p.name), attrs.join(", "));
+    }
+    // One edge per pair: established if either end says so.
+    let mut edges: std::collections::BTreeMap<(&str, &str), bool> =
+        std::collections::BTreeMap::new();
+    for p in &r.peers {
+        for c in &p.connections {
+            let key = if p.name < c.name {
+                (p.name.as_str(), c.name.as_str())
+            } else {
+                (c.name.as_str(), p.name.as_str())
+            };
+            *edges.entry(key).or_default() |= c.established;
+        }
+    }
+    for ((a, b), established) in edges {
+        let mut attrs = Vec::new();
+        if !established {
+            attrs.push("style=dashed".to_string());
+        }
+        let other = if a == r.peer.name {
+            Some(b)
+        } else if b == r.peer.name {
+            Some(a)
+        } else {
+            None
+        };
+        let local = other.and_then(|o| r.connections.iter().find(|c| c.peer.as_deref() == Some(o)));
+        if let Some(c) = local.filter(|c| c.state == ConnectionState::Established) {
+            let mode = c.mode.as_deref().unwrap_or("control only");
+            let color = match mode {
+                "fastdp" => "blue",
+                "sleeve" => "darkgreen",
+                _ => "grey",
+            };
+            let label = match c.mtu {
+                Some(mtu) => format!("{mode} {mtu}"),
+                None => mode.to_string(),
+            };
+            attrs.push(format!("color={color}, label={}", quote(&label)));
+        }
+        let _ = write!(out, "  {} -- {}", quote(a), quote(b));
+        if !attrs.is_empty() {
+            let _ = write!(out, " [{}]", attrs.join(", "));
+        }
+        out.push_str(";\n");
+    }
+    out.push_str("}\n");
+    out
 }
 
 /// `weave status ipam`: each peer's share of the range.
@@ -346,14 +431,46 @@ mod tests {
 
     #[test]
     fn status_summary() {
-        let s = render_status(&report());
+        assert_eq!(
+            render_status(&report()),
+            "Version:        0.1.0 (protocol 1..1)\n\
+             Name:           02:00:00:00:00:01(h1)\n\
+             UID:            7\n\
+             Peers:          2 (with 1 established connection)\n\
+             Connections:    1 (1 established, 0 pending, 0 failed)\n\
+             Targets:        1\n\
+             Encryption:     disabled\n\
+             IPAM:           ready\n\
+             Range:          10.32.0.0/12\n\
+             DefaultSubnet:  10.32.0.0/12\n"
+        );
+        let mut r = report();
+        r.ipam = None;
+        r.sleeve = Some(SleeveReport {
+            bridge: "weave".into(),
+            mtu: 1376,
+            ..SleeveReport::default()
+        });
+        let s = render_status(&r);
         assert!(
-            s.contains("Peers:          2 (with 1 established connections)"),
+            s.ends_with("IPAM:         off\nData plane:   bridge weave, overlay MTU 1376\n"),
             "{s}"
         );
-        assert!(
-            s.contains("Connections:    1 (1 established, 0 pending, 0 failed)"),
-            "{s}"
+    }
+
+    #[test]
+    fn dot_draws_peers_and_connections() {
+        let mut r = report();
+        r.connections[0].mode = Some("sleeve".into());
+        r.connections[0].mtu = Some(1376);
+        r.peers[1].reachable = false;
+        r.peers[1].nickname = "h\"2".into();
+        assert_eq!(
+            render_dot(&r),
+            "graph weave {\n  node [shape=box, fontname=\"monospace\"];\n  \
+             \"02:00:00:00:00:01\" [label=\"h1\\n02:00:00:00:00:01\", style=bold];\n  \
+             \"02:00:00:00:00:02\" [label=\"h\\\"2\\n02:00:00:00:00:02\", style=dashed, color=grey];\n  \
+             \"02:00:00:00:00:01\" -- \"02:00:00:00:00:02\" [color=darkgreen, label=\"sleeve 1376\"];\n}\n"
         );
         assert!(s.contains("FastDP:         off (fastdp disabled)"), "{s}");
         let mut on = report();
