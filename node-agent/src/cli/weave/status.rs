@@ -440,6 +440,7 @@ mod tests {
              Connections:    1 (1 established, 0 pending, 0 failed)\n\
              Targets:        1\n\
              Encryption:     disabled\n\
+             FastDP:         off (fastdp disabled)\n\
              IPAM:           ready\n\
              Range:          10.32.0.0/12\n\
              DefaultSubnet:  10.32.0.0/12\n"
@@ -472,6 +473,11 @@ mod tests {
              \"02:00:00:00:00:02\" [label=\"h\\\"2\\n02:00:00:00:00:02\", style=dashed, color=grey];\n  \
              \"02:00:00:00:00:01\" -- \"02:00:00:00:00:02\" [color=darkgreen, label=\"sleeve 1376\"];\n}\n"
         );
+    }
+
+    #[test]
+    fn fastdp_line() {
+        let s = render_status(&report());
         assert!(s.contains("FastDP:         off (fastdp disabled)"), "{s}");
         let mut on = report();
         on.fastdp = Some(FastdpReport {
