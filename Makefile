@@ -7,10 +7,10 @@ DEBS := iproute2 nftables iputils-ping iperf3 tcpdump netcat-openbsd procps pyth
 	containernetworking-plugins graphviz
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster fuzz-build fuzz-smoke demo bench clean-netns
+.PHONY: deps build build-tests build-release lint deps-guard test unit e2e k8s-tools manifests cluster conformance fuzz-build fuzz-smoke demo bench clean-netns
 
 # From PyPI: kubernetes-validate checks the manifests against the API schemas.
-PIPS := kubernetes-validate==1.37.0
+PIPS := kubernetes-validate==1.37.0 prometheus-client==0.21.1
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -18,7 +18,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@command -v kubernetes-validate >/dev/null || python3 -m pip install -q --root-user-action=ignore $(PIPS)
+	@command -v kubernetes-validate >/dev/null && python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore $(PIPS)
 
 build:
 	$(CARGO) build --workspace --bins
@@ -95,6 +95,16 @@ cluster: deps build
 	@tools=$$($(K8S_TOOLS)) && WEAVE_K8S_TOOLS=$$tools \
 	  ./target/debug/weave-cluster up --nodes $(NODES) --cni $(CNI) --dir $(CLUSTER_DIR)
 
+# The upstream suites against weave on a fresh 3-node real cluster: the Kubernetes e2e
+# NetworkPolicy tests, the sig-network conformance tests and sig-network's
+# ClusterNetworkPolicy suite (about an hour on 2 cores, too long for `make test`, which runs
+# a subset in e2e/tests/kube_policy_3.rs). Writes e2e/conformance/RESULTS.md; run before each
+# release and commit the file. SUITES=netpol,sig-network,cluster-network-policy picks suites.
+SUITES ?= netpol,sig-network,cluster-network-policy
+conformance: deps build
+	@tools=$$($(K8S_TOOLS)) && WEAVE_K8S_TOOLS=$$tools E2E_BIN_DIR=$(CURDIR)/target/debug \
+	  ./target/debug/weave-conformance --suites $(SUITES) --out e2e/conformance/RESULTS.md
+
 # The libFuzzer targets, built with sanitizer coverage (what cargo-fuzz adds) so that
 # libFuzzer is guided by the code it reaches; --target keeps the flags off build scripts
 # and proc macros.
@@ -110,7 +120,7 @@ fuzz-build:
 # Each target runs 5 s; the last line shows the runs and how many inputs the corpus
 # grew to (more than one means coverage feedback works).
 fuzz-smoke: fuzz-build
-	@set -o pipefail; for t in handshake gossip ipam sleeve noise fastdp; do \
+	@set -o pipefail; for t in handshake gossip ipam sleeve noise fastdp nflog dns; do \
 	  node-agent/fuzz/target/$(FUZZ_TARGET)/debug/$$t -max_total_time=5 2>&1 | grep -E '^#[0-9]+[[:space:]]+DONE|^Done' | tail -2 || exit 1; \
 	done
 	@set -o pipefail; cni-plugin/fuzz/target/$(FUZZ_TARGET)/debug/cni_config -max_total_time=5 2>&1 | grep -E '^#[0-9]+[[:space:]]+DONE|^Done' | tail -2

@@ -88,6 +88,15 @@ struct RawIpam {
     socket: Option<PathBuf>,
 }
 
+/// `runtimeConfig` as written (only the keys this plugin reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRuntimeConfig {
+    /// The name to register in weaveDNS (runtimes without `CNI_ARGS` names).
+    #[serde(default)]
+    dns_name: Option<String>,
+}
+
 /// The config as written (only the keys this plugin reads).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +121,8 @@ struct RawConf {
     ipam: Option<RawIpam>,
     #[serde(default)]
     dns: Option<Value>,
+    #[serde(default)]
+    runtime_config: Option<RawRuntimeConfig>,
     #[serde(default)]
     prev_result: Option<Value>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
@@ -152,8 +163,13 @@ pub struct NetConf {
     pub gateway: Option<IpAddr>,
     /// Routes (`ipam.routes`); a default route via the gateway when absent.
     pub routes: Option<Vec<RouteConf>>,
-    /// `dns`, copied into the result.
+    /// `dns`, copied into the result (without `register`).
     pub dns: Option<Value>,
+    /// `dns.register`: register the container's name in weaveDNS and make
+    /// weaveDNS the pod's resolver.
+    pub dns_register: bool,
+    /// `runtimeConfig.dnsName`: the name to register, before `CNI_ARGS`'s.
+    pub dns_name: Option<String>,
     /// `prevResult`, when the runtime sent one.
     pub prev_result: Option<Value>,
     /// GC: attachments to keep (`cni.dev/valid-attachments`, or the older
@@ -202,6 +218,19 @@ impl NetConf {
                 return Err(Error::Config(format!("mtu {m} is outside 576..=65535")));
             }
         }
+        let mut dns = raw.dns;
+        let dns_register = match dns.as_mut().and_then(Value::as_object_mut) {
+            Some(d) => match d.remove("register") {
+                None | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "dns.register must be true or false, not {other}"
+                    )))
+                }
+            },
+            None => false,
+        };
         let ipam = raw.ipam.unwrap_or_default();
         match ipam.kind.as_deref() {
             None | Some("") | Some("weave-ipam") => {}
@@ -250,7 +279,9 @@ impl NetConf {
             subnet,
             gateway: ipam.gateway,
             routes,
-            dns: raw.dns,
+            dns,
+            dns_register,
+            dns_name: raw.runtime_config.and_then(|r| r.dns_name),
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
         })

@@ -36,6 +36,9 @@ pub struct Invocation {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME` (ADD, DEL, CHECK).
     pub ifname: String,
+    /// The container's name from `CNI_ARGS` (`K8S_POD_NAME`, or `NAME` as
+    /// other runtimes pass it), for weaveDNS.
+    pub name: Option<String>,
 }
 
 impl Invocation {
@@ -89,8 +92,23 @@ impl Invocation {
             container_id,
             netns,
             ifname,
+            name: var("CNI_ARGS").and_then(|a| cni_arg_name(&a)),
         })
     }
+}
+
+/// The container's name in `CNI_ARGS` (`K=V;K=V`): `K8S_POD_NAME`, else `NAME`.
+pub fn cni_arg_name(args: &str) -> Option<String> {
+    let pairs: Vec<(&str, &str)> = args
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    ["K8S_POD_NAME", "NAME"].iter().find_map(|k| {
+        pairs
+            .iter()
+            .find(|(key, v)| key == k && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 /// Spec: non-empty, starts alphanumeric, then `[A-Za-z0-9_.-]`.
@@ -195,5 +213,20 @@ mod tests {
         ] {
             assert_eq!(parse(&vars).unwrap_err().code(), 4, "{vars:?}");
         }
+    }
+
+    #[test]
+    fn the_container_name_comes_from_cni_args() {
+        assert_eq!(
+            super::cni_arg_name("IgnoreUnknown=1;K8S_POD_NAMESPACE=d;K8S_POD_NAME=web-0")
+                .as_deref(),
+            Some("web-0")
+        );
+        assert_eq!(
+            super::cni_arg_name("NAME=db;K8S_POD_NAME=").as_deref(),
+            Some("db")
+        );
+        assert_eq!(super::cni_arg_name("IgnoreUnknown=1"), None);
+        assert_eq!(super::cni_arg_name(""), None);
     }
 }

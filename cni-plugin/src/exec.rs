@@ -48,7 +48,7 @@ pub async fn add<N: Netlink>(
             netns: netns.display().to_string(),
         });
     }
-    let reply = agent.add(&plan::add_request(&id, conf))?;
+    let reply = agent.add(&plan::add_request(&id, conf, inv)?)?;
     let outcome = match AddPlan::new(inv, conf, netns, reply) {
         Ok(plan) => wire(host, pod, &plan).await,
         Err(e) => Err(e),
@@ -147,6 +147,7 @@ mod tests {
                     bridge: Some("weave".into()),
                     mtu: Some(1376),
                     gateway: Some("10.32.0.1".parse().unwrap()),
+                    dns: None,
                 },
                 calls: RefCell::new(Vec::new()),
                 spool: Spool::beside(&dir.0.join("weave.sock")),
@@ -216,6 +217,7 @@ mod tests {
             container_id: "ctr1".into(),
             netns: None,
             ifname: "eth0".into(),
+            name: None,
         }
     }
 

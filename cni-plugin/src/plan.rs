@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use weave_api::net::{IpNet, Ipv4Net, Ipv6Net};
-use weave_api::{CniAddReply, CniAddRequest};
+use weave_api::{CniAddReply, CniAddRequest, DnsSettings};
 use weave_platform::wiring::{self, PodRoute, PodWiring, Wired};
 
 use crate::agent::ALLOCATE_TIMEOUT_MS;
@@ -47,14 +47,47 @@ pub fn default_route(gw: IpAddr) -> IpNet {
 
 /// What ADD asks the agent for the attachment `id`: an address in the
 /// configured subnet, and the gateway unless the config names one.
-pub fn add_request(id: &str, conf: &NetConf) -> CniAddRequest {
-    CniAddRequest {
+pub fn add_request(id: &str, conf: &NetConf, inv: &Invocation) -> Result<CniAddRequest> {
+    let dns_name = if conf.dns_register {
+        Some(conf.dns_name.clone().or(inv.name.clone()).ok_or_else(|| {
+            Error::Config(
+                "dns.register needs the container's name: runtimeConfig.dnsName or \
+                 K8S_POD_NAME/NAME in CNI_ARGS"
+                    .into(),
+            )
+        })?)
+    } else {
+        None
+    };
+    Ok(CniAddRequest {
         id: id.to_string(),
         subnet: conf.subnet,
         timeout_ms: Some(ALLOCATE_TIMEOUT_MS),
         gateway: conf.gateway.is_none(),
         bridge: conf.bridge.clone(),
-    }
+        dns_name,
+    })
+}
+
+/// The result's `dns`: weaveDNS first when the agent registered a name,
+/// then what the config says.
+pub fn result_dns(conf: Option<&Value>, weave: Option<&DnsSettings>) -> Option<Value> {
+    let Some(w) = weave else {
+        return conf.cloned();
+    };
+    let mut out = conf.and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut list = |key: &str, first: String| {
+        let mut v = vec![Value::String(first.clone())];
+        if let Some(Value::Array(old)) = out.get(key) {
+            v.extend(old.iter().filter(|x| x.as_str() != Some(&first)).cloned());
+        }
+        out.insert(key.into(), Value::Array(v));
+    };
+    list("nameservers", w.nameserver.to_string());
+    list("search", w.domain.clone());
+    out.entry("domain")
+        .or_insert_with(|| Value::String(w.domain.clone()));
+    Some(Value::Object(out))
 }
 
 /// Everything one ADD does and reports.
@@ -135,7 +168,7 @@ impl AddPlan {
             gateway,
             routes,
             hairpin: conf.hairpin,
-            dns: conf.dns.clone(),
+            dns: result_dns(conf.dns.as_ref(), reply.dns.as_ref()),
         })
     }
 
@@ -227,6 +260,7 @@ mod tests {
             container_id: "ctr1".into(),
             netns: Some("/run/netns/p".into()),
             ifname: "eth0".into(),
+            name: None,
         }
     }
 
@@ -245,19 +279,72 @@ mod tests {
             bridge: Some("weave".into()),
             mtu: Some(1376),
             gateway: Some("10.32.0.1".parse().unwrap()),
+            dns: None,
         }
+    }
+
+    #[test]
+    fn dns_register_asks_for_the_name_and_puts_weavedns_first_in_the_result() {
+        let c = conf(r#","dns":{"register":true,"nameservers":["10.0.0.10"],"search":["svc"]}"#);
+        assert!(c.dns_register);
+        let mut i = inv();
+        i.name = Some("web-1".into());
+        let r = add_request("cni:weave:ctr1:eth0", &c, &i).unwrap();
+        assert_eq!(r.dns_name.as_deref(), Some("web-1"));
+        let mut rep = reply();
+        rep.dns = Some(DnsSettings {
+            nameserver: "10.32.0.1".parse().unwrap(),
+            domain: "weave.local".into(),
+        });
+        let plan = AddPlan::new(&i, &c, Path::new("/p"), rep).unwrap();
+        assert_eq!(
+            plan.dns,
+            Some(serde_json::json!({
+                "nameservers": ["10.32.0.1", "10.0.0.10"],
+                "search": ["weave.local", "svc"],
+                "domain": "weave.local",
+            }))
+        );
+        // runtimeConfig.dnsName wins over CNI_ARGS.
+        let c = conf(r#","dns":{"register":true},"runtimeConfig":{"dnsName":"db"}"#);
+        assert_eq!(
+            add_request("x", &c, &i).unwrap().dns_name.as_deref(),
+            Some("db")
+        );
+        // Without a name: a config error, nothing asked.
+        let e = add_request("x", &c_register(), &inv()).unwrap_err();
+        assert!(e.to_string().contains("dns.register needs"), "{e}");
+        // Without register: no name asked, the config's dns as it is.
+        let c = conf(r#","dns":{"nameservers":["10.0.0.10"]}"#);
+        assert_eq!(add_request("x", &c, &i).unwrap().dns_name, None);
+        let plan = AddPlan::new(&i, &c, Path::new("/p"), reply()).unwrap();
+        assert_eq!(
+            plan.dns,
+            Some(serde_json::json!({"nameservers": ["10.0.0.10"]}))
+        );
+        // register must be a boolean.
+        let bad = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"weave","type":"weave-net","dns":{"register":"yes"}}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("dns.register"));
+    }
+
+    fn c_register() -> NetConf {
+        conf(r#","dns":{"register":true}"#)
     }
 
     #[test]
     fn the_agent_is_asked_for_the_gateway_only_without_one_configured() {
         let id = "cni:weave:ctr1:eth0";
-        let r = add_request(id, &conf(""));
+        let r = add_request(id, &conf(""), &inv()).unwrap();
         assert!(r.gateway && r.subnet.is_none() && r.bridge.is_none());
         assert_eq!(r.timeout_ms, Some(ALLOCATE_TIMEOUT_MS));
         let r = add_request(
             id,
             &conf(r#","bridge":"br1","ipam":{"subnet":"10.32.9.0/24","gateway":"10.32.9.254"}"#),
-        );
+            &inv(),
+        )
+        .unwrap();
         assert!(!r.gateway);
         assert_eq!(r.subnet, Some("10.32.9.0/24".parse().unwrap()));
         assert_eq!(r.bridge.as_deref(), Some("br1"));

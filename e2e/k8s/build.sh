@@ -3,8 +3,9 @@
 #
 # Builds the upstream components of the weave-cluster test bed (Kubernetes, etcd,
 # containerd, runc, crictl, helm, the reference CNI plugins, the e2e suite, a static
-# pause binary) from their published Go modules, pinned by the go.mod/go.sum files
-# beside this script.
+# pause binary, sig-network's ClusterNetworkPolicy conformance suite and its reference
+# policy controller kube-network-policies) from their published Go modules, pinned by the
+# go.mod/go.sum files beside this script.
 #
 # Output: WEAVE_K8S_CACHE/tools/KEY/{bin,cni}/ where KEY hashes every input (the
 # module files, this script, the Go version), so a change of any pin builds a new
@@ -94,6 +95,47 @@ go_build cni "$tmp/cni" -ldflags "-s -w"
 mv "$tmp/cni/cnitool" "$tmp/bin/cnitool"
 CGO_ENABLED=1 go_build runc "$tmp/bin" -tags seccomp -ldflags "-s -w"
 
+# sig-network's ClusterNetworkPolicy conformance suite: our harness in network-policy-api/
+# (the suite's own conformance_test.go, which cannot be built from the module cache).
+t0=$SECONDS
+(cd "$here/network-policy-api" && go test -c -trimpath -ldflags "-s -w" -o "$tmp/bin/npa-conformance.test" .)
+log "network-policy-api conformance: $((SECONDS - t0)) s"
+
+# sig-network's reference policy controller, the anchor of BENCHMARKS.md. It sends new
+# connections to user space with nftables' queue expression, which needs nft_queue
+# (CONFIG_NFT_QUEUE); kernels without it (these machines) have the x_tables NFQUEUE target,
+# which nftables runs through nft_compat. A copy of the module gets that one expression
+# replaced (xtNFQueue below) and is built as it is otherwise, with its own go.mod and go.sum.
+t0=$SECONDS
+knp_dir=$(cd "$here/kube-network-policies" && go list -m -f '{{.Dir}}' sigs.k8s.io/kube-network-policies)
+knp_version=$(cd "$here/kube-network-policies" && go list -m -f '{{.Version}}' sigs.k8s.io/kube-network-policies)
+cp -r "$knp_dir" "$tmp/knp-src"
+chmod -R u+w "$tmp/knp-src"
+controller=$tmp/knp-src/pkg/networkpolicy/controller.go
+perl -0pi -e 's/queue := &expr\.Queue\{Num: uint16\(c\.config\.QueueID\)\}\n\tif c\.config\.FailOpen \{\n\t\tqueue\.Flag = expr\.QueueFlagBypass\n\t\}/queue := xtNFQueue(uint16(c.config.QueueID), c.config.FailOpen)/g; s|\t"github.com/google/nftables/binaryutil"\n|\t"github.com/google/nftables/binaryutil"\n\t"github.com/google/nftables/xt"\n|' "$controller"
+cat >>"$controller" <<'EOF'
+
+// xtNFQueue is the x_tables NFQUEUE target (revision 3) run by nft_compat, for kernels
+// without nft_queue: struct xt_NFQ_info_v3 {queuenum, queues_total, flags}, padded to 8.
+func xtNFQueue(num uint16, bypass bool) *expr.Target {
+	var flags uint16
+	if bypass {
+		flags = 1 // NFQ_FLAG_BYPASS
+	}
+	info := append(binaryutil.NativeEndian.PutUint16(num), binaryutil.NativeEndian.PutUint16(1)...)
+	info = append(info, binaryutil.NativeEndian.PutUint16(flags)...)
+	unknown := xt.Unknown(append(info, 0, 0))
+	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
+}
+EOF
+if [[ $(grep -c 'xtNFQueue(' "$controller") != 3 ]]; then
+	log "kube-network-policies $knp_version: the queue expression moved; update the patch in build.sh"
+	exit 1
+fi
+(cd "$tmp/knp-src" && go build -trimpath -ldflags "-s -w" -o "$tmp/bin/kube-network-policies" ./cmd)
+rm -rf "$tmp/knp-src"
+log "kube-network-policies: $((SECONDS - t0)) s"
+
 # pause: upstream's pause.c, static, as build/pause/Makefile compiles it.
 k8s_src=$(cd "$here/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 gcc -Os -Wall -Werror -static -DVERSION="v$pause_version-weave" -o "$tmp/bin/pause" "$k8s_src/build/pause/linux/pause.c"
@@ -102,6 +144,8 @@ cat >"$tmp/versions" <<EOF
 kubernetes $k8s_version
 pause $pause_version
 agnhost $(cat "$k8s_src/test/images/agnhost/VERSION")
+network-policy-api $(cd "$here/network-policy-api" && go list -m -f '{{.Version}}' sigs.k8s.io/network-policy-api)
+kube-network-policies $knp_version
 EOF
 echo "$((SECONDS - start))" >"$tmp/build-seconds"
 touch "$tmp/.complete"

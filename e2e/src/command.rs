@@ -18,8 +18,9 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     run_with_input(cmd, None)
 }
 
-/// Like [`run`], feeding `input` to the command's stdin (for `nft -f -`).
-pub(crate) fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<String> {
+/// Like `run`, feeding `input` to the command's stdin (for `nft -f -`); returns stdout, or an
+/// error with the command line and stderr.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<String> {
     let line = command_line(cmd);
     cmd.stdin(if input.is_some() {
         Stdio::piped()

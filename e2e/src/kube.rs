@@ -64,6 +64,19 @@ pub fn install_manifest(cluster: &Cluster, timeout: Duration) -> Result<Duration
     Ok(start.elapsed())
 }
 
+/// The ClusterNetworkPolicy CRD shipped for kubectl.
+pub fn cluster_policy_crd() -> PathBuf {
+    manifest().with_file_name("clusternetworkpolicy-crd.yaml")
+}
+
+/// Installs the ClusterNetworkPolicy CRD, then weave from its manifest, and waits until weave
+/// runs on every node.
+pub fn install_with_cluster_policies(cluster: &Cluster, timeout: Duration) -> Result<()> {
+    cluster.kubectl(&["apply", "-f", &cluster_policy_crd().display().to_string()])?;
+    install_manifest(cluster, timeout)?;
+    rollout(cluster, NAMESPACE, "daemonset/weave-net")
+}
+
 /// The pods in `namespace` matching label `selector`.
 pub fn pods(cluster: &Cluster, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
     let out = cluster.kubectl(&["-n", namespace, "get", "pods", "-l", selector, "-o", "json"])?;
@@ -239,6 +252,20 @@ pub fn wait_pods_ready(
         &format!("--timeout={}s", timeout.as_secs()),
     ])?;
     Ok(())
+}
+
+/// The agents' peer registry (ConfigMap `weave-net`, key `peers`) as JSON.
+pub fn peer_registry(cluster: &Cluster) -> Result<serde_json::Value> {
+    let text = cluster.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "configmap",
+        "weave-net",
+        "-o",
+        "jsonpath={.data.peers}",
+    ])?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// Each peer's share of the range as node `i`'s agent reports it: `name(nickname) N IPs`

@@ -37,6 +37,10 @@ pub enum Kind {
     Namespace,
     /// `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy,
+    /// `v1` Node.
+    Node,
+    /// `policy.networking.k8s.io/v1beta1` ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
@@ -46,6 +50,10 @@ impl Kind {
             Self::Pod => ("v1", "Pod"),
             Self::Namespace => ("v1", "Namespace"),
             Self::NetworkPolicy => ("networking.k8s.io/v1", "NetworkPolicy"),
+            Self::Node => ("v1", "Node"),
+            Self::ClusterNetworkPolicy => {
+                ("policy.networking.k8s.io/v1beta1", "ClusterNetworkPolicy")
+            }
         }
     }
 
@@ -55,6 +63,10 @@ impl Kind {
             "/api/v1/pods" => Some(Self::Pod),
             "/api/v1/namespaces" => Some(Self::Namespace),
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicy),
+            "/api/v1/nodes" => Some(Self::Node),
+            "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies" => {
+                Some(Self::ClusterNetworkPolicy)
+            }
             _ => None,
         }
     }
@@ -265,6 +277,21 @@ fn serve(shared: &Shared, stream: TcpStream) {
         .filter_map(|kv| kv.split_once('='))
         .collect();
     let mut stream = stream;
+    if path == "/apis/policy.networking.k8s.io/v1beta1" {
+        // Discovery: the stub serves ClusterNetworkPolicy, as a cluster with its CRD does.
+        let body = json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "policy.networking.k8s.io/v1beta1",
+            "resources": [{"name": "clusternetworkpolicies", "singularName": "clusternetworkpolicy",
+                           "namespaced": false, "kind": "ClusterNetworkPolicy",
+                           "verbs": ["get", "list", "watch"]}]})
+        .to_string();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let Some(kind) = Kind::from_path(path) else {
         let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string();
         let _ = write!(

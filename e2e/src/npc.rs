@@ -182,32 +182,53 @@ impl PolicyBed {
         }
         for h in 1..=hosts {
             let host = bed.host(h);
-            let kubeconfig = host.dir().join("kubeconfig");
             let addr = if h == 1 {
                 stub.addr()
             } else {
                 stub.also_listen_in(host.netns())?
             };
-            stub.write_kubeconfig_at(&kubeconfig, addr)?;
-            let node = format!("h{h}");
-            let args: Vec<String> = [
-                "--kubeconfig",
-                &kubeconfig.display().to_string(),
-                "--node-name",
-                &node,
-                "--metrics-addr",
-                METRICS,
-                "--log-level",
-                "info,weave_npc=debug",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            host.spawn(NPC, &bin(NPC)?, &args, &[])?;
+            stub.write_kubeconfig_at(&host.dir().join("kubeconfig"), addr)?;
         }
         let pb = Self { bed, stub, pods };
+        for h in 1..=hosts {
+            pb.start_npc_on(h)?;
+        }
         pb.wait_matrix("all pods reach each other with no policy", |_, _, _| true)?;
         Ok(pb)
+    }
+
+    /// Starts weave-npc in host 1 (again, after a kill or stop).
+    pub fn start_npc(&self) -> Result<()> {
+        self.start_npc_on(1)
+    }
+
+    /// Starts weave-npc in host `h`, as node `h<h>`.
+    fn start_npc_on(&self, h: usize) -> Result<()> {
+        let host = self.bed.host(h);
+        let node = format!("h{h}");
+        let args: Vec<String> = [
+            "--kubeconfig",
+            &host.dir().join("kubeconfig").display().to_string(),
+            "--node-name",
+            &node,
+            "--metrics-addr",
+            METRICS,
+            "--log-level",
+            "info,weave_npc=debug",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        host.spawn(NPC, &bin(NPC)?, &args, &[])?;
+        Ok(())
+    }
+
+    /// Runs `weave-npc ARGS…` once in host 1 (`--cleanup`, `hold`); returns its output.
+    pub fn npc_once(&self, args: &[&str]) -> Result<String> {
+        let npc = bin(NPC)?;
+        self.bed
+            .host(1)
+            .run(npc.to_str().context("utf-8 path")?, args)
     }
 
     /// Wires a new pod `ns/name` with address `ip` and servers, without telling the API
@@ -245,6 +266,75 @@ impl PolicyBed {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("probe panicked"))?
+    }
+
+    /// Sends `n` UDP datagrams from `from` to `to:port`, each from a socket of its own (a new
+    /// source port, so a new flow each); returns how long sending took.
+    // Wall-clock time of the flood, reported by the test; nothing waits on it.
+    #[allow(clippy::disallowed_types)]
+    pub fn udp_flood(&self, from: &TestPod, to: Ipv4Addr, port: u16, n: usize) -> Result<Duration> {
+        let netns = from.netns.clone();
+        std::thread::spawn(move || -> Result<Duration> {
+            let path = format!("/run/netns/{netns}");
+            let file = File::open(&path).with_context(|| format!("open {path}"))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {path}"))?;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let socket = UdpSocket::bind("0.0.0.0:0").context("bind UDP")?;
+                socket.send_to(b"flood", (to, port)).context("send UDP")?;
+            }
+            Ok(start.elapsed())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood panicked"))?
+    }
+
+    /// The IPv6 link-local address of `pod`'s eth0, once it is usable (not tentative).
+    pub fn link_local(&self, pod: &TestPod) -> Result<String> {
+        wait_until(Duration::from_secs(10), "a link-local address", || {
+            let out = run(std::process::Command::new("ip").args([
+                "-n", &pod.netns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+            ]))?;
+            Ok(out
+                .lines()
+                .find(|l| !l.contains("tentative"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|a| a.split('/').next())
+                .map(str::to_owned))
+        })
+    }
+
+    /// Whether `from` gets an answer to one IPv6 ping of `to`'s link-local address.
+    pub fn pings6(&self, from: &TestPod, to: &TestPod) -> Result<bool> {
+        let ll = self.link_local(to)?;
+        let status = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from.netns,
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+            ])
+            .arg(format!("{ll}%eth0"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("run ping -6")?;
+        Ok(status.success())
+    }
+
+    /// The value of metric line `series` (everything before the value), or 0.
+    pub fn metric(&self, series: &str) -> Result<u64> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).map(str::trim))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// The pod `ns/name`.

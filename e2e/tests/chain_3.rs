@@ -4,14 +4,14 @@
 //! h1's pods reach h3's through h2, whose sleeve relays what no kernel path
 //! carries end to end; `weave report --format dot` draws that chain.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use weave_e2e::weave::{
     attach_pod, pings, report, start_weaver, wait_for_mesh, wait_for_mode, weave,
 };
-use weave_e2e::{wait_until, TestBed, Topology};
+use weave_e2e::{run_with_input, wait_until, TestBed, Topology};
 
 #[test]
 fn chain_routes_through_the_middle() -> Result<()> {
@@ -70,7 +70,8 @@ fn chain_routes_through_the_middle() -> Result<()> {
     // `weave report --format dot`, laid out by Graphviz: three peers, two links (h1-h2,
     // h2-h3), h1's own link coloured by its data-plane mode.
     let graph = weave(h1, &["report", "--format", "dot"])?;
-    let plain = run_with_input(Command::new("dot").arg("-Tplain"), &graph)?;
+    let plain = run_with_input(Command::new("dot").arg("-Tplain"), Some(&graph))
+        .context("lay out with dot (Debian package graphviz; make deps installs it)")?;
     let count = |kind: &str| plain.lines().filter(|l| l.starts_with(kind)).count();
     assert_eq!(
         (count("node "), count("edge ")),
@@ -82,27 +83,4 @@ fn chain_routes_through_the_middle() -> Result<()> {
         "{graph}"
     );
     Ok(())
-}
-
-/// Runs `cmd` with `input` on stdin; its stdout, or an error with its stderr.
-fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run dot (Debian package graphviz; make deps installs it)")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "dot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }

@@ -64,7 +64,30 @@ fn chart_0() -> Result<()> {
         "manifests/weave-daemonset.yaml differs from the chart rendered with its defaults; run `make manifests`"
     );
 
+    // The ClusterNetworkPolicy CRD: off by default, and when on, the one shipped for kubectl.
+    ensure!(
+        !String::from_utf8_lossy(&rendered.stdout).contains("CustomResourceDefinition"),
+        "the CRD is rendered by default"
+    );
+    let crd = helm(&[
+        "template",
+        "weave",
+        &chart,
+        "--namespace",
+        "kube-system",
+        "--set",
+        "networkPolicy.installClusterNetworkPolicyCRD=true",
+        "--show-only",
+        "templates/clusternetworkpolicy-crd.yaml",
+    ])?;
+    let shipped_crd = std::fs::read_to_string(kube::cluster_policy_crd())?;
+    ensure!(
+        String::from_utf8_lossy(&crd.stdout).contains(shipped_crd.trim()),
+        "the chart's CRD differs from manifests/clusternetworkpolicy-crd.yaml"
+    );
+
     for bad in [
+        "networkPolicy.logRate=0",
         "image.tag=latest",
         "ipam.range=ten.dot",
         "logFormat=xml",
@@ -87,7 +110,12 @@ fn chart_0() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::write(&custom, &out.stdout)?;
-    let files = [kube::manifest(), kube::uninstall_manifest(), custom.clone()];
+    let files = [
+        kube::manifest(),
+        kube::uninstall_manifest(),
+        kube::cluster_policy_crd(),
+        custom.clone(),
+    ];
     for minor in 30..=37 {
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "--quiet", "-k", &format!("1.{minor}.0")])

@@ -77,16 +77,7 @@ fn network_unavailable_is_cleared(cluster: &Cluster) -> Result<()> {
 /// agents (else their next restart would take them for reclaimed peers).
 fn registry_heals_when_deleted(cluster: &Cluster) -> Result<()> {
     let listed = || -> Result<usize> {
-        let text = cluster.kubectl(&[
-            "-n",
-            kube::NAMESPACE,
-            "get",
-            "configmap",
-            "weave-net",
-            "-o",
-            "jsonpath={.data.peers}",
-        ])?;
-        let doc: serde_json::Value = serde_json::from_str(&text)?;
+        let doc = kube::peer_registry(cluster)?;
         Ok(doc["peers"].as_array().map_or(0, Vec::len))
     };
     ensure!(listed()? == NODES, "the registry does not list every agent");
@@ -108,6 +99,8 @@ fn service_account_holds_exactly_the_manifests_rules(cluster: &Cluster) -> Resul
         "pods",
         "namespaces",
         "networkpolicies.networking.k8s.io",
+        "clusternetworkpolicies.policy.networking.k8s.io",
+        "events.events.k8s.io",
         "configmaps",
     ];
     let rules = |namespace: &str| -> Result<BTreeSet<String>> {
@@ -124,6 +117,8 @@ fn service_account_holds_exactly_the_manifests_rules(cluster: &Cluster) -> Resul
             .collect())
     };
     let cluster_wide: BTreeSet<String> = [
+        "clusternetworkpolicies.policy.networking.k8s.io [] [] [list watch]",
+        "events.events.k8s.io [] [] [create patch]",
         "namespaces [] [] [list watch]",
         "networkpolicies.networking.k8s.io [] [] [list watch]",
         "nodes [] [] [list watch]",

@@ -17,7 +17,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use weave_e2e::cluster::{Cluster, ClusterOptions, Cni};
 use weave_e2e::kube::{self, pods};
 use weave_e2e::wait_until;
@@ -110,16 +109,7 @@ fn kube_reclaim_4() -> Result<()> {
 
 /// The peer registry: (peer, node) pairs.
 fn registry(cluster: &Cluster) -> Result<Vec<(String, String)>> {
-    let text = cluster.kubectl(&[
-        "-n",
-        kube::NAMESPACE,
-        "get",
-        "configmap",
-        "weave-net",
-        "-o",
-        "jsonpath={.data.peers}",
-    ])?;
-    let doc: Value = serde_json::from_str(&text)?;
+    let doc = kube::peer_registry(cluster)?;
     Ok(doc["peers"]
         .as_array()
         .context("registry has peers")?

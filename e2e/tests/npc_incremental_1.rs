@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 //! weave-npc's incremental updates against real nftables: host 1 gets a full ruleset once
-//! and then only the updates (`Compiled::update`) after each pod or namespace change;
-//! host 2 gets a fresh full compile of the same snapshot every time. After every step both
-//! kernels must hold the same tables, chains, rules, sets and elements.
+//! and then only the updates (`Compiled::update`) after each pod, namespace, NetworkPolicy
+//! or ClusterNetworkPolicy change; host 2 gets a fresh full compile of the same snapshot
+//! every time. After every step both kernels must hold the same tables, chains, rules, sets
+//! and elements.
 //!
-//! Listings are compared as JSON without handles, with set elements sorted, and with the
-//! per-pod accounting chains, their rules and the counters as sets: an update creates a new
-//! pod's accounting last, a rebuild in name order, and only a verdict map refers to them.
+//! Listings are compared as JSON without handles, with set elements sorted: objects (sets,
+//! maps, chains, counters) as a set, since an update creates new ones after the old and a
+//! rebuild in name order, and each chain's rules as a list, in order.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 use weave_e2e::{Host, TestBed, Topology};
+use weave_npc::cluster_policy::ClusterNetworkPolicy;
 use weave_npc::{compile, NodeConfig, Snapshot};
 
 /// Namespace `name` labelled `ns=<label>`.
@@ -69,10 +73,13 @@ fn normalise(v: &mut Value) {
     }
 }
 
-/// Both weave-npc tables of `host`, normalised: (ordered objects, unordered objects).
-fn listing(host: &Host) -> Result<(Vec<String>, Vec<String>)> {
-    let mut ordered = Vec::new();
-    let mut unordered = Vec::new();
+/// What a listing holds: objects as a set, and each chain's rules in order.
+type Listing = (BTreeSet<String>, BTreeMap<String, Vec<String>>);
+
+/// Both weave-npc tables of `host`, normalised.
+fn listing(host: &Host) -> Result<Listing> {
+    let mut objects = BTreeSet::new();
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for family in ["inet", "bridge"] {
         let out = host.run("nft", &["-j", "list", "table", family, "weave-npc"])?;
         let mut doc: Value = serde_json::from_str(&out)?;
@@ -81,26 +88,28 @@ fn listing(host: &Host) -> Result<(Vec<String>, Vec<String>)> {
             if object.get("metainfo").is_some() {
                 continue;
             }
-            let per_pod = object.get("counter").is_some()
-                || object["chain"]["name"]
-                    .as_str()
-                    .is_some_and(|c| c.contains('/'))
-                || object["rule"]["chain"]
-                    .as_str()
-                    .is_some_and(|c| c.contains('/'));
-            if per_pod {
-                unordered.push(object.to_string());
-            } else {
-                ordered.push(object.to_string());
+            match object["rule"]["chain"].as_str() {
+                Some(chain) => rules
+                    .entry(format!("{family} {chain}"))
+                    .or_default()
+                    .push(object.to_string()),
+                None => {
+                    objects.insert(object.to_string());
+                }
             }
         }
     }
-    unordered.sort();
-    Ok((ordered, unordered))
+    Ok((objects, rules))
+}
+
+/// ClusterNetworkPolicy `name` with `spec`.
+fn cluster_policy(name: &str, spec: Value) -> ClusterNetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+        .expect("cluster policy")
 }
 
 #[test]
-fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
+fn updates_match_a_rebuild_in_the_kernel() -> Result<()> {
     let bed = TestBed::new(Topology::Links {
         hosts: 2,
         links: Vec::new(),
@@ -141,6 +150,7 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
                            {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.32.0.0/16", "10.33.0.0/16"]}}]}]}),
             ),
         ],
+        ..Snapshot::default()
     };
     let mut compiled = compile(&snap, &node);
     nft(incremental, &compiled.full())?;
@@ -193,10 +203,64 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
             "another local pod",
             Box::new(|s| s.pods.push(pod("x", "d", "n1", "10.32.1.4", "db", 80))),
         ),
+        (
+            "policy changed: other ports and targets",
+            Box::new(|s| {
+                s.policies[0] = policy(
+                    "x",
+                    "web",
+                    json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "cache"}}}],
+                                 "ports": [{"port": 80}, {"port": 9000, "endPort": 9100}, {"port": "dns", "protocol": "UDP"}]}]}),
+                );
+            }),
+        ),
+        (
+            "policy added",
+            Box::new(|s| {
+                s.policies.push(policy(
+                    "x",
+                    "deny",
+                    json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+                ));
+            }),
+        ),
+        (
+            "cluster policies added",
+            Box::new(|s| {
+                s.cluster_policies = vec![
+                    cluster_policy(
+                        "admin",
+                        json!({"tier": "Admin", "priority": 3, "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+                               "ingress": [{"name": "no-z", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "w"}}}]},
+                                           {"name": "pass", "action": "Pass", "from": [{"namespaces": {}}], "protocols": [{"destinationNamedPort": "web"}]}],
+                               "egress": [{"name": "net", "action": "Accept", "to": [{"networks": ["10.96.0.0/12"]}]}]}),
+                    ),
+                    cluster_policy(
+                        "base",
+                        json!({"tier": "Baseline", "priority": 1, "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}},
+                               "ingress": [{"action": "Deny", "from": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"range": {"start": 1, "end": 1000}}}}]}]}),
+                    ),
+                ];
+            }),
+        ),
+        (
+            "policy removed",
+            Box::new(|s| {
+                s.policies.remove(1);
+            }),
+        ),
+        (
+            "a cluster policy removed",
+            Box::new(|s| {
+                s.cluster_policies.remove(0);
+            }),
+        ),
     ];
     for (what, change) in steps {
         let before: Vec<Pod> = snap.pods.clone();
         let before_ns: Vec<Namespace> = snap.namespaces.clone();
+        let before_policies: Vec<NetworkPolicy> = snap.policies.clone();
         change(&mut snap);
         // Feed the differences, as the controller does.
         let key = |p: &Pod| (p.metadata.namespace.clone(), p.metadata.name.clone());
@@ -223,6 +287,22 @@ fn element_updates_match_a_rebuild_in_the_kernel() -> Result<()> {
         for n in &snap.namespaces {
             compiled.set_namespace(n);
         }
+        for p in &before_policies {
+            if !snap
+                .policies
+                .iter()
+                .any(|q| q.metadata.name == p.metadata.name)
+            {
+                compiled.remove_policy(
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+        for p in &snap.policies {
+            compiled.set_policy(p);
+        }
+        compiled.set_cluster_policies(&snap.cluster_policies);
         nft(incremental, &compiled.update()).with_context(|| what.to_owned())?;
         nft(rebuilt, &compile(&snap, &node).full())?;
         let (got, want) = (listing(incremental)?, listing(rebuilt)?);

@@ -31,8 +31,10 @@ use weave_api::{
 };
 
 mod cni;
+mod dns;
 mod health;
 mod ipam;
+mod names;
 
 use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
@@ -55,6 +57,7 @@ struct Api {
     peer: PeerName,
     default_subnet: Option<Subnet>,
     gateways: Arc<cni::Gateways>,
+    dns: Option<crate::dns::DnsHandle>,
 }
 
 /// What the API serves besides the router.
@@ -68,6 +71,8 @@ pub struct Services {
     pub ipam: Option<mpsc::Sender<IpamRequest>>,
     /// The subnet allocations go to when they name none, if IPAM runs.
     pub default_subnet: Option<Subnet>,
+    /// weaveDNS, if it runs.
+    pub dns: Option<crate::dns::DnsHandle>,
 }
 
 impl Services {
@@ -81,6 +86,7 @@ impl Services {
             peer: self.peer,
             default_subnet: self.default_subnet,
             gateways: Arc::default(),
+            dns: self.dns,
         }
     }
 }
@@ -106,6 +112,12 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
         .route("/ipam/gc", post(ipam::gc))
         .route("/ipam/rmpeer", post(ipam::rmpeer))
         .route("/cni/add", post(cni::add))
+        .route("/dns", get(dns::report))
+        .route("/dns/entries", get(dns::entries))
+        .route("/dns/add", post(dns::add))
+        .route("/dns/remove", post(dns::remove))
+        .route("/dns/lookup", post(dns::lookup))
+        .route("/expose", post(dns::expose))
         .route("/version", get(version))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -143,6 +155,7 @@ pub async fn serve_metrics(
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
+    report.dns = names::status(&api, false).await;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -287,6 +300,7 @@ fn targets_reply(targets: Vec<SocketAddr>) -> Response {
 async fn report(State(api): State<Api>) -> Result<Json<weave_api::Report>, ApiError> {
     let mut report = ask(&api, ApiCommand::Report).await?;
     report.ipam = ipam::status(&api).await;
+    report.dns = names::status(&api, false).await;
     Ok(Json(report))
 }
 
@@ -366,6 +380,18 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
         specs.push(AddrSpec::Allocate(None));
     }
     let id = attach_ident(req.id.as_deref(), &req.netns)?;
+    let dns_name = req
+        .dns_name
+        .as_deref()
+        .map(|n| names::qualify(&api, n))
+        .transpose()?;
+    let dns_holder = dns_name
+        .as_ref()
+        .map(|_| {
+            crate::dns::zone::Holder::new(id.as_str())
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+        })
+        .transpose()?;
     let b = bridge(&api)?.clone();
     let netns = std::path::PathBuf::from(&req.netns);
     if !netns.exists() {
@@ -425,6 +451,16 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
             return Err(e);
         }
     };
+    if let (Some(name), Some(holder)) = (dns_name, dns_holder) {
+        let v4: Vec<std::net::Ipv4Addr> = cidrs
+            .iter()
+            .filter_map(|c| match c.addr() {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        names::register(&api, name, v4, holder).await?;
+    }
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply { ifname, cidrs }))
 }
@@ -437,6 +473,7 @@ async fn detach_netns(
     let id = attach_ident(req.id.as_deref(), &req.netns)?;
     bridge(&api)?;
     let host = host_netlink()?;
+    names::forget(&api, id.as_str()).await;
     attach::detach(&host, std::path::Path::new(&req.netns))
         .await
         .map_err(attach_error)?;

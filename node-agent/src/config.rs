@@ -56,6 +56,8 @@ pub struct Config {
     pub masquerade: bool,
     /// Destinations pods reach with their own addresses (`--no-masquerade-to`).
     pub masquerade_exceptions: Vec<Subnet>,
+    /// weaveDNS; `None` disables it.
+    pub dns: Option<crate::dns::DnsSettings>,
 }
 
 /// IPAM flags, validated.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cni_release;
 pub mod config;
 pub mod crypto;
+pub mod dns;
 pub mod egress;
 mod error;
 pub mod fastdp;
@@ -171,16 +172,37 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         }),
         ipam: None,
         default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
+        dns: None,
     };
+    let removed = ipam
+        .as_ref()
+        .map(|_| tokio::sync::watch::channel(std::collections::BTreeSet::new()));
+    if let Some(settings) = &config.dns {
+        let handle = dns::start(
+            settings,
+            name,
+            config.state_dir.clone(),
+            config.gossip_interval,
+            &mut gossip,
+            removed.as_ref().map(|(_, rx)| rx.clone()),
+            &mut tasks,
+            &cancel,
+        )
+        .await?;
+        services.dns = Some(handle);
+    }
     if let Some(ipam) = ipam {
         let (req_tx, req_rx) = mpsc::channel(1024);
         let registration = gossip
             .register(ipam::allocator::CHANNEL)
             .expect("IPAM is the only subsystem on its channel");
         services.ipam = Some(req_tx.clone());
-        let allocator =
+        let mut allocator =
             ipam::allocator::Allocator::new(ipam, config.state_dir.clone(), req_rx, registration)
                 .with_gossip_interval(config.gossip_interval);
+        if let Some((tx, _)) = removed {
+            allocator = allocator.with_removed(tx);
+        }
         let c = cancel.clone();
         tasks.spawn(async move { ("ipam", allocator.run(c).await) });
         if let Some(socket) = config.api_socket.as_deref() {
@@ -393,6 +415,45 @@ pub mod fuzz {
             .expect("decoded gossip merges");
         assert!(ipam.ring().validate().is_ok(), "merge keeps the ring valid");
         let _ = ipam.on_gossip(from, &ipam.gossip_state().encode(), now);
+    }
+
+    /// Decodes weaveDNS gossip and merges it into a peer that holds records
+    /// of its own; the merge must be idempotent, re-encoding must round-trip,
+    /// and the counts must stay consistent with what the zone lists.
+    pub fn dns_gossip(data: &[u8]) {
+        use crate::dns::gossip::DnsGossip;
+        use crate::dns::zone::{Holder, Key, Zone};
+        let Ok(g) = DnsGossip::decode(data) else {
+            return;
+        };
+        assert_eq!(
+            DnsGossip::decode(&g.encode()).as_ref(),
+            Ok(&g),
+            "re-encoding round-trips"
+        );
+        let now = tokio::time::Instant::now();
+        let me = crate::mesh::PeerName::from_u64(1);
+        let mut z = Zone::new(me, None, now);
+        let name = crate::dns::DnsName::parse("own.weave.local").expect("a valid name");
+        let holder = Holder::new("fuzz").expect("a valid holder");
+        let _ = z.add(Key {
+            name,
+            addr: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            holder,
+        });
+        z.merge(&g);
+        z.take_delta();
+        let live: Vec<_> = z.live().map(|(p, k, v)| (p, k.clone(), v)).collect();
+        assert!(live.len() <= z.total());
+        assert!(
+            !z.merge(&g).changed,
+            "merging the same gossip twice changes nothing"
+        );
+        let again: Vec<_> = z.live().map(|(p, k, v)| (p, k.clone(), v)).collect();
+        assert_eq!(live, again);
+        for f in z.full_state() {
+            let _ = DnsGossip::decode(&f.encode()).expect("own state decodes");
+        }
     }
 
     /// Decodes a sleeve datagram and walks all its frames; a fragment goes

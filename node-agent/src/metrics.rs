@@ -133,6 +133,9 @@ pub fn render(r: &Report) -> String {
             s.superframes_in, s.superframes_out
         );
     }
+    if let Some(dns) = &r.dns {
+        render_dns(&mut out, dns);
+    }
     if let Some(f) = &r.fastdp {
         render_fastdp(&mut out, r, f);
     }
@@ -140,6 +143,57 @@ pub fn render(r: &Report) -> String {
         render_ipam(&mut out, ipam);
     }
     out
+}
+
+/// weaveDNS: records, queries by type and result, upstream failures.
+fn render_dns(out: &mut String, dns: &weave_api::DnsReport) {
+    family(
+        out,
+        "weave_dns_entries",
+        "gauge",
+        "Live weaveDNS records by origin (local: registered on this peer).",
+    );
+    let _ = writeln!(
+        out,
+        "weave_dns_entries{{origin=\"local\"}} {}",
+        dns.local_entries
+    );
+    let _ = writeln!(out, "weave_dns_entries{{origin=\"all\"}} {}", dns.entries);
+    family(
+        out,
+        "weave_dns_queries_total",
+        "counter",
+        "DNS queries by type and result.",
+    );
+    for q in &dns.queries {
+        let _ = writeln!(
+            out,
+            "weave_dns_queries_total{{type=\"{}\",result=\"{}\"}} {}",
+            q.qtype, q.result, q.count
+        );
+    }
+    family(
+        out,
+        "weave_dns_upstream_failures_total",
+        "counter",
+        "Queries forwarded upstream that got no answer.",
+    );
+    let _ = writeln!(
+        out,
+        "weave_dns_upstream_failures_total {}",
+        dns.upstream_failures
+    );
+    family(
+        out,
+        "weave_dns_refused_records_total",
+        "counter",
+        "Gossiped records refused because a bound was reached.",
+    );
+    let _ = writeln!(
+        out,
+        "weave_dns_refused_records_total {}",
+        dns.refused_records
+    );
 }
 
 /// The fast path: each connection's mode (with the reason when it is the
@@ -348,8 +402,25 @@ mod tests {
                 removed: vec![],
                 state_bytes: 0,
             }),
+            dns: Some(DnsReport {
+                local_entries: 2,
+                entries: 5,
+                queries: vec![DnsQueryCount {
+                    qtype: "A".into(),
+                    result: "answer".into(),
+                    count: 9,
+                }],
+                upstream_failures: 1,
+                ..DnsReport::default()
+            }),
         };
         let text = render(&r);
+        assert!(
+            text.contains("weave_dns_entries{origin=\"all\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("weave_dns_queries_total{type=\"A\",result=\"answer\"} 9\n"));
+        assert!(text.contains("weave_dns_upstream_failures_total 1\n"));
         assert!(
             text.contains("# TYPE weave_peers gauge\nweave_peers 0\n"),
             "{text}"

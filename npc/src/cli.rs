@@ -1,30 +1,44 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Command-line flags of `weave-npc`, each also read from a `WEAVE_*` environment variable,
-//! validated once into a [`Config`].
+//! validated once into a [`Config`]; subcommands in `cli/`: `explain` ([`explain`]) and
+//! `hold` ([`hold`]).
+
+pub mod explain;
+pub mod hold;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::compile::NodeConfig;
+pub use crate::config::Config;
 
-/// `weave-npc`: enforces Kubernetes NetworkPolicy on this node with nftables.
+/// `weave-npc`: enforces Kubernetes NetworkPolicy and ClusterNetworkPolicy on this node with
+/// nftables.
 #[derive(Debug, Parser)]
 #[command(name = "weave-npc", version)]
 pub struct Cli {
+    /// A one-shot command instead of the controller.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Kubeconfig file; without it the in-cluster service account (or `$KUBECONFIG`) is used.
-    #[arg(long, env = "WEAVE_KUBECONFIG")]
+    #[arg(long, env = "WEAVE_KUBECONFIG", global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// Name of this node: pods whose `spec.nodeName` matches are enforced here.
     #[arg(long, env = "WEAVE_NODE_NAME", default_value = "")]
     pub node_name: String,
     /// Prometheus metrics address; `off` disables it.
-    #[arg(long, env = "WEAVE_METRICS_ADDR", default_value = ":6781")]
+    #[arg(long, env = "WEAVE_NPC_METRICS_ADDR", default_value = ":6781")]
     pub metrics_addr: String,
     /// Prefix of the host-side veth names of pods on the bridge.
-    #[arg(long, env = "WEAVE_POD_PORT_PREFIX", default_value = "vethwepl")]
+    #[arg(
+        long,
+        env = "WEAVE_POD_PORT_PREFIX",
+        default_value = "vethwepl",
+        global = true
+    )]
     pub pod_port_prefix: String,
     /// nflog group that dropped connections are logged to.
     #[arg(long, env = "WEAVE_NPC_LOG_GROUP", default_value_t = 86)]
@@ -36,32 +50,43 @@ pub struct Cli {
     #[arg(long, env = "WEAVE_NPC_RESYNC_SECS", default_value_t = 60)]
     pub resync_secs: u64,
     /// Path of the `nft` program.
-    #[arg(long, env = "WEAVE_NFT", default_value = "nft")]
+    #[arg(long, env = "WEAVE_NFT", default_value = "nft", global = true)]
     pub nft: PathBuf,
+    /// Seconds one `nft` transaction may take before it is killed (and retried later).
+    #[arg(long, env = "WEAVE_NFT_TIMEOUT_SECS", default_value_t = 30)]
+    pub nft_timeout_secs: u64,
+    /// Read the nflog group and log one line per dropped connection attempt.
+    #[arg(long, env = "WEAVE_NPC_DROP_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_log: bool,
     /// Remove everything weave-npc created (its two `weave-npc` tables) and exit.
     #[arg(long)]
     pub cleanup: bool,
     /// Log filter (`info`, `debug`, or an EnvFilter directive); `RUST_LOG` wins when set.
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "WEAVE_LOG_JSON")]
-    pub log_json: bool,
+    /// Log format: `text` or `json` (one JSON object per line), as weaver's.
+    #[arg(long, env = "WEAVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
-/// Validated settings of a running controller.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Kubeconfig, or `None` to infer.
-    pub kubeconfig: Option<PathBuf>,
-    /// What compile needs to know about the node.
-    pub node: NodeConfig,
-    /// Metrics listener, if any.
-    pub metrics_addr: Option<SocketAddr>,
-    /// Period of the full reconcile.
-    pub resync: Duration,
-    /// The `nft` program.
-    pub nft: PathBuf,
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The one-shot commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Explains which policies allow or deny a connection (read from the API, evaluated as
+    /// the ruleset is compiled).
+    Explain(explain::Args),
+    /// Closes every pod port of this node until weave-npc's first ruleset replaces the hold
+    /// (does nothing when weave-npc's tables exist); run before any pod is wired after a boot.
+    Hold,
 }
 
 impl Cli {
@@ -72,6 +97,9 @@ impl Cli {
         }
         if self.resync_secs == 0 {
             return Err("--resync-secs must be positive".into());
+        }
+        if self.nft_timeout_secs == 0 {
+            return Err("--nft-timeout-secs must be positive".into());
         }
         let metrics_addr = match self.metrics_addr.as_str() {
             "off" | "" => None,
@@ -88,6 +116,8 @@ impl Cli {
             metrics_addr,
             resync: Duration::from_secs(self.resync_secs),
             nft: self.nft.clone(),
+            nft_limit: Duration::from_secs(self.nft_timeout_secs),
+            drop_log: self.drop_log,
         })
     }
 }
@@ -121,5 +151,12 @@ mod tests {
         assert!(cli.config().is_err(), "node name is required");
         let cli = Cli::parse_from(["weave-npc", "--node-name", "n", "--metrics-addr", "off"]);
         assert_eq!(cli.config().expect("valid").metrics_addr, None);
+        assert!(config.drop_log, "the drop log is on by default");
+        let cli = Cli::parse_from(["weave-npc", "--node-name", "n", "--drop-log", "false"]);
+        assert!(!cli.config().expect("valid").drop_log);
+        let cli = Cli::parse_from(["weave-npc", "--node-name", "n", "--nft-timeout-secs", "0"]);
+        assert!(cli.config().is_err(), "a zero time limit is refused");
+        let cli = Cli::parse_from(["weave-npc", "explain", "x/a", "y/b", "80/TCP"]);
+        assert!(matches!(cli.command, Some(Command::Explain(_))));
     }
 }

@@ -8,6 +8,7 @@
 //! they reset when the table is rebuilt (Prometheus `rate()` copes with resets). Everything
 //! else is kept here by the controller.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use weave_api::prometheus::{escape, family};
 use weave_platform::firewall::{CounterValue, Firewall};
 
-use crate::compile::{DropCounter, TABLE};
+use crate::compile::{CounterOwner, DropCounter, TABLE};
 use crate::error::{Error, Result};
 use crate::policy::Rejection;
 
@@ -54,7 +55,19 @@ struct Figures {
     enforcing: bool,
     /// When the reconcile loop last ran.
     ticked: Option<tokio::time::Instant>,
+    /// Logged denied connections by (direction, policy).
+    denied: BTreeMap<(String, String), u64>,
+    /// Drop log entries not logged because they repeat a flow.
+    repeated: u64,
+    /// Drop log datagrams lost (socket buffer or queue full).
+    lost: u64,
+    /// Malformed drop log messages.
+    malformed: u64,
 }
+
+/// Most (direction, policy) series of `weavenpc_denied_connections_total`; later ones are
+/// counted under `policy="other"`.
+const MAX_DENIED_SERIES: usize = 10_000;
 
 impl Metrics {
     /// Records the outcome of a compile: rejections (a new one counts as an error) and the
@@ -89,6 +102,42 @@ impl Metrics {
         let mut f = self.lock();
         f.apply_errors += 1;
         f.enforcing = false;
+    }
+
+    /// Records a logged denied connection, counted once for each policy in `policies` (or
+    /// `default` when none is named).
+    pub fn drop_logged(&self, direction: &str, policies: &[String]) {
+        let mut f = self.lock();
+        let names: Vec<&str> = if policies.is_empty() {
+            vec!["default"]
+        } else {
+            policies.iter().map(String::as_str).collect()
+        };
+        for name in names {
+            let full = f.denied.len() >= MAX_DENIED_SERIES;
+            let key = (direction.to_owned(), name.to_owned());
+            let key = if full && !f.denied.contains_key(&key) {
+                (direction.to_owned(), "other".to_owned())
+            } else {
+                key
+            };
+            *f.denied.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// Records a drop log entry that repeated a flow already logged.
+    pub fn drop_log_repeated(&self) {
+        self.lock().repeated += 1;
+    }
+
+    /// Records `n` lost drop log datagrams.
+    pub fn drop_log_lost(&self, n: u64) {
+        self.lock().lost += n;
+    }
+
+    /// Records a malformed drop log message.
+    pub fn drop_log_malformed(&self) {
+        self.lock().malformed += 1;
     }
 
     /// Records that the reconcile loop ran.
@@ -189,17 +238,69 @@ impl Metrics {
             "counter",
             "Packets of new connections dropped by policy, per local pod and direction.",
         );
-        for c in &f.counters {
-            let packets = values
+        let packets = |name: &str| {
+            values
                 .iter()
-                .find(|v| v.name == c.name)
-                .map_or(0, |v| v.packets);
+                .find(|v| v.name == name)
+                .map_or(0, |v| v.packets)
+        };
+        for c in &f.counters {
+            if let CounterOwner::Pod(namespace, pod) = &c.owner {
+                let _ = writeln!(
+                    out,
+                    "weavenpc_blocked_packets_total{{namespace=\"{}\",pod=\"{}\",direction=\"{}\"}} {}",
+                    escape(namespace),
+                    escape(pod),
+                    c.direction,
+                    packets(&c.name)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "weavenpc_cluster_policy_denied_packets_total",
+            "counter",
+            "Packets dropped by a Deny rule of a ClusterNetworkPolicy.",
+        );
+        for c in &f.counters {
+            if let CounterOwner::ClusterRule(policy, rule) = &c.owner {
+                let _ = writeln!(
+                    out,
+                    "weavenpc_cluster_policy_denied_packets_total{{policy=\"{}\",rule=\"{}\",direction=\"{}\"}} {}",
+                    escape(policy),
+                    escape(rule),
+                    c.direction,
+                    packets(&c.name)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "weavenpc_denied_connections_total",
+            "counter",
+            "Denied connection attempts written to the drop log, per direction and policy (each isolating NetworkPolicy counts the attempt).",
+        );
+        for ((direction, policy), n) in &f.denied {
             let _ = writeln!(
                 out,
-                "weavenpc_blocked_packets_total{{namespace=\"{}\",pod=\"{}\",direction=\"{}\"}} {packets}",
-                escape(&c.namespace),
-                escape(&c.pod),
-                c.direction
+                "weavenpc_denied_connections_total{{direction=\"{direction}\",policy=\"{}\"}} {n}",
+                escape(policy)
+            );
+        }
+        family(
+            &mut out,
+            "weavenpc_drop_log_entries_total",
+            "counter",
+            "Drop log entries by outcome: repeated (a flow already logged), lost (socket or queue full), malformed.",
+        );
+        for (outcome, n) in [
+            ("repeated", f.repeated),
+            ("lost", f.lost),
+            ("malformed", f.malformed),
+        ] {
+            let _ = writeln!(
+                out,
+                "weavenpc_drop_log_entries_total{{outcome=\"{outcome}\"}} {n}"
             );
         }
         out
@@ -282,18 +383,33 @@ mod tests {
             reason: "unknown protocol \"ICMP\"".into(),
             isolate: None,
         }];
-        let counters = vec![DropCounter {
-            name: "ingress-denied-x-a".into(),
-            namespace: "x".into(),
-            pod: "a".into(),
-            direction: "ingress",
-        }];
+        let counters = vec![
+            DropCounter {
+                name: "ingress-denied-x-a".into(),
+                owner: CounterOwner::Pod("x".into(), "a".into()),
+                direction: "ingress",
+            },
+            DropCounter {
+                name: "cnp-denied/p/ingress/0".into(),
+                owner: CounterOwner::ClusterRule("p".into(), "deny-all".into()),
+                direction: "ingress",
+            },
+        ];
         m.compiled(&rejected, &counters, 7);
         m.compiled(&rejected, &counters, 7);
-        let text = m.render(&[CounterValue {
-            name: "ingress-denied-x-a".into(),
-            packets: 3,
-        }]);
+        m.drop_logged("ingress", &["x/deny".to_owned(), "x/web".to_owned()]);
+        m.drop_logged("ingress", &["x/deny".to_owned()]);
+        m.drop_log_repeated();
+        let text = m.render(&[
+            CounterValue {
+                name: "ingress-denied-x-a".into(),
+                packets: 3,
+            },
+            CounterValue {
+                name: "cnp-denied/p/ingress/0".into(),
+                packets: 5,
+            },
+        ]);
         assert!(text.contains("weavenpc_policy_rejected{policy=\"x/bad\",reason=\"unknown protocol \\\"ICMP\\\"\"} 1"), "{text}");
         assert!(
             text.contains("weavenpc_policy_enforcement_errors_total 1"),
@@ -306,5 +422,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weavenpc_rules 7"), "{text}");
+        assert!(
+            text.contains("weavenpc_cluster_policy_denied_packets_total{policy=\"p\",rule=\"deny-all\",direction=\"ingress\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weavenpc_denied_connections_total{direction=\"ingress\",policy=\"x/deny\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("weavenpc_drop_log_entries_total{outcome=\"repeated\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -17,6 +17,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::selector::Selector;
 
+/// Most nftables rules one policy may compile to (peers × port groups, summed over its
+/// rules). Beyond it the policy is rejected rather than compiled: one object must not be able
+/// to stall the apply of everything else.
+pub const MAX_RULES_PER_POLICY: usize = 1000;
+/// Most `except` blocks of one `ipBlock` (each is a match in the rule).
+pub const MAX_EXCEPT: usize = 256;
+
 /// A transport protocol NetworkPolicy can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -135,18 +142,21 @@ impl NamespaceInfo {
 }
 
 /// A port as a policy names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PortMatch {
     /// Any port of the protocol.
     Any,
     /// A range of port numbers (`port` to `endPort`, or one port).
     Range(u16, u16),
-    /// A container port name, resolved per destination pod.
+    /// A container port name with the entry's protocol, resolved per destination pod.
     Named(String),
+    /// A container port name with whatever protocol the container port declares
+    /// (ClusterNetworkPolicy's `destinationNamedPort`).
+    NamedAny(String),
 }
 
 /// One entry of a rule's `ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     /// Protocol (TCP when the policy does not say).
     pub protocol: Protocol,
@@ -280,19 +290,55 @@ impl Policy {
         } else {
             None
         };
-        Ok(Self {
+        let policy = Self {
             namespace,
             name,
             target,
             ingress,
             egress,
-        })
+        };
+        let rules = policy.rule_count();
+        if rules > MAX_RULES_PER_POLICY {
+            return Err(reject(
+                format!(
+                    "compiles to {rules} rules (peers × port groups), more than the limit of {MAX_RULES_PER_POLICY}: split it or merge its peers"
+                ),
+                isolate,
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// How many nftables rules the policy compiles to.
+    pub fn rule_count(&self) -> usize {
+        self.ingress
+            .iter()
+            .chain(&self.egress)
+            .flatten()
+            .map(|r| r.peers.as_ref().map_or(1, Vec::len) * port_groups(&r.ports))
+            .sum()
     }
 
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// How many rules one peer of a rule with `ports` becomes: one for all numbered ports (a
+/// single match, or a set when there are several), one more for named ports, and one when
+/// the rule has no ports.
+pub fn port_groups(ports: &[PortSpec]) -> usize {
+    if ports.is_empty() {
+        return 1;
+    }
+    let numbered = ports
+        .iter()
+        .any(|p| matches!(p.port, PortMatch::Any | PortMatch::Range(..)));
+    let named = ports
+        .iter()
+        .any(|p| matches!(p.port, PortMatch::Named(_) | PortMatch::NamedAny(_)));
+    usize::from(numbered) + usize::from(named)
 }
 
 /// The direction's name for messages.
@@ -351,7 +397,14 @@ fn parse_peer(peer: &NetworkPolicyPeer) -> Result<Option<Peer>, String> {
             return Ok(None);
         };
         let mut except = Vec::new();
-        for e in block.except.iter().flatten() {
+        let excepts = block.except.as_deref().unwrap_or_default();
+        if excepts.len() > MAX_EXCEPT {
+            return Err(format!(
+                "ipBlock has {} except entries, more than the limit of {MAX_EXCEPT}",
+                excepts.len()
+            ));
+        }
+        for e in excepts {
             match e.parse::<IpNet>() {
                 Ok(IpNet::V4(net)) => except.push(net.trunc()),
                 Ok(IpNet::V6(_)) => {}

@@ -79,8 +79,11 @@ impl Scenario {
         let pods = "/api/v1/pods";
         let namespaces = "/api/v1/namespaces";
         let policies = "/apis/networking.k8s.io/v1/networkpolicies";
+        let nodes = "/api/v1/nodes";
+        let idle_nodes = || VecDeque::from([Answer::List(Vec::new(), 10), Answer::Idle]);
         let base = |pod_answers: Vec<Answer>| {
             BTreeMap::from([
+                (nodes, idle_nodes()),
                 (pods, pod_answers.into()),
                 (
                     namespaces,
@@ -99,6 +102,7 @@ impl Scenario {
                 "metadata": {"name": "from-y", "namespace": "x", "resourceVersion": "4"},
                 "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}});
             return BTreeMap::from([
+                (nodes, idle_nodes()),
                 (
                     pods,
                     VecDeque::from([
@@ -140,9 +144,12 @@ impl Scenario {
     }
 
     /// Serves the script on `handle` until the test ends; unscripted requests fail the test.
+    /// Watch events are delivered only once the controller applied its first ruleset, so
+    /// that they are changes to a synced state whatever the order the reflectors start in.
     fn run(
         self,
         mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        firewall: Arc<FakeFirewall>,
     ) -> tokio::task::JoinHandle<()> {
         let mut script = self.script();
         tokio::spawn(async move {
@@ -151,6 +158,16 @@ impl Scenario {
             while let Some((request, send)) = handle.next_request().await {
                 let path = request.uri().path().to_owned();
                 let query = request.uri().query().unwrap_or("").to_owned();
+                if path == "/apis/policy.networking.k8s.io/v1beta1" {
+                    // Discovery: the ClusterNetworkPolicy CRD is not installed.
+                    send.send_response(
+                        Response::builder()
+                            .status(404)
+                            .body(Body::from(b"{}".to_vec()))
+                            .expect("response"),
+                    );
+                    continue;
+                }
                 let answer = script
                     .get_mut(path.as_str())
                     .and_then(VecDeque::pop_front)
@@ -161,6 +178,7 @@ impl Scenario {
                     !matches!(answer, Answer::List(..)),
                     "{path}?{query} vs {answer:?}"
                 );
+                let events = matches!(answer, Answer::Events(_));
                 let body = match answer {
                     Answer::List(items, rv) => {
                         json!({"metadata": {"resourceVersion": rv.to_string()}, "items": items})
@@ -180,12 +198,25 @@ impl Scenario {
                         continue;
                     }
                 };
-                send.send_response(
-                    Response::builder()
-                        .status(200)
-                        .body(Body::from(body.into_bytes()))
-                        .expect("response"),
-                );
+                let response = Response::builder()
+                    .status(200)
+                    .body(Body::from(body.into_bytes()))
+                    .expect("response");
+                if events {
+                    let firewall = Arc::clone(&firewall);
+                    tokio::spawn(async move {
+                        let synced = tokio::time::timeout(TIMEOUT, async {
+                            while firewall.applied().is_empty() {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        })
+                        .await;
+                        assert!(synced.is_ok(), "no first apply before the watch events");
+                        send.send_response(response);
+                    });
+                } else {
+                    send.send_response(response);
+                }
             }
         })
     }
@@ -200,9 +231,9 @@ fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = scenario.run(handle);
-    let client = Client::new(service, "default");
     let firewall = Arc::new(FakeFirewall::default());
+    let server = scenario.run(handle, Arc::clone(&firewall));
+    let client = Client::new(service, "default");
     let node = NodeConfig {
         node_name: "n1".into(),
         ..NodeConfig::default()
@@ -254,8 +285,9 @@ async fn initial_sync_applies_one_full_ruleset() {
     let (firewall, cancel, _server) = start(Scenario::InitialSync);
     let i = applied_where(&firewall, TIMEOUT, "with x/a isolated", |d| {
         d.contains("delete table inet weave-npc")
-            && d.contains("ingress-isolated")
-            && d.contains("10.32.0.1")
+            && d.contains(
+                "add element inet weave-npc ingress-np-pods { 10.32.0.1 : jump ingress-group-",
+            )
     })
     .await;
     assert_eq!(i, 0, "nothing may be applied before all caches are synced");
@@ -311,7 +343,7 @@ async fn remote_pod_churn_changes_set_elements_only() {
     let doc = &firewall.applied()[i];
     assert!(i > 0, "the remote pod came through the watch");
     assert!(
-        doc.starts_with("add element inet weave-npc peer") && doc.contains("{ 10.32.1.9 }"),
+        doc.starts_with("add element inet weave-npc peer-") && doc.contains("{ 10.32.1.9 }"),
         "a set-only update adds the element: {doc}"
     );
     assert!(!doc.contains("rule"), "no rule is touched: {doc}");

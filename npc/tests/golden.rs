@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
+use weave_npc::cluster_policy::ClusterNetworkPolicy;
 use weave_npc::{compile, NodeConfig, Snapshot};
 
 /// The cluster every case starts from. Pod `c` names its port 81 `serve-81` as everyone else,
@@ -45,7 +46,7 @@ fn cluster() -> Snapshot {
     Snapshot {
         pods,
         namespaces,
-        policies: Vec::new(),
+        ..Snapshot::default()
     }
 }
 
@@ -55,27 +56,25 @@ fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
         .expect("policy")
 }
 
+/// A ClusterNetworkPolicy named `name` with `spec`.
+fn cluster_policy(name: &str, spec: Value) -> ClusterNetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+        .expect("cluster policy")
+}
+
 /// Compiles the cluster with `policies` and checks the result against the golden file.
 fn check(case: &str, policies: Vec<NetworkPolicy>) -> Vec<String> {
-    let mut snapshot = cluster();
-    snapshot.policies = policies;
-    let node = NodeConfig {
-        node_name: "n1".into(),
-        ..NodeConfig::default()
-    };
-    let compiled = compile(&snapshot, &node);
-    let got = compiled.full();
-    let rejected: Vec<String> = compiled
-        .rejected
-        .iter()
-        .map(|r| format!("{}: {}", r.policy, r.reason))
-        .collect();
+    check_with(case, policies, Vec::new())
+}
+
+/// Compares `got` with golden file `case` (or rewrites it).
+fn golden(case: &str, got: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(format!("{case}.nft"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &got).expect("write golden file");
-        return rejected;
+        std::fs::write(&path, got).expect("write golden file");
+        return;
     }
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read {}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
@@ -84,6 +83,30 @@ fn check(case: &str, policies: Vec<NetworkPolicy>) -> Vec<String> {
         "compile output for {case} differs from {}; rerun with UPDATE_GOLDEN=1 and review the diff\n{got}",
         path.display()
     );
+}
+
+/// Compiles the cluster with NetworkPolicies and ClusterNetworkPolicies, checks the result
+/// against the golden file and returns the rejections.
+fn check_with(
+    case: &str,
+    policies: Vec<NetworkPolicy>,
+    cluster_policies: Vec<ClusterNetworkPolicy>,
+) -> Vec<String> {
+    let mut snapshot = cluster();
+    snapshot.policies = policies;
+    snapshot.cluster_policies = cluster_policies;
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let compiled = compile(&snapshot, &node);
+    let got = compiled.full();
+    let rejected: Vec<String> = compiled
+        .rejected()
+        .iter()
+        .map(|r| format!("{}: {}", r.policy, r.reason))
+        .collect();
+    golden(case, &got);
     rejected
 }
 
@@ -265,9 +288,11 @@ fn churn_is_applied_incrementally_when_possible() {
         .insert("ns".into(), "y".into());
     compiled.set_namespace(&z);
     let script = compiled.update();
-    assert_eq!(
-        script,
-        "add element inet weave-npc peer1 { 10.32.3.1, 10.32.3.2, 10.32.3.3 }\n"
+    assert!(
+        script.starts_with("add element inet weave-npc peer-")
+            && script.ends_with(" { 10.32.3.1, 10.32.3.2, 10.32.3.3 }\n")
+            && script.lines().count() == 1,
+        "{script}"
     );
 
     // A local pod gone: its elements and accounting chains go; no rebuild.
@@ -302,4 +327,158 @@ fn second_new_local_pod_is_programmed_too() {
             "pod {n}: {script}"
         );
     }
+}
+
+#[test]
+fn several_ports_share_one_interval_set() {
+    let _ = check(
+        "port_set",
+        vec![policy(
+            "x",
+            "web",
+            json!({
+                "podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                             "ports": [{"port": 80}, {"port": 443}, {"port": 8000, "endPort": 8080},
+                                       {"port": 8080, "endPort": 8090}, {"port": 53, "protocol": "UDP"},
+                                       {"port": "web"}]}]
+            }),
+        )],
+    );
+}
+
+#[test]
+fn cluster_policies_in_both_tiers() {
+    let rejected = check_with(
+        "cluster",
+        vec![policy(
+            "x",
+            "allow-y",
+            json!({"podSelector": {"matchLabels": {"pod": "b"}},
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        )],
+        vec![
+            cluster_policy(
+                "admin",
+                json!({"tier": "Admin", "priority": 10,
+                       "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+                       "ingress": [{"name": "deny-z", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "z"}}}]},
+                                   {"name": "pass-y-web", "action": "Pass",
+                                    "from": [{"pods": {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {}}}],
+                                    "protocols": [{"destinationNamedPort": "web"}]}],
+                       "egress": [{"name": "dns", "action": "Accept", "to": [{"networks": ["10.96.0.10/32", "fd00::/8"]}],
+                                   "protocols": [{"udp": {"destinationPort": {"number": 53}}}, {"tcp": {"destinationPort": {"number": 53}}}]}]}),
+            ),
+            cluster_policy(
+                "baseline",
+                json!({"tier": "Baseline", "priority": 1,
+                       "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}},
+                       "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]}),
+            ),
+            cluster_policy(
+                "broken",
+                json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                       "egress": [{"action": "Deny", "to": [{"domainNames": ["example.com"]}]}]}),
+            ),
+        ],
+    );
+    assert_eq!(
+        rejected,
+        ["ClusterNetworkPolicy/broken: egress rule 0: peer 0: domainNames are not supported"]
+    );
+}
+
+#[test]
+fn huge_policies_are_refused_and_fail_closed() {
+    let peers: Vec<Value> = (0..100)
+        .map(|i| json!({"ipBlock": {"cidr": format!("192.168.{i}.0/24")}}))
+        .collect();
+    let ports: Vec<Value> = (0..11)
+        .map(|i| json!({"port": "p".to_owned() + &i.to_string()}))
+        .collect();
+    let mut snapshot = cluster();
+    snapshot.policies = vec![
+        policy(
+            "x",
+            "huge",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                   "ingress": (0..11).map(|_| json!({"from": peers, "ports": ports})).collect::<Vec<_>>()}),
+        ),
+        policy(
+            "x",
+            "fine",
+            json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{}]}),
+        ),
+    ];
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let compiled = compile(&snapshot, &node);
+    let rejected = compiled.rejected();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0].reason.contains("compiles to 1100 rules")
+            && rejected[0].reason.contains("limit of 1000"),
+        "{rejected:?}"
+    );
+    let script = compiled.full();
+    // x/a stays isolated with nothing allowed: its policy chain exists and is empty.
+    assert!(
+        script.contains("add chain inet weave-npc ingress-policy/x/huge"),
+        "{script}"
+    );
+    assert!(
+        !script.contains("add rule inet weave-npc ingress-policy/x/huge"),
+        "{script}"
+    );
+    assert!(
+        script.contains("add rule inet weave-npc ingress-policy/x/fine accept"),
+        "{script}"
+    );
+    assert!(
+        script.lines().count() < 200,
+        "nothing of the huge policy was compiled"
+    );
+}
+
+#[test]
+fn a_policy_change_is_an_update_of_its_chains() {
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let mut snapshot = cluster();
+    snapshot.policies = vec![
+        policy(
+            "x",
+            "deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+        policy(
+            "x",
+            "web",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"port": 80}]}]}),
+        ),
+    ];
+    let mut compiled = compile(&snapshot, &node);
+    // The allowed port changes, and the policy now also selects x/c.
+    compiled.set_policy(&policy(
+        "x",
+        "web",
+        json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "c"]}]},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"port": 81}]}]}),
+    ));
+    // And a new egress policy comes.
+    compiled.set_policy(&policy(
+        "x",
+        "out",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+               "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+    ));
+    golden("policy_update", &compiled.update());
+    assert_eq!(compiled.update(), "", "applied: nothing left to send");
+    compiled.remove_policy("x", "out");
+    golden("policy_removal", &compiled.update());
 }

@@ -78,6 +78,15 @@ pub fn opt_addr_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, 
         .transpose()
 }
 
+/// `deserialize_with` for a list of IPv4 addresses, bare or with a prefix
+/// (`"address"` in errors).
+pub fn addrs_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ipv4Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_addr_v4(s, "address").map_err(serde::de::Error::custom))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,9 @@ pub struct Report {
     /// IP address management, when enabled.
     #[serde(default)]
     pub ipam: Option<IpamReport>,
+    /// weaveDNS, when enabled.
+    #[serde(default)]
+    pub dns: Option<DnsReport>,
 }
 
 /// State of the sleeve data plane.
@@ -290,6 +293,10 @@ pub struct AttachRequest {
     /// IPAM identifier of the attachment; defaults to `netns:PATH`.
     #[serde(default)]
     pub id: Option<String>,
+    /// Register the attachment's IPv4 addresses in weaveDNS under this
+    /// name (a label, or a name in the domain); removed again at detach.
+    #[serde(default)]
+    pub dns_name: Option<String>,
 }
 
 /// Reply to `POST /attach`.
@@ -412,6 +419,10 @@ pub struct CniAddRequest {
     /// agent's own when absent.
     #[serde(default)]
     pub bridge: Option<String>,
+    /// Register the pod's address in weaveDNS under this name (removed
+    /// when the id is released) and answer with the resolver settings.
+    #[serde(default)]
+    pub dns_name: Option<String>,
 }
 
 /// Reply to `POST /cni/add`.
@@ -432,6 +443,18 @@ pub struct CniAddReply {
     /// bridge to hold it.
     #[serde(default)]
     pub gateway: Option<IpAddr>,
+    /// Resolver settings for the pod, when a DNS name was registered.
+    #[serde(default)]
+    pub dns: Option<DnsSettings>,
+}
+
+/// Resolver settings for a pod: weaveDNS's address and domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSettings {
+    /// Where weaveDNS answers the pod (the gateway of its subnet).
+    pub nameserver: IpAddr,
+    /// The domain, without the final dot (`weave.local`), for `search`.
+    pub domain: String,
 }
 
 /// `POST /ipam/gc`: release every allocation whose id starts with `prefix`
@@ -513,4 +536,135 @@ pub struct IpamOwner {
     pub local: bool,
     /// Whether it is reachable now.
     pub reachable: bool,
+}
+
+/// `POST /dns/add`: register `name` for `addresses` on this peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsAddRequest {
+    /// A label (`web`, the domain is appended) or a name in the domain.
+    pub name: String,
+    /// IPv4 addresses (bare or with a prefix); at least one.
+    #[serde(deserialize_with = "net::addrs_v4")]
+    pub addresses: Vec<Ipv4Addr>,
+    /// Who holds the records (a container or attachment id); `weave:extern`
+    /// when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// `POST /dns/remove`: remove this peer's records matching every field
+/// given (at least one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRemoveRequest {
+    /// Only records of this name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Only records of these addresses.
+    #[serde(default, deserialize_with = "net::addrs_v4")]
+    pub addresses: Vec<Ipv4Addr>,
+    /// Only records of this holder.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Reply to `POST /dns/add` and `POST /dns/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsChangeReply {
+    /// Records added or removed (a repeated add counts none).
+    pub changed: u64,
+}
+
+/// `POST /dns/lookup`: the live addresses of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsLookupRequest {
+    /// A label or a name in the domain.
+    pub name: String,
+}
+
+/// Reply to `POST /dns/lookup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsLookupReply {
+    /// The fully qualified name.
+    pub name: String,
+    /// Its addresses, ascending (empty when unknown).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// One live record, as `weave status dns` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsEntry {
+    /// Fully qualified name.
+    pub name: String,
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Who holds it on its origin.
+    pub id: String,
+    /// The peer that registered it.
+    pub origin: String,
+    /// The origin's version of it.
+    pub version: u64,
+}
+
+/// A query counter of weaveDNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQueryCount {
+    /// `A`, `AAAA`, `PTR` or `other`.
+    pub qtype: String,
+    /// `answer`, `nodata`, `nxdomain`, `forwarded`, `servfail`, `refused`.
+    pub result: String,
+    /// Queries.
+    pub count: u64,
+}
+
+/// `GET /dns`: state of weaveDNS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsReport {
+    /// The domain, with the final dot.
+    pub domain: String,
+    /// Addresses served now.
+    pub listen: Vec<String>,
+    /// Upstream servers used for other names.
+    pub upstream: Vec<String>,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// Live records registered on this peer.
+    pub local_entries: u64,
+    /// Live records of all peers.
+    pub entries: u64,
+    /// Records held, live and deleted, of all peers.
+    pub records: u64,
+    /// Own deleted records waiting to be purged.
+    pub tombstones: u64,
+    /// Queries by type and result.
+    pub queries: Vec<DnsQueryCount>,
+    /// Forwards that failed.
+    pub upstream_failures: u64,
+    /// Gossiped records refused because a bound was reached.
+    pub refused_records: u64,
+    /// The live records, when asked for (`GET /dns?entries=true`).
+    #[serde(default)]
+    pub records_list: Vec<DnsEntry>,
+}
+
+/// `POST /expose`: give the bridge an address in a subnet (so that hosts
+/// reach pods and pods reach weaveDNS), optionally with a DNS name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// A subnet inside the allocation range; the default subnet when absent.
+    #[serde(default, deserialize_with = "net::opt_subnet_v4")]
+    pub subnet: Option<Ipv4Net>,
+    /// A DNS name for the bridge's address.
+    #[serde(default)]
+    pub dns_name: Option<String>,
+}
+
+/// Reply to `POST /expose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeReply {
+    /// The bridge's address in the subnet.
+    pub address: IpNet,
 }

@@ -36,6 +36,14 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+    /// `nft` did not finish within its time limit and was killed.
+    #[error("{op}: nft did not finish within {limit:?} and was killed")]
+    TimedOut {
+        /// What was being done.
+        op: String,
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// `nft -f -` refused the script.
     #[error("{op}: nft said: {stderr}")]
     Refused {
@@ -68,17 +76,23 @@ pub trait Firewall: Send + Sync {
     fn counters(&self, family: NfFamily, table: &str) -> Result<Vec<CounterValue>, FirewallError>;
 }
 
+/// How long one `nft -f -` may run by default before it is killed.
+pub const DEFAULT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The real thing: the `nft` program with JSON input.
 #[derive(Debug, Clone)]
 pub struct NftFirewall {
     /// Path of `nft` (`nft` from `$PATH` by default).
     program: PathBuf,
+    /// How long one script may take.
+    limit: std::time::Duration,
 }
 
 impl Default for NftFirewall {
     fn default() -> Self {
         Self {
             program: PathBuf::from("nft"),
+            limit: DEFAULT_LIMIT,
         }
     }
 }
@@ -88,7 +102,15 @@ impl NftFirewall {
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
+            limit: DEFAULT_LIMIT,
         }
+    }
+
+    /// Kills `nft -f -` (the transaction is then not applied) when it runs longer than `limit`.
+    #[must_use]
+    pub fn with_limit(mut self, limit: std::time::Duration) -> Self {
+        self.limit = limit;
+        self
     }
 }
 
@@ -109,7 +131,7 @@ impl Firewall for NftFirewall {
     }
 
     fn apply_script(&self, script: &str) -> Result<(), FirewallError> {
-        use std::io::Write as _;
+        use std::io::{Read as _, Write as _};
         use std::process::{Command, Stdio};
         if script.trim().is_empty() {
             return Ok(());
@@ -127,18 +149,33 @@ impl Firewall for NftFirewall {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| FirewallError::Spawn { op: op(), source })?;
-        let written = child
-            .stdin
-            .take()
-            .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
-        // Wait even when writing failed, so no zombie is left; nft's own error says more.
-        let out = child
-            .wait_with_output()
-            .map_err(|source| FirewallError::Spawn { op: op(), source })?;
-        if !out.status.success() {
+        let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
+        // Feed the script and collect stderr on a thread of their own, so that neither pipe
+        // can block the wait for the child.
+        let (status, fed) = std::thread::scope(|scope| {
+            let feeder = scope.spawn(|| {
+                let written = stdin.map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
+                let mut err = String::new();
+                if let Some(mut stderr) = stderr {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                (written, err)
+            });
+            let status = crate::child::wait_with_limit(&mut child, self.limit);
+            (status, feeder.join())
+        });
+        let status = status.map_err(|source| FirewallError::Spawn { op: op(), source })?;
+        let (written, stderr) = fed.unwrap_or_else(|_| (Ok(()), String::new()));
+        let Some(status) = status else {
+            return Err(FirewallError::TimedOut {
+                op: op(),
+                limit: self.limit,
+            });
+        };
+        if !status.success() {
             return Err(FirewallError::Refused {
                 op: op(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr: stderr.trim().to_owned(),
             });
         }
         written.map_err(|source| FirewallError::Spawn { op: op(), source })

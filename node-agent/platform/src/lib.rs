@@ -11,6 +11,8 @@
 //! - [`packet`]: [`PacketSocket`], raw Ethernet frames on one link (the fast
 //!   path's heartbeats, a pod's announcements);
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
+//! - [`child`]: waiting for a child process with a time limit (pidfd);
+//! - [`nflog`]: an nfnetlink_log socket bound to one group (raw datagrams out);
 //! - `firewall` (feature `nft`): the `Firewall` trait, `NftFirewall` and, with
 //!   `fake` too, `FakeFirewall`;
 //! - [`wiring`]: [`wiring::wire`] / [`wiring::unwire`], a pod namespace's
@@ -20,9 +22,11 @@
 //!   same idempotency rules, for unit tests that must not need root.
 //!
 //! This is the only crate of the workspace allowed `unsafe`, and only in
-//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration) and
-//! [`packet`] (`sockaddr_ll` system calls and the same registration).
+//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration),
+//! [`packet`] (`sockaddr_ll` system calls and the same registration), [`child`]
+//! (`pidfd_open`, `poll`) and [`nflog`] (the netlink socket calls).
 
+pub mod child;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -30,6 +34,7 @@ pub mod fake;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod nflog;
 pub mod packet;
 pub mod sysctl;
 pub mod tap;

@@ -800,3 +800,57 @@ async fn announcements_leave_the_pod_interface() {
         "gratuitous: target is itself"
     );
 }
+
+#[test]
+fn nflog_socket_receives_logged_packets() {
+    use weave_platform::nflog::{parse, NflogSocket};
+    let ns = TestNetns::new();
+    let group = 7;
+    let socket = open_in(ns.path(), move || NflogSocket::bind(group, 128))
+        .expect("bind nflog group in the test namespace");
+    socket.set_read_timeout(WAIT).expect("receive timeout");
+    // A second reader of the same group is refused.
+    let second = open_in(ns.path(), move || NflogSocket::bind(group, 128));
+    assert!(second.is_err(), "a group has one reader");
+    let netns = ns.path().display().to_string();
+    let rules = "add table inet t\nadd chain inet t out { type filter hook output priority 0; }\nadd rule inet t out udp dport 9999 log prefix \"weave-test: \" group 7\n";
+    let lo = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ip", "link", "set", "lo", "up"])
+        .status()
+        .expect("run nsenter ip");
+    assert!(lo.success(), "bring lo up");
+    let mut nft = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nsenter nft");
+    {
+        use std::io::Write as _;
+        let mut stdin = nft.stdin.take().expect("stdin");
+        stdin.write_all(rules.as_bytes()).expect("feed nft");
+    }
+    assert!(
+        nft.wait().expect("wait for nft").success(),
+        "nft refused the rules"
+    );
+    open_in(ns.path(), || {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        udp.send_to(b"hello", "127.0.0.1:9999")?;
+        Ok(())
+    })
+    .expect("send a logged datagram");
+    let mut buf = vec![0u8; 65536];
+    let n = socket.recv(&mut buf).expect("receive the log entry");
+    let entries = parse(&buf[..n]);
+    let entry = entries
+        .iter()
+        .find_map(|e| e.as_ref().ok())
+        .unwrap_or_else(|| panic!("no entry in {entries:?}"));
+    assert_eq!(entry.group, group);
+    assert_eq!(entry.prefix, "weave-test: ");
+    let packet = entry.packet.expect("packet headers");
+    assert_eq!((packet.protocol, packet.dport), (17, 9999));
+    assert_eq!(packet.dst, std::net::Ipv4Addr::LOCALHOST);
+}

@@ -27,6 +27,7 @@ use weave_platform::Netlink;
 
 use super::ipam::{self, AddrSpec};
 use super::{error, host_netlink, parse, Api, ApiError};
+use crate::dns::zone::Holder;
 use crate::ipam::space::Ident;
 use crate::ipam::subnet::Subnet;
 
@@ -67,23 +68,43 @@ pub(crate) async fn add(
         .bridge
         .or_else(|| api.bridge.as_ref().map(|b| b.name.clone()));
     let gateway = match (&bridge, req.gateway) {
-        (Some(b), true) => Some(gateway(&api, b, subnet).await?),
+        (Some(b), true) => Some(self::gateway(&api, b, subnet).await?),
         _ => None,
+    };
+    let dns_name = req
+        .dns_name
+        .as_deref()
+        .map(|n| super::names::qualify(&api, n))
+        .transpose()?;
+    let holder = dns_name
+        .as_ref()
+        .map(|_| Holder::new(id.as_str()).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
+        .transpose()?;
+    // The pod's resolver is weaveDNS on its gateway, the bridge's address.
+    let dns_gateway = match (&dns_name, gateway, &bridge) {
+        (None, _, _) => None,
+        (Some(_), Some(g), _) => Some(g),
+        (Some(_), None, Some(b)) => Some(self::gateway(&api, b, subnet).await?),
+        (Some(_), None, None) => None,
     };
     let spec = AddrSpec::Allocate(Some(subnet));
     let a = ipam::resolve(&api, &id, spec, ipam::timeout(req.timeout_ms)).await?;
+    if let (Some(name), Some(holder)) = (dns_name, holder) {
+        super::names::register(&api, name, vec![Ipv4Addr::from(a.addr)], holder).await?;
+    }
     Ok(Json(CniAddReply {
         id: id.to_string(),
         addresses: vec![a.net()],
         bridge,
         mtu: api.bridge.as_ref().map(|b| b.mtu),
         gateway,
+        dns: dns_gateway.and_then(|g| super::names::settings(&api, g)),
     }))
 }
 
 /// The bridge's address in `subnet`: remembered, else found on the bridge,
-/// else given to it from IPAM.
-async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<IpAddr, ApiError> {
+/// else given to it from IPAM (and weaveDNS told to listen there).
+pub(crate) async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<IpAddr, ApiError> {
     if let Some(gw) = api.gateways.get(bridge, subnet) {
         return Ok(gw);
     }
@@ -121,5 +142,8 @@ async fn gateway(api: &Api, bridge: &str, subnet: Subnet) -> Result<IpAddr, ApiE
         .map_err(failed)?;
     info!(%bridge, address = %got, "bridge exposed in the pod subnet");
     api.gateways.insert(bridge, subnet, gw);
+    if let Some(d) = &api.dns {
+        d.rescan.notify_one();
+    }
     Ok(gw)
 }

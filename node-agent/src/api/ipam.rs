@@ -236,6 +236,10 @@ pub(crate) async fn release(
         reply,
     })
     .await?;
+    if req.address.is_none() {
+        // The id is gone (CNI DEL): so are its names.
+        super::names::forget(&api, id.as_str()).await;
+    }
     Ok(addresses(&id, &released))
 }
 
@@ -268,6 +272,9 @@ pub(crate) async fn gc(State(api): State<Api>, body: Bytes) -> Result<Json<GcRep
         reply,
     })
     .await?;
+    for id in &released {
+        super::names::forget(&api, id.as_str()).await;
+    }
     Ok(Json(GcReply {
         released: released.iter().map(ToString::to_string).collect(),
     }))

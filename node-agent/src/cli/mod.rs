@@ -17,9 +17,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`.
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`. Unless
+/// the filter names it, hickory-server logs warnings only: at info it logs
+/// every DNS query.
 pub fn init_tracing(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    if !std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| level.to_string())
+        .contains("hickory")
+    {
+        filter = filter.add_directive(
+            "hickory_server=warn"
+                .parse()
+                .expect("a valid static directive"),
+        );
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -11,6 +11,8 @@ use clap::Parser;
 use super::LogFormat;
 use crate::config::{parse_duration, parse_peer_addr, Config, IpamSettings};
 use crate::crypto::Passwords;
+use crate::dns::listen::Listen;
+use crate::dns::DnsSettings;
 use crate::mesh::PeerName;
 
 /// weaver: the per-node agent of the weave network.
@@ -109,6 +111,27 @@ pub struct Cli {
     /// Namespace of the peer registry ConfigMap (weave-net) for --kube-peers.
     #[arg(long, env = "WEAVE_KUBE_NAMESPACE", default_value = "kube-system")]
     pub kube_namespace: String,
+    /// Turn weaveDNS off.
+    #[arg(long, env = "WEAVE_NO_DNS")]
+    pub no_dns: bool,
+    /// Where weaveDNS listens (UDP and TCP), IP:PORT; default: port 53 on every IPv4
+    /// address of the bridge, followed as they change.
+    #[arg(long, env = "WEAVE_DNS_LISTEN_ADDRESS")]
+    pub dns_listen_address: Option<SocketAddr>,
+    /// The domain weaveDNS answers for.
+    #[arg(long, env = "WEAVE_DNS_DOMAIN", default_value = "weave.local.")]
+    pub dns_domain: String,
+    /// TTL of weaveDNS answers, seconds (low, so that moves are seen quickly).
+    #[arg(long, env = "WEAVE_DNS_TTL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=86400))]
+    pub dns_ttl: u32,
+    /// Resolver configuration naming the upstream servers for names outside the domain;
+    /// re-read when it changes.
+    #[arg(long, env = "WEAVE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// How long each upstream server gets to answer before the next is tried (SERVFAIL
+    /// after the last).
+    #[arg(long, env = "WEAVE_DNS_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub dns_upstream_timeout: Duration,
     /// Log level or filter (RUST_LOG overrides).
     #[arg(long, env = "WEAVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -132,6 +155,16 @@ impl Cli {
             "off" | "" => None,
             p => Some(PathBuf::from(p)),
         };
+        let bridge = match self.bridge.as_str() {
+            "off" | "" => None,
+            b if b.len() > 15 => {
+                return Err(format!(
+                    "invalid --bridge {b:?}: interface names have at most 15 bytes"
+                ))
+            }
+            b => Some(b.to_string()),
+        };
+        let dns = self.dns_settings(bridge.as_deref())?;
         if self.read_timeout <= self.heartbeat {
             return Err(format!(
                 "--read-timeout ({:?}) must be longer than --heartbeat ({:?})",
@@ -160,6 +193,7 @@ impl Cli {
         }
         let nickname = self
             .nickname
+            .clone()
             .or_else(|| kube.as_ref().map(|k| k.node_name.clone()))
             .unwrap_or_else(hostname);
         let ipam = IpamSettings::parse(
@@ -182,15 +216,7 @@ impl Cli {
             heartbeat: self.heartbeat,
             read_timeout: self.read_timeout,
             gossip_interval: self.gossip_interval,
-            bridge: match self.bridge.as_str() {
-                "off" | "" => None,
-                b if b.len() > 15 => {
-                    return Err(format!(
-                        "invalid --bridge {b:?}: interface names have at most 15 bytes"
-                    ))
-                }
-                b => Some(b.to_string()),
-            },
+            bridge,
             mtu: self.mtu,
             fastdp_port: match (self.no_fastdp, self.fastdp_port) {
                 (true, _) => None,
@@ -215,7 +241,33 @@ impl Cli {
                         .map_err(|e| format!("--no-masquerade-to {c:?}: {e}"))
                 })
                 .collect::<Result<_, _>>()?,
+            dns,
         })
+    }
+
+    /// The DNS flags; `None` with `--no-dns`, or without a bridge and a
+    /// listen address.
+    fn dns_settings(&self, bridge: Option<&str>) -> Result<Option<DnsSettings>, String> {
+        if self.no_dns {
+            return Ok(None);
+        }
+        let domain = crate::dns::DnsName::parse(&self.dns_domain)
+            .map_err(|e| format!("--dns-domain: {e}"))?;
+        let listen = match (self.dns_listen_address, bridge) {
+            (Some(a), _) => Listen::Fixed(a),
+            (None, Some(b)) => Listen::Bridge {
+                bridge: b.to_string(),
+                port: 53,
+            },
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(DnsSettings {
+            listen,
+            domain: crate::dns::Domain::new(domain),
+            ttl: self.dns_ttl,
+            resolv_conf: self.resolv_conf.clone(),
+            upstream_timeout: self.dns_upstream_timeout,
+        }))
     }
 }
 
@@ -273,6 +325,23 @@ mod tests {
         assert_eq!(off.into_config().unwrap().fastdp_port, None);
         let other = Cli::try_parse_from(["weaver", "--fastdp-port", "4789"]).unwrap();
         assert_eq!(other.into_config().unwrap().fastdp_port, Some(4789));
+        let dns = cfg.dns.unwrap();
+        assert_eq!(dns.domain.name().as_str(), "weave.local.");
+        assert_eq!(
+            dns.listen,
+            Listen::Bridge {
+                bridge: "weave".into(),
+                port: 53
+            }
+        );
+        assert_eq!(dns.ttl, 1);
+        let cli = Cli::try_parse_from(["weaver", "--bridge", "off"]).unwrap();
+        assert!(
+            cli.into_config().unwrap().dns.is_none(),
+            "no bridge, no address: no DNS"
+        );
+        let cli = Cli::try_parse_from(["weaver", "--no-dns"]).unwrap();
+        assert!(cli.into_config().unwrap().dns.is_none());
     }
 
     #[test]
@@ -314,6 +383,11 @@ mod tests {
         assert!(clash.into_config().unwrap_err().contains("--port"));
         let bad_http = Cli::try_parse_from(["weaver", "--http-addr", "x"]).unwrap();
         assert!(bad_http.into_config().is_err());
+        let bad_domain = Cli::try_parse_from(["weaver", "--dns-domain", "a..b"]).unwrap();
+        assert!(bad_domain
+            .into_config()
+            .unwrap_err()
+            .contains("--dns-domain"));
         let bad_timeout =
             Cli::try_parse_from(["weaver", "--heartbeat", "5s", "--read-timeout", "2s"]).unwrap();
         assert!(bad_timeout.into_config().is_err());

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! What a peer tells each neighbour about its fast path, on gossip channel
-//! [`CHANNEL`] (`PROTOCOL.md` §11.1): whether it can run one (and why not),
+//! [`CHANNEL`] (`PROTOCOL.md` §12.1): whether it can run one (and why not),
 //! its VNI, UDP port and encapsulations, and the MACs that live on its
 //! bridge (learned on its pods' ports).
 //!
@@ -16,7 +16,7 @@ use crate::mesh::gossip::Channel;
 use weave_platform::Mac;
 
 /// The gossip channel of the fast path.
-pub const CHANNEL: Channel = Channel(2);
+pub const CHANNEL: Channel = Channel(3);
 /// Most MACs one advert may carry (a bound on what a peer makes us
 /// program; MACs beyond it are not announced and reach their pods by
 /// flooding instead).

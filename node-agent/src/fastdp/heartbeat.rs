@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The fast path's heartbeat frames (`PROTOCOL.md` §11.2): Ethernet frames
+//! The fast path's heartbeat frames (`PROTOCOL.md` §12.2): Ethernet frames
 //! sent by the agent straight into its VXLAN device, addressed to the peer's
 //! bridge MAC (its peer name), so they take exactly the path pod frames
 //! take, outer "don't fragment" bit included.

@@ -149,7 +149,7 @@ impl Reason {
         }
     }
 
-    /// Code on the wire (`PROTOCOL.md` §11.4); 0 means no reason.
+    /// Code on the wire (`PROTOCOL.md` §12.4); 0 means no reason.
     pub fn code(self) -> u8 {
         match self {
             Reason::Disabled => 1,
@@ -192,7 +192,7 @@ impl fmt::Display for Reason {
 /// first in adverts. Only plain VXLAN exists on this kernel; an encrypting
 /// one (VXLAN over WireGuard, or ESP in transport mode) gets a new code and
 /// is chosen when both peers list it, and required when a password is set
-/// (`PROTOCOL.md` §11.4).
+/// (`PROTOCOL.md` §12.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Encap {
     /// VXLAN over UDP, in clear.

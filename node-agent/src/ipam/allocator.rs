@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -21,7 +21,7 @@ use super::space::{Allocation, Ident};
 use super::subnet::Subnet;
 use super::{persist, Ipam, IpamError, OpId, Removal};
 use crate::mesh::gossip::{Channel, GossipEvent, GossipSender, GossipTo, Registration};
-use crate::mesh::ConnId;
+use crate::mesh::{ConnId, PeerName};
 
 /// The gossip channel of IP address management.
 pub const CHANNEL: Channel = Channel(1);
@@ -149,6 +149,7 @@ pub struct Allocator {
     next_op: OpId,
     gossip_interval: Duration,
     unsynced: bool,
+    removed: Option<watch::Sender<BTreeSet<PeerName>>>,
 }
 
 impl Allocator {
@@ -172,7 +173,16 @@ impl Allocator {
             next_op: 1,
             gossip_interval: Duration::from_secs(10),
             unsynced: false,
+            removed: None,
         }
+    }
+
+    /// Publishes the set of peers removed for good (rmpeer, reclaim) on
+    /// `tx` whenever it grows, for subsystems that drop what those peers
+    /// owned (weaveDNS records).
+    pub fn with_removed(mut self, tx: watch::Sender<BTreeSet<PeerName>>) -> Self {
+        self.removed = Some(tx);
+        self
     }
 
     /// Sets the anti-entropy interval: our state goes to one random
@@ -369,6 +379,16 @@ impl Allocator {
                     let _ = reply.send(r);
                 }
             }
+        }
+        if let Some(tx) = &self.removed {
+            let now = self.ipam.removed_peers();
+            tx.send_if_modified(|old| {
+                let grew = *old != now;
+                if grew {
+                    *old = now;
+                }
+                grew
+            });
         }
         let dirty = self.ipam.take_gossip_dirty();
         if !dirty && self.gossip_to.is_empty() {

@@ -205,6 +205,11 @@ impl Ipam {
         &self.cfg
     }
 
+    /// Peers removed for good (rmpeer, reclaim).
+    pub fn removed_peers(&self) -> BTreeSet<PeerName> {
+        self.removed.keys().copied().collect()
+    }
+
     /// The ring as this peer sees it.
     pub fn ring(&self) -> &Ring {
         &self.ring

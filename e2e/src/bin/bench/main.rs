@@ -21,14 +21,18 @@
 //! - the CNI plugin (`cni.rs`): ADD/DEL latency of `weave-net` against the
 //!   reference bridge + host-local plugins.
 //!
+//! - weaveDNS (`dns.rs`): dnsperf qps and latency against dnsmasq serving
+//!   the same names, for local and forwarded names; agent RSS with 10,000
+//!   entries.
+//!
 //! - the real cluster (`cluster.rs`): tools build time and size, 3-node start to
 //!   registered and to Ready, memory at rest per machine.
 //!
 //! - weave on the real cluster (`kube.rs`): pod start latency against the reference CNI,
 //!   DaemonSet install time, agent and weave-npc memory, traffic gap of a rolling restart.
 //!
-//! `weave-bench mesh`, `dataplane`, `fastdp`, `ipam`, `npc`, `cni`, `cluster` or `kube` runs
-//! one part;
+//! `weave-bench mesh`, `dataplane`, `fastdp`, `ipam`, `npc`, `cni`, `dns`, `cluster` or `kube`
+//! runs one part;
 //! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
 //! `weave-bench wakeup` what a thread wake-up costs on this machine.
 
@@ -49,6 +53,7 @@ use weave_e2e::{bin, Host, TestBed, Topology};
 mod cluster;
 mod cni;
 mod dataplane;
+mod dns;
 mod fastdp;
 mod ipam;
 mod kube;
@@ -183,6 +188,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "cni" {
         cni::bench()?;
+    }
+    if what == "all" || what == "dns" {
+        dns::bench()?;
     }
     if what == "all" || what == "cluster" {
         cluster::bench()?;

@@ -83,6 +83,7 @@ fn snapshot(policies: usize, pods: usize) -> Result<Snapshot> {
         policies: (0..policies)
             .map(|i| serde_json::from_value::<NetworkPolicy>(policy(i)))
             .collect::<Result<_, _>>()?,
+        ..Snapshot::default()
     })
 }
 
@@ -135,7 +136,7 @@ fn compile_apply() -> Result<()> {
         node_name: "local".into(),
         ..NodeConfig::default()
     };
-    println!("| policies | pods | rules | compile | full apply (nft) | compile + apply | pod update (incremental + nft) | goal ≤ 500 ms |");
+    println!("| policies | pods | rules | compile | full apply (nft) | compile + apply (goal ≤ 100 ms) | pod update (incremental + nft) | policy change (incremental + nft, goal ≤ 20 ms) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (policies, pods) in [(100, 1000), (1000, 1000), (100, 5000), (1000, 5000)] {
         let mut snap = snapshot(policies, pods)?;
@@ -172,18 +173,38 @@ fn compile_apply() -> Result<()> {
             nft_apply(&bed, &script)?;
             Ok(t.elapsed())
         })?;
+        // One policy changes its allowed port (and back): its chain and the chains of the
+        // local pods it selects are rewritten; nothing else.
+        let mut port = 0u16;
+        let mut changed = snap.policies[7].clone();
+        let policy_time = median3(|| {
+            port = if port == 8443 { 9443 } else { 8443 };
+            let mut spec = serde_json::to_value(&changed.spec)?;
+            spec["ingress"][0]["ports"] = json!([{"port": port}]);
+            changed.spec = serde_json::from_value(spec)?;
+            let t = Instant::now();
+            applied.set_policy(&changed);
+            let script = applied.update();
+            nft_apply(&bed, &script)?;
+            Ok(t.elapsed())
+        })?;
         let total = compile_time + apply_time;
-        println!(
-            "| {policies} | {pods} | {rules} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
-            ms(compile_time),
-            ms(apply_time),
-            ms(total),
-            ms(update_time),
+        let goal = |d: Duration, g: f64| {
             if policies == 1000 && pods == 5000 {
-                format!("{:.2}× of goal", ms(total) / 500.0)
+                format!(" ({:.2}× of goal)", ms(d) / g)
             } else {
                 String::new()
             }
+        };
+        println!(
+            "| {policies} | {pods} | {rules} | {:.0} ms | {:.0} ms | {:.0} ms{} | {:.0} ms | {:.0} ms{} |",
+            ms(compile_time),
+            ms(apply_time),
+            ms(total),
+            goal(total, 100.0),
+            ms(update_time),
+            ms(policy_time),
+            goal(policy_time, 20.0),
         );
     }
     println!();

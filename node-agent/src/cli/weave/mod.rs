@@ -16,11 +16,14 @@ use clap::{Parser, Subcommand};
 use weave_api::net::{parse_addr_v4, parse_net_v4, IpNet, Ipv4Net};
 use weave_api::{
     AddressesReply, AllocateRequest, AttachReply, AttachRequest, ClaimRequest, Client,
-    ConnectRequest, DetachRequest, Endpoint, ForgetRequest, LookupRequest, ReleaseRequest, Report,
-    RmPeerReply, RmPeerRequest, TargetsReply, VersionReply,
+    ConnectRequest, DetachRequest, DnsAddRequest, DnsChangeReply, DnsLookupReply, DnsLookupRequest,
+    DnsRemoveRequest, Endpoint, ExposeReply, ExposeRequest, ForgetRequest, LookupRequest,
+    ReleaseRequest, Report, RmPeerReply, RmPeerRequest, TargetsReply, VersionReply,
 };
 
-pub use status::{render_connections, render_ipam, render_peers, render_routes, render_status};
+pub use status::{
+    render_connections, render_dns, render_ipam, render_peers, render_routes, render_status,
+};
 
 /// weave: inspect and steer the local weave agent.
 #[derive(Debug, Parser)]
@@ -76,6 +79,13 @@ pub enum Command {
         /// IPAM identifier of the attachment; default `netns:PATH`.
         #[arg(long)]
         id: Option<String>,
+        /// Register the attachment's addresses in weaveDNS under NAME (a label, or a name
+        /// in the domain); removed again at detach.
+        #[arg(long, short = 'n', conflicts_with = "name_from_netns")]
+        name: Option<String>,
+        /// Register it under the namespace's name (the last part of its path).
+        #[arg(long)]
+        name_from_netns: bool,
         /// Addresses, then the namespace.
         #[arg(required = true, num_args = 1..)]
         args: Vec<String>,
@@ -87,6 +97,58 @@ pub enum Command {
         id: Option<String>,
         /// The namespace (path or name under /run/netns).
         netns: String,
+    },
+    /// Give the bridge an address in a subnet, so that this host reaches containers (and
+    /// they reach weaveDNS); optionally name it in weaveDNS.
+    #[command(disable_help_flag = true)]
+    Expose {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
+        #[arg(value_parser = parse_subnet)]
+        subnet: Option<Ipv4Net>,
+        /// A DNS name for the host's address.
+        #[arg(long, short = 'h')]
+        hostname: Option<String>,
+    },
+    /// Register NAME for addresses in weaveDNS: `weave dns-add [IP...] [--id ID] -h NAME`.
+    #[command(name = "dns-add", disable_help_flag = true)]
+    DnsAdd {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Who holds the records (a container or attachment id); `weave:extern` if absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// The name (a label, or a name in the domain).
+        #[arg(long = "hostname", short = 'h', visible_alias = "name")]
+        name: String,
+        /// IPv4 addresses.
+        #[arg(required = true, value_parser = |s: &str| parse_addr_v4(s, "address"))]
+        addresses: Vec<Ipv4Addr>,
+    },
+    /// Remove this peer's weaveDNS records matching every selector given.
+    #[command(name = "dns-remove", disable_help_flag = true)]
+    DnsRemove {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Only records held by this id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Only records of this name.
+        #[arg(long = "hostname", short = 'h', visible_alias = "name")]
+        name: Option<String>,
+        /// Only records of these addresses.
+        #[arg(value_parser = |s: &str| parse_addr_v4(s, "address"))]
+        addresses: Vec<Ipv4Addr>,
+    },
+    /// The addresses weaveDNS knows for NAME, one a line.
+    #[command(name = "dns-lookup")]
+    DnsLookup {
+        /// The name.
+        name: String,
     },
     /// Hand the IP space of a peer that is gone for good to live peers.
     Rmpeer {
@@ -199,6 +261,16 @@ fn netns_path(arg: &str) -> String {
     }
 }
 
+/// The DNS name of a namespace attached by path: its file name, which must
+/// be a valid label.
+fn netns_name(path: &str) -> anyhow::Result<String> {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if name.is_empty() || name.contains('.') {
+        anyhow::bail!("cannot infer a DNS name from the namespace {path:?}; give --name");
+    }
+    Ok(name.to_string())
+}
+
 /// Formats of `weave report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -219,6 +291,8 @@ pub enum StatusWhat {
     Routes,
     /// Each peer's share of the IP allocation range.
     Ipam,
+    /// weaveDNS: settings, counters and every live record.
+    Dns,
 }
 
 /// Runs the command, writing its output to `out`.
@@ -238,6 +312,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 Some(StatusWhat::Ipam) => match &report.ipam {
                     Some(ipam) => render_ipam(ipam),
                     None => "IP address management is off\n".to_string(),
+                },
+                Some(StatusWhat::Dns) => match report.dns {
+                    Some(_) => render_dns(&client.get_json("/dns/entries")?),
+                    None => "weaveDNS is off\n".to_string(),
                 },
             };
             out.write_all(text.as_bytes())?;
@@ -261,14 +339,25 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let reply: TargetsReply = client.post_json("/forget", &ForgetRequest { peers })?;
             writeln!(out, "targets: {}", reply.targets.join(" "))?;
         }
-        Command::Attach { id, mut args } => {
+        Command::Attach {
+            id,
+            name,
+            name_from_netns,
+            mut args,
+        } => {
             let netns = netns_path(&args.pop().unwrap_or_default());
+            let dns_name = match (name, name_from_netns) {
+                (Some(n), _) => Some(n),
+                (None, true) => Some(netns_name(&netns)?),
+                (None, false) => None,
+            };
             let reply: AttachReply = client.post_json(
                 "/attach",
                 &AttachRequest {
                     netns,
                     cidrs: args,
                     id,
+                    dns_name,
                 },
             )?;
             writeln!(out, "{}", joined(&reply.cidrs))?;
@@ -281,6 +370,62 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     id,
                 },
             )?;
+        }
+        Command::Expose {
+            subnet, hostname, ..
+        } => {
+            let reply: ExposeReply = client.post_json(
+                "/expose",
+                &ExposeRequest {
+                    subnet,
+                    dns_name: hostname,
+                },
+            )?;
+            writeln!(out, "{}", reply.address)?;
+        }
+        Command::DnsAdd {
+            id,
+            name,
+            addresses,
+            ..
+        } => {
+            let r: DnsChangeReply = client.post_json(
+                "/dns/add",
+                &DnsAddRequest {
+                    name,
+                    addresses,
+                    id,
+                },
+            )?;
+            writeln!(out, "added {} records", r.changed)?;
+        }
+        Command::DnsRemove {
+            id,
+            name,
+            addresses,
+            ..
+        } => {
+            if id.is_none() && name.is_none() && addresses.is_empty() {
+                anyhow::bail!("say what to remove: addresses, --hostname or --id");
+            }
+            let r: DnsChangeReply = client.post_json(
+                "/dns/remove",
+                &DnsRemoveRequest {
+                    name,
+                    addresses,
+                    id,
+                },
+            )?;
+            writeln!(out, "removed {} records", r.changed)?;
+        }
+        Command::DnsLookup { name } => {
+            let r: DnsLookupReply = client.post_json("/dns/lookup", &DnsLookupRequest { name })?;
+            if r.addresses.is_empty() {
+                anyhow::bail!("{} is not known", r.name);
+            }
+            for a in r.addresses {
+                writeln!(out, "{a}")?;
+            }
         }
         Command::Rmpeer { peer } => {
             let r: RmPeerReply = client.post_json("/ipam/rmpeer", &RmPeerRequest { peer })?;

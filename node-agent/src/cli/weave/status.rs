@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use weave_api::{ConnectionState, IpamReport, Report};
+use weave_api::{ConnectionState, DnsReport, IpamReport, Report};
 
 /// Lays out rows in columns separated by two spaces; the last column is not padded.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
@@ -232,6 +232,41 @@ pub fn render_ipam(ipam: &IpamReport) -> String {
     out
 }
 
+/// `weave status dns`: settings, counters and the live records.
+pub fn render_dns(d: &DnsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "domain: {}  ttl: {}s", d.domain, d.ttl);
+    let _ = writeln!(out, "listen: {}", d.listen.join(" "));
+    let _ = writeln!(out, "upstream: {}", d.upstream.join(" "));
+    let _ = writeln!(
+        out,
+        "entries: {} ({} local), records held: {}, tombstones: {}",
+        d.entries, d.local_entries, d.records, d.tombstones
+    );
+    let _ = writeln!(
+        out,
+        "upstream failures: {}, refused gossip records: {}",
+        d.upstream_failures, d.refused_records
+    );
+    for q in &d.queries {
+        let _ = writeln!(out, "queries {} {}: {}", q.qtype, q.result, q.count);
+    }
+    let rows: Vec<Vec<String>> = d
+        .records_list
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.address.to_string(),
+                e.id.clone(),
+                e.origin.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&rows));
+    out
+}
+
 /// `weave status peers`: every peer and the connections it announces.
 pub fn render_peers(r: &Report) -> String {
     let mut out = String::new();
@@ -380,6 +415,7 @@ mod tests {
                 port: 6784,
                 ..FastdpReport::default()
             }),
+            dns: None,
             ipam: Some(IpamReport {
                 status: "ready".into(),
                 ready: true,
@@ -509,5 +545,45 @@ mod tests {
             "{p}"
         );
         assert!(render_routes(&report()).contains("02:00:00:00:00:02(h2)  02:00:00:00:00:02(h2)"));
+    }
+
+    #[test]
+    fn dns_status_lists_counters_and_records() {
+        let d = DnsReport {
+            domain: "weave.local.".into(),
+            listen: vec!["10.32.0.1:53".into()],
+            upstream: vec!["10.0.0.2:53".into()],
+            ttl: 1,
+            local_entries: 1,
+            entries: 2,
+            records: 3,
+            tombstones: 1,
+            queries: vec![DnsQueryCount {
+                qtype: "A".into(),
+                result: "answer".into(),
+                count: 4,
+            }],
+            upstream_failures: 0,
+            refused_records: 0,
+            records_list: vec![DnsEntry {
+                name: "web.weave.local.".into(),
+                address: "10.32.0.5".parse().unwrap(),
+                id: "netns:/run/netns/a".into(),
+                origin: "02:00:00:00:00:01(h1)".into(),
+                version: 3,
+            }],
+        };
+        let text = render_dns(&d);
+        assert!(
+            text.starts_with("domain: weave.local.  ttl: 1s\nlisten: 10.32.0.1:53\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("entries: 2 (1 local), records held: 3, tombstones: 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("queries A answer: 4\n"), "{text}");
+        assert!(text.contains("web.weave.local."), "{text}");
+        assert!(text.contains("10.32.0.5"), "{text}");
     }
 }

@@ -117,6 +117,7 @@ impl Mesh {
         }
         weave_api::Report {
             ipam: None,
+            dns: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: format!("{v}..{v}", v = self.cfg.version()),
             peer: weave_api::LocalPeer {
