@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The sleeve across three hosts on one segment: TCP and UDP transfers,
 //! ARP, broadcast, multicast, isolation through subnets, a 10 MB transfer
-//! with full-size DF packets, agent restarts, and garbage on the UDP port.
+//! with full-size DF packets (also over an underlay path narrower than its
+//! links), agent restarts, and garbage on the UDP port.
 //! The agents run with `--no-fastdp`, so the sleeve carries everything
 //! (`fastdp_3.rs` covers the kernel path and the mix).
 
@@ -227,6 +228,43 @@ fn big_df_transfer_and_subnet_isolation() -> Result<()> {
 }
 
 /// Sends the bytes of `printf` as one UDP datagram from `from` to `ip:6783`.
+/// The underlay path between two hosts carries 1400 bytes though their
+/// links say 1500 (a route's unlocked MTU, as a router on the way would
+/// have taught the kernel): the sleeve learns the narrower path when the
+/// kernel refuses its datagrams, tells the pods' TCP to shrink, and a
+/// 10 MB transfer with DF crosses (before, every super-frame was dropped
+/// as unsendable and the transfer stalled after about 1.4 MB).
+#[test]
+fn a_narrow_underlay_path_is_learnt_and_no_black_hole() -> Result<()> {
+    let bed = TestBed::new(Topology::Segment(2))?;
+    let (h1, h2) = (bed.host(1), bed.host(2));
+    for (h, other) in [(h1, h2), (h2, h1)] {
+        let dst = format!("{}/32", other.addr());
+        h.run(
+            "ip",
+            &["route", "replace", &dst, "dev", "ul0", "mtu", "1400"],
+        )?;
+    }
+    start_weaver(h1, &[], SLEEVE)?;
+    start_weaver(h2, &[peer_addr(h1)], SLEEVE)?;
+    for h in [h1, h2] {
+        wait_for_mesh(h, &["h1", "h2"], 1, WAIT)?;
+    }
+    let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
+    let b = attach_pod(&bed, 2, "b", "10.2.1.2/24")?;
+    wait_ping(&b, "10.2.1.1")?;
+    tcp_transfer(&a, "10.2.1.1", &b, 10_000_000, Duration::from_secs(60))?;
+    // b's TCP was told the narrower path: its cached path MTU to a is
+    // 1400 minus the sleeve's 64 bytes
+    let route = in_pod(&b, "ip", &["route", "get", "10.2.1.1"])?;
+    ensure!(route.contains("mtu 1336"), "b's route to a: {route}");
+    ensure!(
+        h2.log(WEAVER).contains("narrower than its devices"),
+        "the agent says what it learnt"
+    );
+    Ok(())
+}
+
 fn send_udp(from: &Host, ip: &str, printf: &str) -> Result<()> {
     from.run(
         "bash",

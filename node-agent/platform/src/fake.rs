@@ -119,6 +119,8 @@ pub enum FakeOp {
     LinkIndex,
     /// [`Netlink::link_mtu`](crate::Netlink::link_mtu).
     LinkMtu,
+    /// [`Netlink::wait_oper_up`](crate::Netlink::wait_oper_up).
+    WaitOperUp,
     /// [`Netlink::set_up`](crate::Netlink::set_up).
     SetUp,
     /// [`Netlink::set_mtu`](crate::Netlink::set_mtu).

@@ -257,6 +257,18 @@ pub trait Netlink: Send + Sync {
     /// destination); a missing entry is success.
     fn fdb_del(&self, entry: &FdbEntry) -> impl Future<Output = Result<()>> + Send;
 
+    /// Waits up to `limit` for link `index` of this handle's namespace to be
+    /// operationally up (its `operstate` UP). A veth end's carrier comes on
+    /// when its peer goes up, but the kernel's link watch, which gives the
+    /// device a working queue and turns a bridge port on, runs a moment
+    /// later; a frame sent before that is lost. Returns whether it came up
+    /// in time (`false` also when there is no such link).
+    fn wait_oper_up(
+        &self,
+        index: u32,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Announces `addrs` from link `index` of this handle's namespace, whose
     /// MAC is `mac`: a gratuitous ARP request for each IPv4 address and an
     /// unsolicited neighbour advertisement (override set, to all nodes) for

@@ -758,6 +758,29 @@ async fn frames_cross_a_real_vxlan_path_to_the_far_bridge() {
     assert_eq!(first, 60, "only the small frame crossed");
 }
 
+/// A veth end is operationally up only once its peer is up too and the
+/// kernel's link watch has run; a missing link never comes up.
+#[tokio::test]
+async fn wait_oper_up_follows_the_link_watch() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let a = nl
+        .create_veth("wvop0", "wvop1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    let b = nl.link_index("wvop1").await.expect("lookup").expect("peer");
+    nl.set_up(a).await.expect("up");
+    let short = Duration::from_millis(300);
+    assert!(
+        !nl.wait_oper_up(a, short).await.expect("wait"),
+        "no carrier while the peer is down"
+    );
+    nl.set_up(b).await.expect("up");
+    assert!(nl.wait_oper_up(a, WAIT).await.expect("wait"));
+    assert!(nl.wait_oper_up(b, WAIT).await.expect("wait"));
+    assert!(!nl.wait_oper_up(b + 1000, short).await.expect("no such link"));
+}
+
 /// A pod's announcement leaves its interface as a gratuitous ARP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_leave_the_pod_interface() {

@@ -417,6 +417,15 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    async fn wait_oper_up(&self, index: u32, _limit: std::time::Duration) -> Result<bool> {
+        // No link watch here: a link is operationally up once it is set up.
+        self.op(
+            FakeOp::WaitOperUp,
+            || format!("wait for link {index} to be up"),
+            |w, netns| Ok(w.ns(netns).links.get(&index).is_some_and(|l| l.up)),
+        )
+    }
+
     async fn announce(&self, index: u32, mac: Mac, addrs: &[IpAddr]) -> Result<()> {
         let what = || format!("announce addresses on link {index}");
         self.op(FakeOp::Announce, what, |w, netns| {

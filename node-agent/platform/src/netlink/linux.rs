@@ -606,6 +606,19 @@ impl Netlink for LinuxNetlink {
         }
     }
 
+    async fn wait_oper_up(&self, index: u32, limit: std::time::Duration) -> Result<bool> {
+        let op = format!("wait for link {index} to be up");
+        let wait = move || oper_up_within(index, limit);
+        match &self.netns {
+            Some(path) => netns::open_in(path, wait),
+            None => wait().map_err(|e| Error::io(op.clone(), e)),
+        }
+        .map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(op, source),
+            other => other,
+        })
+    }
+
     async fn announce(&self, index: u32, mac: Mac, addrs: &[IpAddr]) -> Result<()> {
         let op = format!("announce addresses on link {index}");
         let frames: Vec<Vec<u8>> = addrs
@@ -630,6 +643,86 @@ impl Netlink for LinuxNetlink {
             Error::Io { source, .. } => Error::io(op, source),
             other => other,
         })
+    }
+}
+
+/// Blocks the calling thread (in the namespace of the link) until link
+/// `index` is operationally up or `limit` has passed: a netlink socket
+/// joins the link notification group first, then asks for the link once,
+/// then reads the notifications, so no change between the two is missed.
+fn oper_up_within(index: u32, limit: std::time::Duration) -> std::io::Result<bool> {
+    use rtnetlink::packet_route::link::State;
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+    /// `RTMGRP_LINK`: link notifications.
+    const LINK_GROUP: u32 = 1;
+    #[allow(clippy::disallowed_types)] // a deadline for a blocking socket, not tokio's
+    let deadline = std::time::Instant::now() + limit;
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, LINK_GROUP))?;
+    let mut get = LinkMessage::default();
+    get.header.index = index;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(get));
+    req.header.flags = NLM_F_REQUEST;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
+    let mut rx = vec![0u8; 32 * 1024];
+    loop {
+        #[allow(clippy::disallowed_types)]
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::from(libc::timeval {
+                tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
+            }),
+        )?;
+        let n = match socket.recv(&mut &mut rx[..], 0) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes([rx[off], rx[off + 1], rx[off + 2], rx[off + 3]]) as usize;
+            if len < 16 || off + len > n {
+                break;
+            }
+            let bytes = &rx[off..off + len];
+            off += (len + 3) & !3;
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
+                continue;
+            };
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                    if link.header.index == index =>
+                {
+                    let up = link
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+                    if up {
+                        return Ok(true);
+                    }
+                }
+                // the link does not exist
+                NetlinkPayload::Error(e) if e.code.is_some() => return Ok(false),
+                _ => {}
+            }
+        }
     }
 }
 

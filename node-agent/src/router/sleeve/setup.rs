@@ -181,6 +181,8 @@ pub async fn setup(
         injected: AtomicU64::new(0),
         sealer: cfg.encrypted.then(Sealer::new),
         udp_gso: AtomicBool::new(true),
+        path_mtus: Mutex::new(HashMap::new()),
+        narrowed: AtomicBool::new(false),
         offload,
         superframes_out: AtomicU64::new(0),
         superframes_in: AtomicU64::new(0),

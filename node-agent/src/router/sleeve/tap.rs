@@ -91,6 +91,8 @@ impl TapReader {
                 );
                 sleeve.record_verdict(verdict);
                 for hop in hops.iter() {
+                    let segment = mtu::packet_len(n - offload::LEN, hdr.hdr_len, hdr.gso_size);
+                    shrink_if_narrow(sleeve, hop, &buf[offload::LEN..n], segment, now);
                     outbox.push_large(sleeve, *hop, sleeve.local, &buf[..n]);
                 }
                 continue;
@@ -119,11 +121,28 @@ impl TapReader {
             let verdict = lock(&sleeve.switch).from_local(data, &view, &kernel, now, hops);
             sleeve.record_verdict(verdict);
             for hop in hops.iter() {
+                shrink_if_narrow(sleeve, hop, data, mtu::packet_len(data.len(), 0, 0), now);
                 outbox.push(sleeve, *hop, sleeve.local, data);
             }
         }
         outbox.flush(sleeve);
         read
+    }
+}
+
+/// A frame whose packets (`packet` bytes each) are larger than the path to
+/// `hop` carries whole: a DF sender gets "fragmentation needed" with that
+/// path's overlay MTU. The frame still goes (the kernel fragments the
+/// datagrams), so nothing is lost while the sender adapts.
+fn shrink_if_narrow(sleeve: &Sleeve, hop: &Hop, frame: &[u8], packet: usize, now: Instant) {
+    let Some(limit) = sleeve.path_mtu(&hop.next, now) else {
+        return;
+    };
+    if packet > limit as usize {
+        let limit = u16::try_from(limit).unwrap_or(u16::MAX);
+        if let Some(icmp) = mtu::frag_needed(frame, limit) {
+            let _ = sleeve.inject_plain(&icmp);
+        }
     }
 }
 
