@@ -778,7 +778,10 @@ async fn wait_oper_up_follows_the_link_watch() {
     nl.set_up(b).await.expect("up");
     assert!(nl.wait_oper_up(a, WAIT).await.expect("wait"));
     assert!(nl.wait_oper_up(b, WAIT).await.expect("wait"));
-    assert!(!nl.wait_oper_up(b + 1000, short).await.expect("no such link"));
+    assert!(!nl
+        .wait_oper_up(b + 1000, short)
+        .await
+        .expect("no such link"));
 }
 
 /// A pod's announcement leaves its interface as a gratuitous ARP.
