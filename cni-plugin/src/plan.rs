@@ -66,6 +66,8 @@ pub fn add_request(id: &str, conf: &NetConf, inv: &Invocation) -> Result<CniAddR
         gateway: conf.gateway.is_none(),
         bridge: conf.bridge.clone(),
         dns_name,
+        netns: inv.netns.as_ref().map(|p| p.display().to_string()),
+        ifname: Some(inv.ifname.clone()),
     })
 }
 
@@ -291,6 +293,12 @@ mod tests {
         i.name = Some("web-1".into());
         let r = add_request("cni:weave:ctr1:eth0", &c, &i).unwrap();
         assert_eq!(r.dns_name.as_deref(), Some("web-1"));
+        assert_eq!(r.ifname.as_deref(), Some(i.ifname.as_str()));
+        assert_eq!(
+            r.netns.map(std::path::PathBuf::from),
+            i.netns.clone(),
+            "where the pod lives, for weave ps"
+        );
         let mut rep = reply();
         rep.dns = Some(DnsSettings {
             nameserver: "10.32.0.1".parse().unwrap(),

@@ -77,6 +77,22 @@ pub fn report(host: &Host) -> Result<Report> {
     serde_json::from_str(&out).with_context(|| format!("parse weave report of {}", host.name()))
 }
 
+/// `weave ps --format json` on `host`.
+pub fn ps(host: &Host) -> Result<weave_api::PsReply> {
+    let out = weave(host, &["ps", "--format", "json"])?;
+    serde_json::from_str(&out).with_context(|| format!("parse weave ps of {}", host.name()))
+}
+
+/// The MAC of `ifname` in the pod namespace `ns`, as `ip link` prints it.
+pub fn pod_mac(ns: &str, ifname: &str) -> Result<String> {
+    let out = in_pod(ns, "ip", &["-o", "link", "show", ifname])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("no MAC for {ifname} in {ns}: {out}"))
+}
+
 /// Nicknames of the reachable peers in `r`.
 pub fn peer_nicknames(r: &Report) -> BTreeSet<String> {
     r.peers

@@ -5,9 +5,10 @@
 //! hosts of the namespace bed.
 //!
 //! - ADD gives each container an address of the pod range; the two containers on different
-//!   hosts ping each other through the overlay;
+//!   hosts ping each other through the overlay; `weave ps` lists each with eth0's MAC and
+//!   address;
 //! - DEL leaves nothing: no interface in the container, no veth on the host's bridge, no
-//!   address held by the agent, nothing in libcni's result cache.
+//!   address held by the agent, nothing in libcni's result cache, nothing in `weave ps`.
 //!
 //! Each host's conflist is the shipped one with only `socket` set, as an operator does whose
 //! agent listens elsewhere than `/run/weave/weave.sock` (here, each test host's own agent).
@@ -21,7 +22,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use weave_e2e::cluster::Tools;
-use weave_e2e::weave::{api_socket, in_pod, peer_addr, pings, report, start_weaver, wait_for_mesh};
+use weave_e2e::weave::{
+    api_socket, in_pod, peer_addr, pings, pod_mac, ps, report, start_weaver, wait_for_mesh,
+};
 use weave_e2e::{bin_dir, wait_until, Host, TestBed, Topology};
 
 /// The network name in the shipped conflist.
@@ -166,6 +169,16 @@ fn cnitool_drives_weave_through_the_shipped_conflist() -> Result<()> {
             !runtime.cached()?.is_empty(),
             "libcni cached no result for {netns}"
         );
+        // weave ps shows the container with eth0's MAC and address.
+        let mac = pod_mac(&netns, "eth0")?;
+        let entries = ps(host)?.entries;
+        ensure!(
+            entries.iter().any(|e| e.id.starts_with("cni:")
+                && e.mac.as_deref() == Some(mac.as_str())
+                && e.addresses.iter().any(|a| a.to_string() == cidr)),
+            "weave ps on {} lacks {netns} ({mac}, {cidr}): {entries:?}",
+            host.name()
+        );
         // Besides the container's, the host holds its bridge's gateway address.
         let used = report(host)?.ipam.map_or(0, |i| i.used);
         containers.push((h, netns, ip, runtime, used));
@@ -201,6 +214,12 @@ fn cnitool_drives_weave_through_the_shipped_conflist() -> Result<()> {
             runtime.cached()?.is_empty(),
             "libcni cache left: {:?}",
             runtime.cached()?
+        );
+        let entries = ps(host)?.entries;
+        ensure!(
+            entries.iter().all(|e| !e.id.starts_with("cni:")),
+            "weave ps on {} still lists a container after DEL: {entries:?}",
+            host.name()
         );
         // A second DEL of the same container succeeds, as the spec requires.
         runtime.cnitool(host, "del", netns)?;

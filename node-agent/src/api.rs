@@ -35,6 +35,9 @@ mod dns;
 mod health;
 mod ipam;
 mod names;
+mod ps;
+
+pub use ps::Attachments;
 
 use crate::attach::{self, AttachError};
 use crate::ipam::allocator::Request as IpamRequest;
@@ -58,6 +61,7 @@ struct Api {
     default_subnet: Option<Subnet>,
     gateways: Arc<cni::Gateways>,
     dns: Option<crate::dns::DnsHandle>,
+    attachments: Arc<Attachments>,
 }
 
 /// What the API serves besides the router.
@@ -73,6 +77,8 @@ pub struct Services {
     pub default_subnet: Option<Subnet>,
     /// weaveDNS, if it runs.
     pub dns: Option<crate::dns::DnsHandle>,
+    /// Where attachments live, for `weave ps`.
+    pub attachments: Arc<Attachments>,
 }
 
 impl Services {
@@ -87,6 +93,7 @@ impl Services {
             default_subnet: self.default_subnet,
             gateways: Arc::default(),
             dns: self.dns,
+            attachments: self.attachments,
         }
     }
 }
@@ -118,6 +125,7 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
         .route("/dns/remove", post(dns::remove))
         .route("/dns/lookup", post(dns::lookup))
         .route("/expose", post(dns::expose))
+        .route("/ps", get(ps::ps))
         .route("/version", get(version))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -461,6 +469,7 @@ async fn attach_netns(State(api): State<Api>, body: Bytes) -> Result<Json<Attach
             .collect();
         names::register(&api, name, v4, holder).await?;
     }
+    api.attachments.record(id.as_str(), &req.netns, &ifname);
     info!(netns = %req.netns, %id, cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "attached");
     Ok(Json(AttachReply { ifname, cidrs }))
 }
@@ -474,6 +483,7 @@ async fn detach_netns(
     bridge(&api)?;
     let host = host_netlink()?;
     names::forget(&api, id.as_str()).await;
+    api.attachments.forget([id.as_str()]);
     attach::detach(&host, std::path::Path::new(&req.netns))
         .await
         .map_err(attach_error)?;

@@ -173,6 +173,7 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
         ipam: None,
         default_subnet: ipam.as_ref().map(|i| i.config().default_subnet),
         dns: None,
+        attachments: std::sync::Arc::new(api::Attachments::load(Some(&config.state_dir))),
     };
     let removed = ipam
         .as_ref()

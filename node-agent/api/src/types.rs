@@ -423,6 +423,40 @@ pub struct CniAddRequest {
     /// when the id is released) and answer with the resolver settings.
     #[serde(default)]
     pub dns_name: Option<String>,
+    /// The pod's network namespace (`CNI_NETNS`) and interface
+    /// (`CNI_IFNAME`), remembered for `weave ps`.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// See `netns`.
+    #[serde(default)]
+    pub ifname: Option<String>,
+}
+
+/// Reply to `GET /ps`: what is attached to this peer's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsReply {
+    /// One entry per attachment, the bridge (`weave:expose`) first, then by id.
+    pub entries: Vec<PsEntry>,
+}
+
+/// One attachment in [`PsReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsEntry {
+    /// IPAM identifier (`cni:NETWORK:CONTAINER:IFNAME`, `netns:PATH`, …),
+    /// or `weave:expose` for the bridge.
+    pub id: String,
+    /// Hardware address of the interface, when it could be read.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Addresses: as configured on the interface when it could be read,
+    /// else as IPAM holds them.
+    pub addresses: Vec<IpNet>,
+    /// Network namespace and interface, when known.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// See `netns`.
+    #[serde(default)]
+    pub ifname: Option<String>,
 }
 
 /// Reply to `POST /cni/add`.

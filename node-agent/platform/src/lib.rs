@@ -47,7 +47,13 @@ pub use netlink::{
     BridgeFdbState, BridgePortFlags, FdbEntry, FdbTarget, LinuxNetlink, Mac, Netlink, Route,
     VxlanLink, VxlanSpec,
 };
-pub use netns::open_in;
+pub use netns::{interface_in, open_in, InterfaceView};
 pub use packet::{AsyncPacketSocket, PacketSocket};
+
+/// A MAC address as iproute2 prints it.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
 pub use sysctl::{read_sysctl, write_sysctl};
 pub use tap::{AsyncTap, Tap};

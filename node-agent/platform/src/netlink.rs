@@ -397,11 +397,7 @@ pub(crate) fn route_op(
     Ok(format!("add route {dst}/{prefix_len}{via} dev {index}"))
 }
 
-/// A MAC address as iproute2 prints it, for error messages.
-pub(crate) fn fmt_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
+pub use crate::fmt_mac;
 
 /// Width in bits of `addr`'s family.
 fn family_width(addr: IpAddr) -> u8 {

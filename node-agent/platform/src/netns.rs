@@ -13,6 +13,7 @@
 use std::{
     fs::File,
     io,
+    net::IpAddr,
     path::{Path, PathBuf},
     thread,
 };
@@ -57,6 +58,52 @@ pub fn open_in<T: Send + 'static>(
     worker.join().map_err(|_| Error::NetnsThreadPanicked {
         path: path.to_owned(),
     })?
+}
+
+/// An interface as seen inside its namespace: for `weave ps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceView {
+    /// Hardware address, as iproute2 prints it (`None` for interfaces without one).
+    pub mac: Option<String>,
+    /// Addresses with their prefix lengths, IPv4 first, in the kernel's order.
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+/// Reads the MAC and addresses of `ifname` inside the namespace at `path`;
+/// `None` when no such interface is there. Blocks (see [`open_in`]).
+pub fn interface_in(path: &Path, ifname: &str) -> Result<Option<InterfaceView>> {
+    let ifname = ifname.to_owned();
+    open_in(path, move || {
+        let mut found = false;
+        let mut view = InterfaceView {
+            mac: None,
+            addrs: Vec::new(),
+        };
+        for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+            if ifa.interface_name != ifname {
+                continue;
+            }
+            found = true;
+            let Some(a) = ifa.address else { continue };
+            if let Some(link) = a.as_link_addr() {
+                view.mac = link.addr().map(crate::fmt_mac);
+            } else if let Some(v4) = a.as_sockaddr_in() {
+                let len = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in());
+                let len = len.map_or(32, |m| {
+                    u8::try_from(u32::from(m.ip()).count_ones()).unwrap_or(32)
+                });
+                view.addrs.push((IpAddr::V4(v4.ip()), len));
+            } else if let Some(v6) = a.as_sockaddr_in6() {
+                let len = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in6());
+                let len = len.map_or(128, |m| {
+                    u8::try_from(u128::from(m.ip()).count_ones()).unwrap_or(128)
+                });
+                view.addrs.push((IpAddr::V6(v6.ip()), len));
+            }
+        }
+        view.addrs.sort_by_key(|(a, _)| a.is_ipv6());
+        Ok(found.then_some(view))
+    })
 }
 
 #[cfg(test)]

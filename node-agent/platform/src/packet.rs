@@ -21,7 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::error::{Error, Result};
-use crate::netlink::Mac;
+
+/// A MAC address (the same as `netlink::Mac`, which imports this module).
+type Mac = [u8; 6];
 
 /// Ethernet header length.
 const ETH_HLEN: usize = 14;

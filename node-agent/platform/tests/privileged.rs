@@ -28,7 +28,7 @@ use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use weave_platform::{
-    open_in, read_sysctl, write_sysctl, AsyncPacketSocket, AsyncTap, BridgeFdbState,
+    interface_in, open_in, read_sysctl, write_sysctl, AsyncPacketSocket, AsyncTap, BridgeFdbState,
     BridgePortFlags, Error, FdbEntry, FdbTarget, LinuxNetlink, Netlink, PacketSocket, Route, Tap,
     VxlanSpec,
 };
@@ -214,6 +214,53 @@ async fn veth_peer_is_created_in_the_other_namespace() {
         None,
         "peer went too"
     );
+}
+
+#[tokio::test]
+async fn interface_in_reads_mac_and_addresses_inside_the_namespace() {
+    let host = TestNetns::new();
+    let pod = TestNetns::new();
+    let (host_nl, pod_nl) = (host.netlink(), pod.netlink());
+    host_nl
+        .create_veth("wvh1", "wvp1", pod.path(), 1400)
+        .await
+        .expect("create veth");
+    let idx = pod_nl
+        .link_index("wvp1")
+        .await
+        .expect("lookup")
+        .expect("peer in pod");
+    pod_nl
+        .set_mac(idx, [0x0a, 0x58, 10, 32, 0, 9])
+        .await
+        .expect("set mac");
+    pod_nl.set_up(idx).await.expect("up");
+    pod_nl
+        .add_addr(idx, ip("10.32.0.9"), 12)
+        .await
+        .expect("v4 address");
+    pod_nl
+        .add_addr(idx, ip("fd00::9"), 64)
+        .await
+        .expect("v6 address");
+
+    let seen = interface_in(pod.path(), "wvp1")
+        .expect("read inside")
+        .expect("interface found");
+    assert_eq!(seen.mac.as_deref(), Some("0a:58:0a:20:00:09"));
+    assert_eq!(seen.addrs[0], (ip("10.32.0.9"), 12));
+    assert!(seen.addrs.contains(&(ip("fd00::9"), 64)), "{seen:?}");
+    assert_eq!(
+        interface_in(pod.path(), "nope0").expect("read inside"),
+        None,
+        "an interface that is not there"
+    );
+    assert_eq!(
+        interface_in(host.path(), "wvp1").expect("read inside"),
+        None,
+        "the peer is not in the host namespace"
+    );
+    assert!(interface_in(Path::new("/nonexistent/weave-ns"), "wvp1").is_err());
 }
 
 #[tokio::test]

@@ -89,6 +89,9 @@ pub(crate) async fn add(
     };
     let spec = AddrSpec::Allocate(Some(subnet));
     let a = ipam::resolve(&api, &id, spec, ipam::timeout(req.timeout_ms)).await?;
+    if let (Some(netns), Some(ifname)) = (&req.netns, &req.ifname) {
+        api.attachments.record(id.as_str(), netns, ifname);
+    }
     if let (Some(name), Some(holder)) = (dns_name, holder) {
         super::names::register(&api, name, vec![Ipv4Addr::from(a.addr)], holder).await?;
     }

@@ -237,8 +237,9 @@ pub(crate) async fn release(
     })
     .await?;
     if req.address.is_none() {
-        // The id is gone (CNI DEL): so are its names.
+        // The id is gone (CNI DEL): so are its names and its place.
         super::names::forget(&api, id.as_str()).await;
+        api.attachments.forget([id.as_str()]);
     }
     Ok(addresses(&id, &released))
 }
@@ -275,6 +276,7 @@ pub(crate) async fn gc(State(api): State<Api>, body: Bytes) -> Result<Json<GcRep
     for id in &released {
         super::names::forget(&api, id.as_str()).await;
     }
+    api.attachments.forget(released.iter().map(Ident::as_str));
     Ok(Json(GcReply {
         released: released.iter().map(ToString::to_string).collect(),
     }))

@@ -73,6 +73,11 @@ pub enum Request {
         /// Reply.
         reply: oneshot::Sender<Vec<Allocation>>,
     },
+    /// Every identifier holding addresses of this peer, with them.
+    List {
+        /// Reply.
+        reply: oneshot::Sender<Vec<(Ident, Vec<Allocation>)>>,
+    },
     /// Release everything under `prefix` not in `keep`.
     Gc {
         /// Candidate prefix.
@@ -280,6 +285,14 @@ impl Allocator {
             }
             Request::Lookup { ident, reply } => {
                 let _ = reply.send(self.ipam.lookup(&ident));
+            }
+            Request::List { reply } => {
+                let space = self.ipam.space();
+                let list = space
+                    .idents()
+                    .map(|i| (i.clone(), space.lookup(i).to_vec()))
+                    .collect();
+                let _ = reply.send(list);
             }
             Request::Gc {
                 prefix,

@@ -17,12 +17,13 @@ use weave_api::net::{parse_addr_v4, parse_net_v4, IpNet, Ipv4Net};
 use weave_api::{
     AddressesReply, AllocateRequest, AttachReply, AttachRequest, ClaimRequest, Client,
     ConnectRequest, DetachRequest, DnsAddRequest, DnsChangeReply, DnsLookupReply, DnsLookupRequest,
-    DnsRemoveRequest, Endpoint, ExposeReply, ExposeRequest, ForgetRequest, LookupRequest,
+    DnsRemoveRequest, Endpoint, ExposeReply, ExposeRequest, ForgetRequest, LookupRequest, PsReply,
     ReleaseRequest, Report, RmPeerReply, RmPeerRequest, TargetsReply, VersionReply,
 };
 
 pub use status::{
-    render_connections, render_dns, render_ipam, render_peers, render_routes, render_status,
+    render_connections, render_dns, render_ipam, render_peers, render_ps, render_routes,
+    render_status,
 };
 
 /// weave: inspect and steer the local weave agent.
@@ -55,6 +56,14 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "json")]
         format: ReportFormat,
+    },
+    /// What is attached to this peer's network: the bridge (`weave:expose`),
+    /// then each pod or container as `ID MAC ADDRESS...`, read inside its
+    /// namespace (`-` when the MAC cannot be read there).
+    Ps {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: PsFormat,
     },
     /// Connect to more peers (IP, IP:PORT or `[IPv6]:PORT`).
     Connect {
@@ -280,6 +289,15 @@ pub enum ReportFormat {
     Dot,
 }
 
+/// Output formats of `weave ps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PsFormat {
+    /// A line per attachment.
+    Text,
+    /// The agent's answer as JSON.
+    Json,
+}
+
 /// Parts of `weave status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StatusWhat {
@@ -319,6 +337,16 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 },
             };
             out.write_all(text.as_bytes())?;
+        }
+        Command::Ps { format } => {
+            let ps: PsReply = client.get_json("/ps")?;
+            match format {
+                PsFormat::Text => out.write_all(render_ps(&ps).as_bytes())?,
+                PsFormat::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &ps)?;
+                    writeln!(out)?;
+                }
+            }
         }
         Command::Report { format } => {
             let report: Report = client.get_json("/report")?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use weave_api::{ConnectionState, DnsReport, IpamReport, Report};
+use weave_api::{ConnectionState, DnsReport, IpamReport, PsReply, Report};
 
 /// Lays out rows in columns separated by two spaces; the last column is not padded.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
@@ -233,6 +233,23 @@ pub fn render_ipam(ipam: &IpamReport) -> String {
 }
 
 /// `weave status dns`: settings, counters and the live records.
+/// `weave ps`: one line per attachment, `ID MAC ADDRESS...` as Weave Net
+/// printed it (`-` when the MAC could not be read), the bridge first as
+/// `weave:expose`.
+pub fn render_ps(ps: &PsReply) -> String {
+    let rows: Vec<Vec<String>> = ps
+        .entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![e.id.clone(), e.mac.clone().unwrap_or_else(|| "-".into())];
+            row.extend(e.addresses.iter().map(ToString::to_string));
+            row
+        })
+        .collect();
+    table(&rows)
+}
+
+/// `weave status dns`.
 pub fn render_dns(d: &DnsReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "domain: {}  ttl: {}s", d.domain, d.ttl);
@@ -585,5 +602,33 @@ mod tests {
         assert!(text.contains("queries A answer: 4\n"), "{text}");
         assert!(text.contains("web.weave.local."), "{text}");
         assert!(text.contains("10.32.0.5"), "{text}");
+    }
+
+    #[test]
+    fn ps_lines_are_id_mac_addresses() {
+        let entry = |id: &str, mac: Option<&str>, addrs: &[&str]| weave_api::PsEntry {
+            id: id.into(),
+            mac: mac.map(Into::into),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            netns: None,
+            ifname: None,
+        };
+        let ps = PsReply {
+            entries: vec![
+                entry("weave:expose", Some("7a:1f:00:00:00:01"), &["10.32.0.1/12"]),
+                entry(
+                    "cni:weave:5d8c:eth0",
+                    Some("0a:58:0a:20:00:05"),
+                    &["10.32.0.5/12", "fd00::5/64"],
+                ),
+                entry("netns:/run/netns/gone", None, &["10.32.0.9/12"]),
+            ],
+        };
+        assert_eq!(
+            render_ps(&ps),
+            "weave:expose           7a:1f:00:00:00:01  10.32.0.1/12\n\
+             cni:weave:5d8c:eth0    0a:58:0a:20:00:05  10.32.0.5/12  fd00::5/64\n\
+             netns:/run/netns/gone  -                  10.32.0.9/12\n"
+        );
     }
 }
