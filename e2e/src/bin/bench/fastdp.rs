@@ -27,7 +27,7 @@ const ROUNDS: usize = 5;
 
 /// Builds the plain reference on a fresh pair of hosts: in each, bridge
 /// `brref`, VXLAN `vxref` (VNI 42, port 4789, the other host as remote) on
-/// it, and a pod at 10.9.0.<i>/24 with MTU 1450. Returns the pods.
+/// it, and a pod at `10.9.0.<i>/24` with MTU 1450. Returns the pods.
 fn plain_vxlan(bed: &TestBed) -> Result<(String, String)> {
     let mut pods = Vec::new();
     for (i, other) in [(1, 2), (2, 1)] {
