@@ -166,6 +166,14 @@ fn drop_log_names_both_pods_and_the_policy_and_stays_bounded() -> Result<()> {
             .contains("weavenpc_denied_connections_total{direction=\"ingress\",policy=\"x/deny\"}"),
         "logged drops are counted per policy:\n{metrics}"
     );
+    let reconciles = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weavenpc_reconcile_duration_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    ensure!(
+        reconciles.is_some_and(|n| n > 0),
+        "the policy changes are in the reconcile histogram:\n{metrics}"
+    );
     Ok(())
 }
 

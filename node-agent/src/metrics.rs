@@ -284,6 +284,20 @@ fn render_ipam(out: &mut String, ipam: &weave_api::IpamReport) {
         "Addresses in the allocation range.",
     );
     let _ = writeln!(out, "weave_max_ips {}", ipam.total);
+    if let Some(me) = ipam.owners.iter().find(|o| o.local) {
+        family(
+            out,
+            "weave_ipam_owned_ips",
+            "gauge",
+            "Addresses of the range this peer owns (its share), and how many of them are free.",
+        );
+        let _ = writeln!(
+            out,
+            "weave_ipam_owned_ips{{state=\"owned\"}} {}",
+            me.addresses
+        );
+        let _ = writeln!(out, "weave_ipam_owned_ips{{state=\"free\"}} {}", me.free);
+    }
     let unreachable: Vec<_> = ipam
         .owners
         .iter()
@@ -391,14 +405,24 @@ mod tests {
                 total: 1 << 20,
                 used: 4,
                 pending: 0,
-                owners: vec![IpamOwner {
-                    name: "02:00:00:00:00:02".into(),
-                    nickname: "h2".into(),
-                    addresses: 1 << 19,
-                    free: 0,
-                    local: false,
-                    reachable: false,
-                }],
+                owners: vec![
+                    IpamOwner {
+                        name: "02:00:00:00:00:02".into(),
+                        nickname: "h2".into(),
+                        addresses: 1 << 19,
+                        free: 0,
+                        local: false,
+                        reachable: false,
+                    },
+                    IpamOwner {
+                        name: "02:00:00:00:00:01".into(),
+                        nickname: "h1".into(),
+                        addresses: 1 << 19,
+                        free: (1 << 19) - 4,
+                        local: true,
+                        reachable: true,
+                    },
+                ],
                 removed: vec![],
                 state_bytes: 0,
             }),
@@ -436,6 +460,8 @@ mod tests {
         assert!(text.contains("weave_control_bytes_total{direction=\"out\"} 7\n"));
         assert!(text.contains("weave_sleeve_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("weave_sleeve_mtu 1436\n"));
+        assert!(text.contains("weave_ipam_owned_ips{state=\"owned\"} 524288\n"));
+        assert!(text.contains("weave_ipam_owned_ips{state=\"free\"} 524284\n"));
         assert!(text.contains("weave_sleeve_superframes_total{direction=\"in\"} 4\n"));
         assert!(text.contains("weave_sleeve_superframes_total{direction=\"out\"} 5\n"));
         assert!(

@@ -428,7 +428,8 @@ impl Controller {
                     source,
                 })??;
             let seconds = started.elapsed().as_secs_f64();
-            self.metrics.applied(full, seconds);
+            self.metrics
+                .applied(full, seconds, now.elapsed().as_secs_f64());
             debug!(full, seconds, "ruleset applied");
         }
         if !state.first_applied {

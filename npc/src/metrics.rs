@@ -18,7 +18,7 @@ use axum::Router;
 use nftables::types::NfFamily;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weave_api::prometheus::{escape, family};
+use weave_api::prometheus::{escape, family, Histogram};
 use weave_platform::firewall::{CounterValue, Firewall};
 
 use crate::compile::{CounterOwner, DropCounter, TABLE};
@@ -32,9 +32,15 @@ pub struct Metrics {
     state: Mutex<Figures>,
 }
 
+/// Upper bounds of `weavenpc_reconcile_duration_seconds`.
+const RECONCILE_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
 /// The figures.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Figures {
+    /// Reconciles that changed the ruleset: from the start of the compile to the
+    /// transaction applied.
+    reconcile: Histogram,
     /// Currently rejected policies and why.
     rejected: Vec<(String, String)>,
     /// Rejections seen, counted once per policy version.
@@ -65,6 +71,28 @@ struct Figures {
     malformed: u64,
 }
 
+impl Default for Figures {
+    fn default() -> Self {
+        Self {
+            reconcile: Histogram::new(RECONCILE_BOUNDS),
+            rejected: Vec::new(),
+            enforcement_errors: 0,
+            counters: Vec::new(),
+            full_applies: 0,
+            set_applies: 0,
+            apply_errors: 0,
+            rules: 0,
+            last_apply_seconds: 0.0,
+            enforcing: false,
+            ticked: None,
+            denied: BTreeMap::new(),
+            repeated: 0,
+            lost: 0,
+            malformed: 0,
+        }
+    }
+}
+
 /// Most (direction, policy) series of `weavenpc_denied_connections_total`; later ones are
 /// counted under `policy="other"`.
 const MAX_DENIED_SERIES: usize = 10_000;
@@ -85,9 +113,11 @@ impl Metrics {
         f.rules = rules;
     }
 
-    /// Records an applied transaction.
-    pub fn applied(&self, full: bool, seconds: f64) {
+    /// Records an applied transaction that took `seconds`, in a reconcile that took
+    /// `reconcile_seconds` from the start of its compile.
+    pub fn applied(&self, full: bool, seconds: f64, reconcile_seconds: f64) {
         let mut f = self.lock();
+        f.reconcile.observe(reconcile_seconds);
         f.enforcing = true;
         if full {
             f.full_applies += 1;
@@ -232,6 +262,11 @@ impl Metrics {
             "Duration of the last nftables transaction.",
         );
         let _ = writeln!(out, "weavenpc_last_apply_seconds {}", f.last_apply_seconds);
+        f.reconcile.render(
+            &mut out,
+            "weavenpc_reconcile_duration_seconds",
+            "Reconciles that changed the ruleset, from the start of the compile to the nftables transaction applied.",
+        );
         family(
             &mut out,
             "weavenpc_blocked_packets_total",
@@ -400,6 +435,8 @@ mod tests {
         m.drop_logged("ingress", &["x/deny".to_owned(), "x/web".to_owned()]);
         m.drop_logged("ingress", &["x/deny".to_owned()]);
         m.drop_log_repeated();
+        m.applied(true, 0.03, 0.04);
+        m.applied(false, 0.001, 0.002);
         let text = m.render(&[
             CounterValue {
                 name: "ingress-denied-x-a".into(),
@@ -422,6 +459,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weavenpc_rules 7"), "{text}");
+        assert!(
+            text.contains("weavenpc_reconcile_duration_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weavenpc_reconcile_duration_seconds_bucket{le=\"0.05\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("weavenpc_reconcile_duration_seconds_count 2\n"));
+        assert!(text.contains("weavenpc_applies_total{kind=\"full\"} 1\n"));
         assert!(
             text.contains("weavenpc_cluster_policy_denied_packets_total{policy=\"p\",rule=\"deny-all\",direction=\"ingress\"} 5"),
             "{text}"

@@ -17,9 +17,73 @@ pub fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A histogram with fixed upper bounds (seconds, ascending): cumulative
+/// counts per bound, the sum and the count, as the format wants them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending; `+Inf` is implied).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Counts one observation.
+    pub fn observe(&mut self, value: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if value <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// Appends the family: HELP, TYPE, the `_bucket` lines, `_sum` and `_count`.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[0.01, 0.1, 1.0]);
+        for v in [0.005, 0.05, 0.05, 2.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "weavenpc_x_seconds", "X.");
+        assert_eq!(
+            out,
+            "# HELP weavenpc_x_seconds X.\n# TYPE weavenpc_x_seconds histogram\n\
+             weavenpc_x_seconds_bucket{le=\"0.01\"} 1\n\
+             weavenpc_x_seconds_bucket{le=\"0.1\"} 3\n\
+             weavenpc_x_seconds_bucket{le=\"1\"} 3\n\
+             weavenpc_x_seconds_bucket{le=\"+Inf\"} 4\n\
+             weavenpc_x_seconds_sum 2.105\n\
+             weavenpc_x_seconds_count 4\n"
+        );
+    }
 
     #[test]
     fn families_and_labels() {
