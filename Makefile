@@ -120,7 +120,7 @@ fuzz-build:
 # Each target runs 5 s; the last line shows the runs and how many inputs the corpus
 # grew to (more than one means coverage feedback works).
 fuzz-smoke: fuzz-build
-	@set -o pipefail; for t in handshake gossip ipam sleeve noise nflog dns; do \
+	@set -o pipefail; for t in handshake gossip ipam sleeve noise fastdp nflog dns; do \
 	  node-agent/fuzz/target/$(FUZZ_TARGET)/debug/$$t -max_total_time=5 2>&1 | grep -E '^#[0-9]+[[:space:]]+DONE|^Done' | tail -2 || exit 1; \
 	done
 	@set -o pipefail; cni-plugin/fuzz/target/$(FUZZ_TARGET)/debug/cni_config -max_total_time=5 2>&1 | grep -E '^#[0-9]+[[:space:]]+DONE|^Done' | tail -2

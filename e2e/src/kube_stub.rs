@@ -125,17 +125,7 @@ impl KubeStub {
         })?;
         let addr = listener.local_addr().context("API stub address")?;
         let shared = Arc::new(Shared::default());
-        let accept_shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accept_shared.lock().closed {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let shared = Arc::clone(&accept_shared);
-                std::thread::spawn(move || serve(&shared, stream));
-            }
-        });
+        accept(listener, Arc::clone(&shared));
         Ok(Self { shared, addr })
     }
 
@@ -144,13 +134,29 @@ impl KubeStub {
         self.addr
     }
 
+    /// Serves the same objects on `127.0.0.1:<free port>` inside another
+    /// namespace too (a second node's processes); returns that address.
+    pub fn also_listen_in(&self, netns: &str) -> Result<SocketAddr> {
+        let listener = in_netns(netns, || {
+            TcpListener::bind("127.0.0.1:0").context("bind the API stub listener")
+        })?;
+        let addr = listener.local_addr().context("API stub address")?;
+        accept(listener, Arc::clone(&self.shared));
+        Ok(addr)
+    }
+
     /// Writes a kubeconfig pointing at the stub to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
+        self.write_kubeconfig_at(path, self.addr)
+    }
+
+    /// Writes a kubeconfig pointing at the stub's listener `addr` to `path`.
+    pub fn write_kubeconfig_at(&self, path: &Path, addr: SocketAddr) -> Result<()> {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://{}\n\
              users:\n- name: stub\n  user: {{}}\ncontexts:\n- name: stub\n  context:\n    cluster: stub\n    user: stub\n\
              current-context: stub\n",
-            self.addr
+            addr
         );
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
     }
@@ -226,6 +232,20 @@ impl Drop for KubeStub {
         // connecting from here fails, which is fine: the thread then ends with the process).
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(50));
     }
+}
+
+/// Serves connections to `listener` from threads, until the stub closes.
+fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if shared.lock().closed {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || serve(&shared, stream));
+        }
+    });
 }
 
 /// Serves one connection: one request, then close.

@@ -217,3 +217,89 @@ pub fn ipam(host: &Host) -> Result<weave_api::IpamReport> {
         .ipam
         .with_context(|| format!("IPAM is off on {}", host.name()))
 }
+
+/// Each established connection's data-plane mode in `r`, by the peer's
+/// nickname: `(mode, reason)`, the reason set when the sleeve carries it.
+pub fn modes(r: &Report) -> std::collections::BTreeMap<String, (String, Option<String>)> {
+    r.connections
+        .iter()
+        .filter(|c| c.state == ConnectionState::Established)
+        .filter_map(|c| {
+            Some((
+                c.nickname.clone()?,
+                (c.mode.clone()?, c.mode_reason.clone()),
+            ))
+        })
+        .collect()
+}
+
+/// Waits until `host` reports `mode` (`fastdp` or `sleeve`) for its
+/// connection to each peer in `peers` (nicknames); returns the report.
+pub fn wait_for_mode(host: &Host, peers: &[&str], mode: &str, timeout: Duration) -> Result<Report> {
+    let what = format!("{} to carry {peers:?} by {mode}", host.name());
+    wait_until(timeout, &what, || {
+        let r = report(host)?;
+        let m = modes(&r);
+        let all = peers
+            .iter()
+            .all(|p| m.get(*p).is_some_and(|(got, _)| got == mode));
+        Ok(all.then_some(r))
+    })
+    .with_context(|| {
+        format!(
+            "modes on {}: {:?}\nagent log:\n{}",
+            host.name(),
+            report(host).map(|r| modes(&r)).unwrap_or_default(),
+            tail(&host.log(WEAVER), 30)
+        )
+    })
+}
+
+/// Frames the sleeve exchanged with all peers of `host` (in + out).
+pub fn sleeve_frames(host: &Host) -> Result<u64> {
+    Ok(report(host)?
+        .connections
+        .iter()
+        .map(|c| c.frames_in + c.frames_out)
+        .sum())
+}
+
+/// Sends `bytes` zero bytes over TCP from pod `client` to pod `server`
+/// (listening on `server_ip:5004` with `nc`), full-size segments with DF
+/// set as Linux TCP sends them; fails unless all of them arrive within
+/// `timeout`.
+pub fn tcp_transfer(
+    server: &str,
+    server_ip: &str,
+    client: &str,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let ns = server.to_owned();
+    let secs = timeout.as_secs().max(1);
+    let listener = std::thread::spawn(move || {
+        in_pod(
+            &ns,
+            "bash",
+            &["-c", &format!("timeout {secs} nc -l -N 5004 | wc -c")],
+        )
+    });
+    wait_until(timeout, &format!("{bytes} bytes to cross"), || {
+        Ok(in_pod(
+            client,
+            "bash",
+            &[
+                "-c",
+                &format!("head -c {bytes} /dev/zero | nc -N -w 10 {server_ip} 5004"),
+            ],
+        )
+        .ok())
+    })?;
+    let got = listener
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
+    if got.trim() != bytes.to_string() {
+        bail!("{server} received {} of {bytes} bytes", got.trim());
+    }
+    Ok(())
+}

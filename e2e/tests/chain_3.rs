@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Chain h1-h2-h3 with no direct h1-h3 path: all three know each other and
-//! h1's route to h3 goes through h2; `weave report --format dot` draws that chain.
-
-use std::time::Duration;
+//! h1's route to h3 goes through h2. Each link is on the kernel fast path;
+//! h1's pods reach h3's through h2, whose sleeve relays what no kernel path
+//! carries end to end; `weave report --format dot` draws that chain.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use weave_e2e::weave::{attach_pod, pings, report, start_weaver, wait_for_mesh, weave};
+use weave_e2e::weave::{
+    attach_pod, pings, report, start_weaver, wait_for_mesh, wait_for_mode, weave,
+};
 use weave_e2e::{run_with_input, wait_until, TestBed, Topology};
 
 #[test]
@@ -25,6 +28,9 @@ fn chain_routes_through_the_middle() -> Result<()> {
     wait_for_mesh(h1, &all, 1, Duration::from_secs(20))?;
     wait_for_mesh(h2, &all, 2, Duration::from_secs(20))?;
     wait_for_mesh(h3, &all, 1, Duration::from_secs(20))?;
+    wait_for_mode(h1, &["h2"], "fastdp", Duration::from_secs(20))?;
+    wait_for_mode(h2, &["h1", "h3"], "fastdp", Duration::from_secs(20))?;
+    wait_for_mode(h3, &["h2"], "fastdp", Duration::from_secs(20))?;
     let name = |h| -> Result<String> { Ok(report(h)?.peer.name) };
     let (n2, n3) = (name(h2)?, name(h3)?);
     let r1 = wait_until(Duration::from_secs(10), "h1 to route to h3", || {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use weave_api::Report;
 use weave_e2e::weave::{
-    attach_pod, in_pod, peer_addr, peer_nicknames, pings, report, start_weaver, wait_for_mesh,
-    weave, WEAVER,
+    attach_pod, in_pod, modes, peer_addr, peer_nicknames, pings, report, start_weaver,
+    wait_for_mesh, weave, WEAVER,
 };
 use weave_e2e::{wait_until, Host, TestBed, Topology};
 
@@ -131,6 +131,24 @@ fn marker_on_the_underlay(password: Option<&str>) -> Result<bool> {
         table.contains("ENCRYPTED") && table.contains(want),
         "{table}"
     );
+    if password.is_some() {
+        // the kernel here cannot encrypt, so the fast path never carries pod traffic
+        let m = modes(&r2);
+        ensure!(
+            m.len() == 2
+                && m.values().all(|(mode, why)| mode == "sleeve"
+                    && why.as_deref() == Some("encryption: kernel cannot encrypt")),
+            "{m:?}"
+        );
+        ensure!(
+            table.contains("sleeve (encryption: kernel cannot encrypt)"),
+            "{table}"
+        );
+        ensure!(
+            h2.run("ip", &["link", "show", "vxlan-weave"]).is_err(),
+            "a VXLAN device exists although a password is set"
+        );
+    }
 
     let a = attach_pod(&bed, 1, "a", "10.2.1.1/24")?;
     let c = attach_pod(&bed, 3, "c", "10.2.1.3/24")?;

@@ -43,6 +43,9 @@ pub struct Config {
     pub bridge: Option<String>,
     /// Overlay MTU; derived from the underlay when `None`.
     pub mtu: Option<u32>,
+    /// UDP port of the kernel fast path; `None` (`--no-fastdp`) leaves all
+    /// pod traffic to the sleeve.
+    pub fastdp_port: Option<u16>,
     /// IP address management; `None` disables it.
     pub ipam: Option<IpamSettings>,
     /// Mesh password(s); `None` runs unencrypted.

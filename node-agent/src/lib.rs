@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod dns;
 pub mod egress;
 mod error;
+pub mod fastdp;
 pub mod install;
 pub mod ipam;
 pub mod kube;
@@ -98,6 +99,19 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
                 encrypted: !psks.is_empty(),
             };
             Some(router::sleeve::setup(&cfg, name, &netlink).await?)
+        }
+        None => None,
+    };
+
+    let fastdp = match &sleeve {
+        Some(shared) => {
+            let netlink = weave_platform::LinuxNetlink::new()?;
+            let cfg = router::fastdp::FastdpConfig {
+                enabled: config.fastdp_port.is_some(),
+                port: config.fastdp_port.unwrap_or(fastdp::DEFAULT_PORT),
+                encrypted: !psks.is_empty(),
+            };
+            Some(router::fastdp::setup(cfg, name, shared, &netlink).await)
         }
         None => None,
     };
@@ -201,11 +215,29 @@ pub async fn run(mut config: Config, cancel: CancellationToken) -> Result<()> {
             tasks.spawn(async move { ("cni-release", spool.run(c).await) });
         }
     }
+    let fastdp_reg = fastdp.as_ref().map(|_| {
+        gossip
+            .register(fastdp::advert::CHANNEL)
+            .expect("the fast path is the only subsystem on its channel")
+    });
     let mut router = router::Router::new(mesh, listener, cmd_rx, gossip);
     if let Some(shared) = sleeve {
         let (views_tx, views_rx) =
             tokio::sync::watch::channel(std::sync::Arc::new(mesh::overlay::OverlayView::default()));
         let (paths_tx, paths_rx) = mpsc::channel(1024);
+        if let (Some(fd), Some(reg)) = (fastdp, fastdp_reg) {
+            router = router.with_fastdp(fd.clone());
+            let views = views_tx.subscribe();
+            let netlink = weave_platform::LinuxNetlink::new()?;
+            let sl = shared.clone();
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                (
+                    "fastdp",
+                    router::fastdp::run(fd, sl, reg, views, netlink, c).await,
+                )
+            });
+        }
         router = router.with_sleeve(views_tx, paths_rx, shared.clone());
         let c = cancel.clone();
         tasks.spawn(async move {
@@ -503,6 +535,58 @@ pub mod fuzz {
         assert!(rx.open(data, &mut out).is_err(), "a forged datagram opened");
     }
 
+    /// A heartbeat frame from the VXLAN device and an advert from the
+    /// gossip channel, fed to a choice that has one neighbour whose
+    /// connection UID the input may or may not guess; an advert that decodes
+    /// must re-encode to what decodes the same.
+    pub fn fastdp(data: &[u8]) {
+        use crate::fastdp::advert::Advert;
+        use crate::fastdp::choice::{Choice, Settings, Timing};
+        use crate::fastdp::heartbeat::Frame;
+        let now = tokio::time::Instant::now();
+        let local = crate::mesh::PeerName::from_u64(1);
+        let peer = crate::mesh::PeerName::from_u64(2);
+        let mut choice = Choice::new(
+            Settings {
+                local,
+                available: Ok(6784),
+                encrypted: false,
+                full_len: 1450,
+                timing: Timing::default(),
+            },
+            now,
+        );
+        let neighbours = [(
+            peer,
+            crate::mesh::overlay::Neighbour {
+                addr: "10.0.0.2:6783".parse().expect("valid address"),
+                conn_uid: 7,
+                keys: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        choice.sync(&neighbours, now);
+        if let Ok(a) = Advert::decode(data) {
+            assert_eq!(
+                Advert::decode(&a.encode()),
+                Ok(a.clone()),
+                "advert round trip"
+            );
+            choice.on_advert(peer, a, now);
+        }
+        if let Ok(f) = Frame::decode(data) {
+            let again = Frame::decode(&f.encode()).expect("re-encoded frame decodes");
+            assert_eq!(
+                (again.kind, again.seq, again.conn_uid),
+                (f.kind, f.seq, f.conn_uid)
+            );
+        }
+        let _ = choice.on_frame(data, now);
+        choice.tick(now);
+        while choice.poll_action().is_some() {}
+    }
+
     /// Decodes a topology gossip body and re-encodes what decodes.
     pub fn gossip(data: &[u8]) {
         if let Ok(g) = TopologyGossip::decode(data) {
@@ -583,7 +667,29 @@ mod tests {
             };
             Ipam::new(cfg, None, 1).gossip_state().encode()
         };
-        vec![stream, update, digest, datagram, heartbeat, ipam]
+        let advert = crate::fastdp::advert::Advert {
+            available: Ok(()),
+            vni: crate::fastdp::VNI,
+            port: 6784,
+            encaps: vec![crate::fastdp::Encap::Vxlan],
+            macs: vec![[0x0a, 0, 0, 0, 0, 1]],
+        }
+        .encode();
+        let fastdp_hb = crate::fastdp::heartbeat::Frame {
+            to: PeerName::from_u64(1),
+            from: PeerName::from_u64(2),
+            kind: crate::fastdp::heartbeat::Kind::Heartbeat,
+            tx_ok: true,
+            reason: None,
+            conn_uid: 7,
+            seq: 1,
+            full: false,
+            len: 60,
+        }
+        .encode();
+        vec![
+            stream, update, digest, datagram, heartbeat, ipam, advert, fastdp_hb,
+        ]
     }
 
     /// The fuzz entry points over many seeded mutations (flips, cuts,
@@ -620,6 +726,7 @@ mod tests {
             crate::fuzz::gossip(&data);
             crate::fuzz::sleeve(&data);
             crate::fuzz::ipam_gossip(&data);
+            crate::fuzz::fastdp(&data);
             if data.len() > 8 {
                 crate::fuzz::gossip(&data[8..]);
             }

@@ -136,6 +136,9 @@ pub fn render(r: &Report) -> String {
     if let Some(dns) = &r.dns {
         render_dns(&mut out, dns);
     }
+    if let Some(f) = &r.fastdp {
+        render_fastdp(&mut out, r, f);
+    }
     if let Some(ipam) = &r.ipam {
         render_ipam(&mut out, ipam);
     }
@@ -191,6 +194,78 @@ fn render_dns(out: &mut String, dns: &weave_api::DnsReport) {
         "weave_dns_refused_records_total {}",
         dns.refused_records
     );
+}
+
+/// The fast path: each connection's mode (with the reason when it is the
+/// sleeve), heartbeats, mode changes and forwarding entries.
+fn render_fastdp(out: &mut String, r: &Report, f: &weave_api::FastdpReport) {
+    family(
+        out,
+        "weave_connection_mode",
+        "gauge",
+        "Mode of each established connection (fastdp or sleeve) and why it is the sleeve.",
+    );
+    for c in &r.connections {
+        let (Some(peer), Some(mode)) = (&c.peer, &c.mode) else {
+            continue;
+        };
+        let reason = c.mode_reason.as_deref().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "weave_connection_mode{{peer=\"{peer}\",mode=\"{mode}\",reason=\"{}\"}} 1",
+            reason.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+    }
+    family(
+        out,
+        "weave_fastdp_connections",
+        "gauge",
+        "Connections the kernel fast path carries.",
+    );
+    let _ = writeln!(out, "weave_fastdp_connections {}", f.connections);
+    family(
+        out,
+        "weave_fastdp_heartbeats_total",
+        "counter",
+        "Fast-path heartbeats sent (out) and answered (in), answers received (ack), frames ignored.",
+    );
+    for (kind, n) in [
+        ("out", f.heartbeats_out),
+        ("in", f.heartbeats_in),
+        ("ack", f.acks_in),
+        ("ignored", f.ignored_in),
+    ] {
+        let _ = writeln!(out, "weave_fastdp_heartbeats_total{{kind=\"{kind}\"}} {n}");
+    }
+    for (name, help, value) in [
+        (
+            "weave_fastdp_mode_changes_total",
+            "Changes of a connection between the fast path and the sleeve.",
+            f.mode_changes,
+        ),
+        (
+            "weave_fastdp_fdb_errors_total",
+            "Forwarding-entry changes the kernel refused.",
+            f.fdb_errors,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    family(
+        out,
+        "weave_fastdp_entries",
+        "gauge",
+        "Forwarding entries of the fast path, by kind.",
+    );
+    for (kind, n) in [
+        ("flood", f.flood_entries),
+        ("remote", f.remote_entries),
+        ("pinned", f.pinned_macs),
+        ("local_macs", f.local_macs),
+    ] {
+        let _ = writeln!(out, "weave_fastdp_entries{{kind=\"{kind}\"}} {n}");
+    }
 }
 
 /// IPAM gauges, named as Weave Net named them where they mean the same.
@@ -281,7 +356,24 @@ mod tests {
                 version: 1,
             },
             peers: vec![],
-            connections: vec![],
+            connections: vec![ConnectionReport {
+                peer: Some("02:00:00:00:00:02".into()),
+                nickname: Some("h2".into()),
+                address: "10.0.0.2:6783".into(),
+                state: ConnectionState::Established,
+                outbound: true,
+                mode: Some("sleeve".into()),
+                mode_reason: Some("encryption: kernel cannot \"encrypt\"".into()),
+                encrypted: true,
+                info: String::new(),
+                bytes_in: 0,
+                bytes_out: 0,
+                mtu: Some(1400),
+                frames_in: 0,
+                frames_out: 0,
+                data_bytes_in: 0,
+                data_bytes_out: 0,
+            }],
             targets: vec![],
             routes: vec![],
             stats: MeshStats {
@@ -298,6 +390,12 @@ mod tests {
                 offload: true,
                 udp_gso: true,
                 drops: [("malformed".to_string(), 2)].into_iter().collect(),
+            }),
+            fastdp: Some(FastdpReport {
+                mode_changes: 3,
+                heartbeats_out: 9,
+                pinned_macs: 2,
+                ..FastdpReport::default()
             }),
             ipam: Some(IpamReport {
                 status: "ready".into(),
@@ -351,7 +449,14 @@ mod tests {
             text.contains("# TYPE weave_peers gauge\nweave_peers 0\n"),
             "{text}"
         );
-        assert!(text.contains("weave_connections{state=\"established\"} 0\n"));
+        assert!(text.contains("weave_connections{state=\"established\"} 1\n"));
+        assert!(
+            text.contains("weave_connection_mode{peer=\"02:00:00:00:00:02\",mode=\"sleeve\",reason=\"encryption: kernel cannot \\\"encrypt\\\"\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("weave_fastdp_mode_changes_total 3\n"));
+        assert!(text.contains("weave_fastdp_heartbeats_total{kind=\"out\"} 9\n"));
+        assert!(text.contains("weave_fastdp_entries{kind=\"pinned\"} 2\n"));
         assert!(text.contains("weave_control_bytes_total{direction=\"out\"} 7\n"));
         assert!(text.contains("weave_sleeve_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("weave_sleeve_mtu 1436\n"));

@@ -16,6 +16,7 @@
 //! Invariants: only the actor touches the mesh; a connection's bytes reach
 //! the mesh in order; nothing the actor does blocks it.
 
+pub mod fastdp;
 pub mod sleeve;
 
 use std::collections::HashMap;
@@ -91,6 +92,7 @@ pub struct Router {
     paths: Option<mpsc::Receiver<PathEvent>>,
     views: Option<watch::Sender<Arc<OverlayView>>>,
     sleeve: Option<Arc<sleeve::Sleeve>>,
+    fastdp: Option<Arc<fastdp::Fastdp>>,
 }
 
 impl Router {
@@ -110,7 +112,14 @@ impl Router {
             paths: None,
             views: None,
             sleeve: None,
+            fastdp: None,
         }
+    }
+
+    /// Adds the fast path's modes and figures to reports.
+    pub fn with_fastdp(mut self, fastdp: Arc<fastdp::Fastdp>) -> Self {
+        self.fastdp = Some(fastdp);
+        self
     }
 
     /// Publishes the mesh's overlay views to the sleeve on `views`, takes
@@ -138,6 +147,7 @@ impl Router {
             paths,
             views,
             sleeve,
+            fastdp,
         } = self;
         // Without a sleeve nobody sends path events: a receiver whose sender
         // is dropped at once yields `None` and its branch is disabled.
@@ -171,7 +181,7 @@ impl Router {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => mesh.tick(Instant::now()),
-                Some(cmd) = api.recv() => on_api(&mut mesh, cmd, sleeve.as_deref()),
+                Some(cmd) = api.recv() => on_api(&mut mesh, cmd, sleeve.as_deref(), fastdp.as_deref()),
                 Some(ev) = paths.recv() => on_path(&mut mesh, ev),
                 Some(out) = gossip.outgoing() => send_gossip(&mut mesh, out),
                 Some(ev) = events.recv() => {
@@ -229,13 +239,21 @@ impl Router {
     }
 }
 
-fn on_api(mesh: &mut Mesh, cmd: ApiCommand, sleeve: Option<&sleeve::Sleeve>) {
+fn on_api(
+    mesh: &mut Mesh,
+    cmd: ApiCommand,
+    sleeve: Option<&sleeve::Sleeve>,
+    fastdp: Option<&fastdp::Fastdp>,
+) {
     let now = Instant::now();
     match cmd {
         ApiCommand::Report(reply) => {
             let mut report = mesh.report(now);
             if let Some(s) = sleeve {
                 add_sleeve_figures(&mut report, s);
+            }
+            if let Some(f) = fastdp {
+                add_fastdp_figures(&mut report, f);
             }
             let _ = reply.send(report);
         }
@@ -296,6 +314,46 @@ fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Sleeve) {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+    });
+}
+
+fn add_fastdp_figures(report: &mut weave_api::Report, f: &fastdp::Fastdp) {
+    use std::sync::atomic::Ordering;
+    let status = f.status();
+    let mut carried = 0;
+    for c in &mut report.connections {
+        let Some(peer) = c.peer.as_deref().and_then(|p| p.parse::<PeerName>().ok()) else {
+            continue;
+        };
+        if c.mode.is_none() {
+            continue;
+        }
+        let mode = f.mode(&peer);
+        if mode == crate::fastdp::Mode::Fastdp {
+            carried += 1;
+        }
+        c.mode = Some(mode.name().to_string());
+        c.mode_reason = mode.reason().map(|r| r.to_string());
+    }
+    let frame = |i: usize| f.frames[i].load(Ordering::Relaxed);
+    report.fastdp = Some(weave_api::FastdpReport {
+        device: f.ifindex().map(|_| fastdp::VXLAN_NAME.to_string()),
+        ifindex: f.ifindex(),
+        port: f.port(),
+        vni: crate::fastdp::VNI,
+        unavailable: f.unavailable().map(|r| r.to_string()),
+        connections: carried,
+        held: status.held,
+        flood_entries: status.entries.0,
+        remote_entries: status.entries.1,
+        pinned_macs: status.entries.2,
+        local_macs: status.local_macs,
+        heartbeats_out: frame(0),
+        heartbeats_in: frame(1),
+        acks_in: frame(2),
+        ignored_in: frame(3),
+        mode_changes: f.mode_changes.load(Ordering::Relaxed),
+        fdb_errors: f.fdb_errors.load(Ordering::Relaxed),
     });
 }
 

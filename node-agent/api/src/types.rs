@@ -32,6 +32,9 @@ pub struct Report {
     /// The sleeve data plane, when it runs.
     #[serde(default)]
     pub sleeve: Option<SleeveReport>,
+    /// The kernel fast path, when a data plane runs.
+    #[serde(default)]
+    pub fastdp: Option<FastdpReport>,
     /// IP address management, when enabled.
     #[serde(default)]
     pub ipam: Option<IpamReport>,
@@ -64,6 +67,47 @@ pub struct SleeveReport {
     pub superframes_in: u64,
     /// Dropped frames and datagrams by reason.
     pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+/// State of the kernel fast path (a VXLAN device on the bridge).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastdpReport {
+    /// The VXLAN device, when it runs.
+    pub device: Option<String>,
+    /// Its ifindex (the same across agent restarts: the device is adopted).
+    pub ifindex: Option<u32>,
+    /// Its UDP port.
+    pub port: u16,
+    /// Its VXLAN network identifier.
+    pub vni: u32,
+    /// Why it does not run here, if it does not.
+    pub unavailable: Option<String>,
+    /// Connections it carries.
+    pub connections: usize,
+    /// Addresses whose entries are kept although their connection closed
+    /// (`peer@ip:port`, or `ip:port` when adopted at a restart).
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// Destinations of its flood list.
+    pub flood_entries: usize,
+    /// MACs with a remote entry (peer names for heartbeats included).
+    pub remote_entries: usize,
+    /// MACs pinned to it in the bridge.
+    pub pinned_macs: usize,
+    /// MACs of local pods announced to neighbours.
+    pub local_macs: usize,
+    /// Heartbeats sent.
+    pub heartbeats_out: u64,
+    /// Heartbeats received and answered.
+    pub heartbeats_in: u64,
+    /// Answers to our heartbeats received.
+    pub acks_in: u64,
+    /// Frames that were not for a current connection (dropped).
+    pub ignored_in: u64,
+    /// Changes between the fast path and the sleeve.
+    pub mode_changes: u64,
+    /// Forwarding-entry changes that failed.
+    pub fdb_errors: u64,
 }
 
 /// Identity of the local peer.
@@ -150,6 +194,10 @@ pub struct ConnectionReport {
     pub outbound: bool,
     /// Data-plane mode once an overlay runs on it (`sleeve`, `fastdp`).
     pub mode: Option<String>,
+    /// Why the sleeve carries it, when it does (`heartbeat timeout`,
+    /// `encryption: kernel cannot encrypt`, …).
+    #[serde(default)]
+    pub mode_reason: Option<String>,
     /// Whether the connection is encrypted.
     pub encrypted: bool,
     /// Free text: the last error, or when the next attempt is due.

@@ -90,6 +90,23 @@ pub enum Error {
         /// The missing link's name.
         name: String,
     },
+    /// A forwarding entry that cannot be added (a learned or local bridge
+    /// entry, a remote entry without a unicast destination or port).
+    #[error("invalid fdb entry {entry}: {reason}")]
+    InvalidFdb {
+        /// The entry as `bridge fdb` would show it.
+        entry: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// VXLAN settings the kernel would refuse.
+    #[error("{op}: {reason}")]
+    InvalidVxlan {
+        /// What was being done.
+        op: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
     /// A netlink handle was asked for outside a tokio runtime, so there is
     /// nothing to drive its connection.
     #[error("{op}: not called from within a tokio runtime")]

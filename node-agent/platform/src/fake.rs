@@ -32,7 +32,7 @@ use std::{
 
 use crate::{
     error::{netlink_error, Error, Result},
-    netlink::{network, Route},
+    netlink::{network, BridgeFdbState, FdbEntry, FdbTarget, Route, VxlanSpec},
 };
 
 mod ops;
@@ -55,6 +55,8 @@ pub enum FakeKind {
     Veth,
     /// A TUN/TAP device.
     Tap,
+    /// A VXLAN device with these settings.
+    Vxlan(VxlanSpec),
 }
 
 impl FakeKind {
@@ -65,6 +67,7 @@ impl FakeKind {
             FakeKind::Bridge => "bridge",
             FakeKind::Veth => "veth",
             FakeKind::Tap => "tun",
+            FakeKind::Vxlan(_) => "vxlan",
         }
     }
 }
@@ -95,6 +98,10 @@ pub struct FakeLink {
     pub up: bool,
     /// Hairpin mode of the bridge port.
     pub hairpin: bool,
+    /// Whether the bridge port is isolated.
+    pub isolated: bool,
+    /// Whether the bridge learns on this port (on by default).
+    pub learning: bool,
     /// Addresses with prefix lengths, in the order they were added.
     pub addrs: Vec<(IpAddr, u8)>,
     /// MAC address.
@@ -112,6 +119,8 @@ pub enum FakeOp {
     LinkIndex,
     /// [`Netlink::link_mtu`](crate::Netlink::link_mtu).
     LinkMtu,
+    /// [`Netlink::wait_oper_up`](crate::Netlink::wait_oper_up).
+    WaitOperUp,
     /// [`Netlink::set_up`](crate::Netlink::set_up).
     SetUp,
     /// [`Netlink::set_mtu`](crate::Netlink::set_mtu).
@@ -138,6 +147,18 @@ pub enum FakeOp {
     SetMac,
     /// [`Netlink::link_mac`](crate::Netlink::link_mac).
     LinkMac,
+    /// [`Netlink::ensure_vxlan`](crate::Netlink::ensure_vxlan).
+    EnsureVxlan,
+    /// [`Netlink::set_bridge_port`](crate::Netlink::set_bridge_port).
+    SetBridgePort,
+    /// [`Netlink::fdb_entries`](crate::Netlink::fdb_entries).
+    FdbEntries,
+    /// [`Netlink::fdb_add`](crate::Netlink::fdb_add).
+    FdbAdd,
+    /// [`Netlink::fdb_del`](crate::Netlink::fdb_del).
+    FdbDel,
+    /// [`Netlink::announce`](crate::Netlink::announce).
+    Announce,
 }
 
 /// An in-memory [`Netlink`](crate::Netlink) bound to one namespace of a shared fake world.
@@ -162,6 +183,10 @@ struct Namespace {
     next_index: u32,
     /// Routes added with `add_route` (connected routes are derived).
     routes: Vec<Route>,
+    /// Forwarding entries of bridges and VXLAN devices.
+    fdb: Vec<FdbEntry>,
+    /// Announcements made: link index, MAC and the address announced.
+    announced: Vec<(u32, [u8; 6], IpAddr)>,
 }
 
 impl Default for FakeNetlink {
@@ -256,6 +281,39 @@ impl FakeNetlink {
         self.with(|w| w.ns(&self.netns).all_routes())
     }
 
+    /// Every forwarding entry of this namespace, in the order they were made.
+    pub fn fdb(&self) -> Vec<FdbEntry> {
+        self.with(|w| w.ns(&self.netns).fdb.clone())
+    }
+
+    /// Adds an entry the kernel made itself: a MAC learned on bridge port
+    /// `port` (the fake does not forward frames, so nothing learns).
+    pub fn learn(&self, mac: [u8; 6], port: u32) {
+        self.with(|w| {
+            let ns = w.ns(&self.netns);
+            let Some(bridge) = ns.links.get(&port).and_then(|l| l.master) else {
+                return;
+            };
+            ns.fdb.retain(|e| {
+                !(e.mac == mac
+                    && matches!(e.target, FdbTarget::Bridge { bridge: b, .. } if b == bridge))
+            });
+            ns.fdb.push(FdbEntry {
+                mac,
+                ifindex: port,
+                target: FdbTarget::Bridge {
+                    bridge,
+                    state: BridgeFdbState::Learned,
+                },
+            });
+        });
+    }
+
+    /// The announcements made from this namespace: link, MAC, address.
+    pub fn announced(&self) -> Vec<(u32, [u8; 6], IpAddr)> {
+        self.with(|w| w.ns(&self.netns).announced.clone())
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
         // A panic in another test thread must not hide this one's state.
         let mut world = self.world.lock().unwrap_or_else(PoisonError::into_inner);
@@ -288,6 +346,8 @@ impl World {
                 links: BTreeMap::new(),
                 next_index: 1,
                 routes: Vec::new(),
+                fdb: Vec::new(),
+                announced: Vec::new(),
             };
             let lo = ns.insert("lo", FakeKind::Loopback, 65536, [0; 6]);
             if let Some(lo) = ns.links.get_mut(&lo) {
@@ -342,6 +402,8 @@ impl Namespace {
                 master: None,
                 up: false,
                 hairpin: false,
+                isolated: false,
+                learning: true,
                 addrs: Vec::new(),
                 mac,
                 peer: None,
@@ -372,6 +434,11 @@ impl Namespace {
             }
         }
         self.routes.retain(|r| r.oif != Some(index));
+        // A port's entries and a bridge's go with them.
+        self.fdb.retain(|e| {
+            e.ifindex != index
+                && !matches!(e.target, FdbTarget::Bridge { bridge, .. } if bridge == index)
+        });
         Some(link)
     }
 

@@ -8,6 +8,8 @@
 //!   namespace, so sockets can be opened there;
 //! - [`tap`]: [`Tap`], the sleeve's TAP device, and [`AsyncTap`], the same
 //!   driven by the tokio reactor;
+//! - [`packet`]: [`PacketSocket`], raw Ethernet frames on one link (the fast
+//!   path's heartbeats, a pod's announcements);
 //! - [`sysctl`]: [`read_sysctl`] / [`write_sysctl`];
 //! - [`child`]: waiting for a child process with a time limit (pidfd);
 //! - [`nflog`]: an nfnetlink_log socket bound to one group (raw datagrams out);
@@ -20,7 +22,8 @@
 //!   same idempotency rules, for unit tests that must not need root.
 //!
 //! This is the only crate of the workspace allowed `unsafe`, and only in
-//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration), [`child`]
+//! [`tap`] (the `TUNSETIFF` ioctl and the tokio `AsyncFd` registration),
+//! [`packet`] (`sockaddr_ll` system calls and the same registration), [`child`]
 //! (`pidfd_open`, `poll`) and [`nflog`] (the netlink socket calls).
 
 pub mod child;
@@ -32,6 +35,7 @@ pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod nflog;
+pub mod packet;
 pub mod sysctl;
 pub mod tap;
 pub mod wiring;
@@ -39,8 +43,12 @@ pub mod wiring;
 pub use error::{Error, Result};
 #[cfg(feature = "fake")]
 pub use fake::FakeNetlink;
-pub use netlink::{LinuxNetlink, Netlink, Route};
+pub use netlink::{
+    BridgeFdbState, BridgePortFlags, FdbEntry, FdbTarget, LinuxNetlink, Mac, Netlink, Route,
+    VxlanLink, VxlanSpec,
+};
 pub use netns::{interface_in, open_in, InterfaceView};
+pub use packet::{AsyncPacketSocket, PacketSocket};
 
 /// A MAC address as iproute2 prints it.
 pub fn fmt_mac(mac: [u8; 6]) -> String {

@@ -11,6 +11,12 @@
 //!
 //! A handle is bound to one namespace for life: the namespace its netlink
 //! socket was opened in. Use [`LinuxNetlink::in_netns`] for another one.
+//!
+//! Besides links, addresses and routes, the seam covers what the kernel fast
+//! path needs: a VXLAN device ([`Netlink::ensure_vxlan`]), bridge-port flags
+//! ([`Netlink::set_bridge_port`]) and forwarding-database entries of the
+//! bridge and of the VXLAN device ([`FdbEntry`], `bridge fdb`); and the
+//! announcements a pod makes when it appears ([`Netlink::announce`]).
 
 mod linux;
 
@@ -21,6 +27,95 @@ use crate::error::{Error, Result};
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
+
+/// An Ethernet address.
+pub type Mac = [u8; 6];
+
+/// Settings of a VXLAN device for [`Netlink::ensure_vxlan`]: `ip link add
+/// NAME type vxlan id VNI dstport PORT nolearning df set` (no local, remote
+/// or group address: destinations come from its forwarding entries, and it
+/// listens on every IPv4 address of the namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// UDP port it listens on and sends to by default.
+    pub port: u16,
+    /// MTU of the device (the inner frames it takes, without Ethernet header).
+    pub mtu: u32,
+}
+
+/// What [`Netlink::ensure_vxlan`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanLink {
+    /// Its ifindex.
+    pub index: u32,
+    /// Whether it existed with these settings and was kept as it was
+    /// (forwarding entries included).
+    pub adopted: bool,
+}
+
+/// Flags of a bridge port for [`Netlink::set_bridge_port`]; `None` leaves a
+/// flag as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgePortFlags {
+    /// Isolated ports never forward to each other, only to non-isolated ones
+    /// (`bridge link set dev X isolated on`).
+    pub isolated: Option<bool>,
+    /// Whether the bridge learns source addresses arriving on the port
+    /// (`bridge link set dev X learning off`).
+    pub learning: Option<bool>,
+}
+
+/// How a bridge's forwarding entry came to be (`bridge fdb` shows it as
+/// nothing, `static`, `sticky` or `permanent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BridgeFdbState {
+    /// Learned from traffic; ages out.
+    Learned,
+    /// Added by user space; never ages, but learning may move it.
+    Static,
+    /// Added by user space and pinned to its port: learning never moves it.
+    Sticky,
+    /// An address of the bridge or of a port itself (delivered locally).
+    Local,
+}
+
+/// What a forwarding entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FdbTarget {
+    /// An entry of the bridge `bridge` (`master`): frames to the MAC leave
+    /// through the port the entry belongs to.
+    Bridge {
+        /// Ifindex of the bridge.
+        bridge: u32,
+        /// How it came to be.
+        state: BridgeFdbState,
+    },
+    /// An entry of a VXLAN device's own table (`self`): frames to the MAC
+    /// are sent to `dst:port`. The all-zero MAC lists where frames without
+    /// an entry of their own go (broadcast, multicast, unknown unicast), one
+    /// entry per destination.
+    Remote {
+        /// The peer's underlay address.
+        dst: IpAddr,
+        /// Its UDP port; `None` is the device's own (the kernel lists no
+        /// port for those).
+        port: Option<u16>,
+    },
+}
+
+/// One forwarding-database entry (`bridge fdb show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    /// The Ethernet address.
+    pub mac: Mac,
+    /// The device it belongs to: a bridge port for [`FdbTarget::Bridge`],
+    /// the VXLAN device for [`FdbTarget::Remote`].
+    pub ifindex: u32,
+    /// What it says.
+    pub target: FdbTarget,
+}
 
 /// One IPv4 route of the main table, as listed by [`Netlink::routes_v4`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +227,125 @@ pub trait Netlink: Send + Sync {
     /// The MTU of the link with ifindex `index`, or `None` if there is none
     /// (routes name their device by index).
     fn link_mtu_by_index(&self, index: u32) -> impl Future<Output = Result<Option<u32>>> + Send;
+
+    /// Creates the VXLAN device `name` with `spec` (learning off, "don't
+    /// fragment" set on the outer header) and brings it up; returns its
+    /// ifindex. A VXLAN device of that name with the same VNI and port is
+    /// adopted as it is (its forwarding entries stay), only its MTU set; one
+    /// with other settings is replaced. Fails with
+    /// [`Error::LinkKindMismatch`] if `name` is another kind of link, and
+    /// with the kernel's errno if the port is taken (EADDRINUSE, reported
+    /// when the device goes up).
+    fn ensure_vxlan(
+        &self,
+        name: &str,
+        spec: VxlanSpec,
+    ) -> impl Future<Output = Result<VxlanLink>> + Send;
+
+    /// Sets flags of bridge port `index` (`bridge link set dev X ...`).
+    fn set_bridge_port(
+        &self,
+        index: u32,
+        flags: BridgePortFlags,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every bridge and VXLAN forwarding entry of the namespace
+    /// (`bridge fdb show`), without the ports' own address lists.
+    fn fdb_entries(&self) -> impl Future<Output = Result<Vec<FdbEntry>>> + Send;
+
+    /// Adds or replaces a forwarding entry. A bridge entry must be
+    /// [`BridgeFdbState::Static`] or [`BridgeFdbState::Sticky`] and replaces
+    /// any entry of the bridge for that MAC (`bridge fdb replace MAC dev PORT
+    /// master static [sticky]`); a remote entry for a MAC replaces the MAC's
+    /// destination (`bridge fdb replace MAC dev VXLAN dst IP port P self
+    /// permanent`), except for the all-zero MAC, whose destinations add up
+    /// (`bridge fdb append`). Adding what exists is success.
+    fn fdb_add(&self, entry: &FdbEntry) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes a forwarding entry (for the all-zero MAC, that one
+    /// destination); a missing entry is success.
+    fn fdb_del(&self, entry: &FdbEntry) -> impl Future<Output = Result<()>> + Send;
+
+    /// Waits up to `limit` for link `index` of this handle's namespace to be
+    /// operationally up (its `operstate` UP). A veth end's carrier comes on
+    /// when its peer goes up, but the kernel's link watch, which gives the
+    /// device a working queue and turns a bridge port on, runs a moment
+    /// later; a frame sent before that is lost. Returns whether it came up
+    /// in time (`false` also when there is no such link).
+    fn wait_oper_up(
+        &self,
+        index: u32,
+        limit: std::time::Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Announces `addrs` from link `index` of this handle's namespace, whose
+    /// MAC is `mac`: a gratuitous ARP request for each IPv4 address and an
+    /// unsolicited neighbour advertisement (override set, to all nodes) for
+    /// each IPv6 one, so that neighbours and switches forget where the
+    /// addresses were before (RFC 5227 §3, RFC 4861 §7.2.6).
+    fn announce(
+        &self,
+        index: u32,
+        mac: Mac,
+        addrs: &[IpAddr],
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Checks the arguments of [`Netlink::fdb_add`] and [`Netlink::fdb_del`];
+/// returns the operation as errors name it (`verb` is `add` or `delete`).
+pub(crate) fn fdb_op(verb: &str, e: &FdbEntry) -> Result<String> {
+    let mac = fmt_mac(e.mac);
+    match e.target {
+        FdbTarget::Bridge { state, .. } => {
+            if verb == "add" && !matches!(state, BridgeFdbState::Static | BridgeFdbState::Sticky) {
+                return Err(Error::InvalidFdb {
+                    entry: format!("{mac} dev {}", e.ifindex),
+                    reason: "only static or sticky bridge entries can be added",
+                });
+            }
+            Ok(format!("{verb} fdb entry {mac} dev {} master", e.ifindex))
+        }
+        FdbTarget::Remote { dst, port } => {
+            if mac_is_group(e.mac) {
+                return Err(Error::InvalidFdb {
+                    entry: format!("{mac} dev {} dst {dst}", e.ifindex),
+                    reason: "a remote entry needs a unicast or all-zero MAC",
+                });
+            }
+            let port = port.map(|p| format!(" port {p}")).unwrap_or_default();
+            if dst.is_unspecified() || dst.is_multicast() || port == " port 0" {
+                return Err(Error::InvalidFdb {
+                    entry: format!("{mac} dev {} dst {dst}{port}", e.ifindex),
+                    reason: "a remote entry needs a unicast destination and a non-zero port",
+                });
+            }
+            Ok(format!(
+                "{verb} fdb entry {mac} dev {} dst {dst}{port} self",
+                e.ifindex
+            ))
+        }
+    }
+}
+
+/// Whether `mac` is a group (multicast or broadcast) address.
+pub(crate) fn mac_is_group(mac: Mac) -> bool {
+    mac[0] & 1 == 1
+}
+
+/// Checks a VXLAN device's settings; returns the operation as errors name it.
+pub(crate) fn vxlan_op(name: &str, spec: VxlanSpec) -> Result<String> {
+    validate_ifname(name)?;
+    let op = format!(
+        "ensure vxlan {name} id {} dstport {} mtu {}",
+        spec.vni, spec.port, spec.mtu
+    );
+    if spec.vni >= 1 << 24 || spec.port == 0 {
+        return Err(Error::InvalidVxlan {
+            op,
+            reason: "the VNI must fit 24 bits and the port must not be 0",
+        });
+    }
+    Ok(op)
 }
 
 /// Refuses names the kernel would refuse (`dev_valid_name`), so both
@@ -289,6 +503,53 @@ mod tests {
         assert!(check_route(ip("10.32.0.0"), 12, Some(ip("fe80::1"))).is_err());
         check_route(ip("fd00::"), 64, Some(ip("fe80::1"))).expect("v6 route");
         assert!(check_addr(ip("fd00::1"), 129).is_err());
+    }
+
+    #[test]
+    fn fdb_and_vxlan_checks() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        let remote = |mac: Mac, dst: &str, port: u16| FdbEntry {
+            mac,
+            ifindex: 3,
+            target: FdbTarget::Remote {
+                dst: ip(dst),
+                port: Some(port),
+            },
+        };
+        fdb_op("add", &remote([0; 6], "10.0.0.2", 6784)).expect("flood entry");
+        fdb_op("add", &remote([2, 0, 0, 0, 0, 1], "10.0.0.2", 6784)).expect("unicast entry");
+        assert!(fdb_op("add", &remote([1, 0, 0x5e, 0, 0, 1], "10.0.0.2", 6784)).is_err());
+        assert!(fdb_op("add", &remote([0; 6], "0.0.0.0", 6784)).is_err());
+        assert!(fdb_op("add", &remote([0; 6], "10.0.0.2", 0)).is_err());
+        let learned = FdbEntry {
+            mac: [2, 0, 0, 0, 0, 1],
+            ifindex: 3,
+            target: FdbTarget::Bridge {
+                bridge: 2,
+                state: BridgeFdbState::Learned,
+            },
+        };
+        assert!(
+            fdb_op("add", &learned).is_err(),
+            "only static entries are added"
+        );
+        fdb_op("delete", &learned).expect("any entry can be deleted");
+        let spec = VxlanSpec {
+            vni: 1 << 24,
+            port: 6784,
+            mtu: 1436,
+        };
+        assert!(vxlan_op("vxlan-weave", spec).is_err());
+        assert!(vxlan_op("vxlan-weave", VxlanSpec { vni: 1, ..spec }).is_ok());
+        assert!(vxlan_op(
+            "vxlan-weave",
+            VxlanSpec {
+                vni: 1,
+                port: 0,
+                ..spec
+            }
+        )
+        .is_err());
     }
 
     #[test]

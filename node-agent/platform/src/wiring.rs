@@ -107,7 +107,11 @@ pub fn host_ifname(key: &str, digits: usize) -> String {
 /// hairpin as asked) and brings it up, then configures addresses, link
 /// state, loopback and routes inside through `pod`, a handle opened in that
 /// namespace. A gateway outside every pod subnet first gets a link-scope
-/// host route, as the reference plugins do.
+/// host route, as the reference plugins do. Last, once the kernel has
+/// seen both veth ends up ([`Netlink::wait_oper_up`]), the pod announces its
+/// addresses (gratuitous ARP, unsolicited neighbour advertisement), as
+/// Weave Net did, so that a moved address is found at its new place at
+/// once.
 pub async fn wire(
     host: &impl Netlink,
     pod: &impl Netlink,
@@ -150,11 +154,36 @@ pub async fn wire(
         pod.add_route(r.dst.addr(), r.dst.prefix_len(), r.gateway, pod_index)
             .await?;
     }
+    let pod_mac = pod.link_mac(pod_index).await?;
+    if let Some(mac) = pod_mac {
+        // A pod that reappears with an address it had elsewhere (or another
+        // pod's old address) tells everybody at once, instead of leaving
+        // stale ARP entries to time out. Best effort: the pod works without.
+        // Sent before the kernel's link watch has seen both ends' carrier,
+        // the announcement would be lost on the pod end's queue or at the
+        // host end's bridge port, which are turned on only then.
+        let limit = std::time::Duration::from_secs(2);
+        let host_up = host.wait_oper_up(host_index, limit).await;
+        let pod_up = pod.wait_oper_up(pod_index, limit).await;
+        for (end, up) in [("host", host_up), ("pod", pod_up)] {
+            match up {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(end, "veth end not up after {limit:?}; announcing anyway")
+                }
+                Err(e) => tracing::warn!(error = %e, end, "cannot watch the veth end's state"),
+            }
+        }
+        let addrs: Vec<IpAddr> = w.addrs.iter().map(IpNet::addr).collect();
+        if let Err(e) = pod.announce(pod_index, mac, &addrs).await {
+            tracing::warn!(error = %e, netns = %w.netns.display(), "cannot announce the pod's addresses");
+        }
+    }
     Ok(Wired {
         host_index,
         host_mac: host.link_mac(host_index).await?,
         pod_index,
-        pod_mac: pod.link_mac(pod_index).await?,
+        pod_mac,
     })
 }
 

@@ -28,8 +28,9 @@ use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use weave_platform::{
-    interface_in, open_in, read_sysctl, write_sysctl, AsyncTap, Error, LinuxNetlink, Netlink,
-    Route, Tap,
+    interface_in, open_in, read_sysctl, write_sysctl, AsyncPacketSocket, AsyncTap, BridgeFdbState,
+    BridgePortFlags, Error, FdbEntry, FdbTarget, LinuxNetlink, Netlink, PacketSocket, Route, Tap,
+    VxlanSpec,
 };
 
 /// Upper bound for waiting on the kernel (frames, replies).
@@ -567,6 +568,325 @@ fn open_in_runs_in_the_target_namespace() {
         .ino();
     assert_eq!(seen, target);
     assert_ne!(seen, host, "the calling thread did not move");
+}
+
+fn port_flag(link: &LinkMessage, pick: fn(&InfoBridgePort) -> Option<bool>) -> Option<bool> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(opts)) => opts.iter().find_map(pick),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// The VXLAN device, bridge-port flags and forwarding entries against the
+/// kernel: what `fdb_entries` lists is what was added, replaced, deleted.
+#[tokio::test]
+async fn vxlan_device_port_flags_and_fdb_entries() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let br = nl.ensure_bridge("wvbr0", 1500).await.expect("bridge");
+    let spec = VxlanSpec {
+        vni: 0x77_6576,
+        port: 6784,
+        mtu: 1436,
+    };
+    let vx = nl.ensure_vxlan("wvvx0", spec).await.expect("create vxlan");
+    assert!(!vx.adopted);
+    let again = nl
+        .ensure_vxlan("wvvx0", VxlanSpec { mtu: 1400, ..spec })
+        .await
+        .expect("adopt vxlan");
+    assert_eq!(
+        (again.index, again.adopted),
+        (vx.index, true),
+        "same device"
+    );
+    assert_eq!(nl.link_mtu("wvvx0").await.expect("mtu"), Some(1400));
+    nl.set_master(vx.index, br).await.expect("attach");
+    nl.set_bridge_port(
+        vx.index,
+        BridgePortFlags {
+            isolated: Some(true),
+            learning: Some(false),
+        },
+    )
+    .await
+    .expect("port flags");
+    let link = raw_link(&ns, "wvvx0").await;
+    assert_eq!(
+        port_flag(&link, |o| match o {
+            InfoBridgePort::Isolated(v) => Some(*v),
+            _ => None,
+        }),
+        Some(true)
+    );
+    assert_eq!(
+        port_flag(&link, |o| match o {
+            InfoBridgePort::Learning(v) => Some(*v),
+            _ => None,
+        }),
+        Some(false)
+    );
+
+    let remote = |mac: [u8; 6], dst: &str, port: Option<u16>| FdbEntry {
+        mac,
+        ifindex: vx.index,
+        target: FdbTarget::Remote { dst: ip(dst), port },
+    };
+    let pod = [0x0a, 0, 0, 0, 2, 1];
+    let pin = FdbEntry {
+        mac: pod,
+        ifindex: vx.index,
+        target: FdbTarget::Bridge {
+            bridge: br,
+            state: BridgeFdbState::Sticky,
+        },
+    };
+    let wanted = [
+        remote([0; 6], "10.98.0.2", None),
+        remote([0; 6], "10.98.0.3", Some(7000)),
+        remote(pod, "10.98.0.2", None),
+        pin,
+    ];
+    for e in &wanted {
+        nl.fdb_add(e).await.expect("add entry");
+        nl.fdb_add(e).await.expect("adding twice is success");
+    }
+    let ours = |all: Vec<FdbEntry>| -> std::collections::BTreeSet<FdbEntry> {
+        // the bridge's own (local) entry for the port's address is the kernel's
+        all.into_iter()
+            .filter(|e| {
+                e.ifindex == vx.index
+                    && !matches!(
+                        e.target,
+                        FdbTarget::Bridge {
+                            state: BridgeFdbState::Local,
+                            ..
+                        }
+                    )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ours(nl.fdb_entries().await.expect("dump")),
+        wanted.iter().copied().collect()
+    );
+    // a new destination replaces a MAC's; the flood list adds up
+    let moved = remote(pod, "10.98.0.3", Some(7000));
+    nl.fdb_add(&moved).await.expect("replace");
+    let now = ours(nl.fdb_entries().await.expect("dump"));
+    assert!(now.contains(&moved) && !now.contains(&wanted[2]), "{now:?}");
+    for e in [&wanted[0], &moved, &pin] {
+        nl.fdb_del(e).await.expect("delete");
+        nl.fdb_del(e)
+            .await
+            .expect("deleting what is gone is success");
+    }
+    assert_eq!(
+        ours(nl.fdb_entries().await.expect("dump")),
+        [wanted[1]].into_iter().collect()
+    );
+    let learned = FdbEntry {
+        target: FdbTarget::Bridge {
+            bridge: br,
+            state: BridgeFdbState::Learned,
+        },
+        ..pin
+    };
+    assert!(matches!(
+        nl.fdb_add(&learned).await,
+        Err(Error::InvalidFdb { .. })
+    ));
+
+    // other settings replace the device; another kind of link is refused
+    let replaced = nl
+        .ensure_vxlan("wvvx0", VxlanSpec { vni: 9, ..spec })
+        .await
+        .expect("replace vxlan");
+    assert!(!replaced.adopted);
+    nl.create_veth("wvveth0", "wvveth1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    assert!(matches!(
+        nl.ensure_vxlan("wvveth0", spec).await,
+        Err(Error::LinkKindMismatch { .. })
+    ));
+}
+
+/// Two namespaces joined by a veth, each with a bridge whose MAC is its
+/// name and a VXLAN port: a frame sent into one VXLAN device, addressed to
+/// the other bridge's MAC, reaches a packet socket on the other bridge; a
+/// path whose MTU is too small for a full frame loses the full one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cross_a_real_vxlan_path_to_the_far_bridge() {
+    const ETHERTYPE: u16 = 0x88b5;
+    let (a, b) = (TestNetns::new(), TestNetns::new());
+    let (na, nb) = (a.netlink(), b.netlink());
+    na.create_veth("wvul0", "wvul0", b.path(), 1500)
+        .await
+        .expect("underlay veth");
+    let mac = |i: u8| [0x02, 0x77, 0x76, 0, 0, i];
+    let mut vx = Vec::new();
+    for (i, nl) in [&na, &nb].into_iter().enumerate() {
+        let i = u8::try_from(i + 1).expect("two");
+        let ul = nl.link_index("wvul0").await.expect("lookup").expect("ul");
+        nl.add_addr(ul, ip(&format!("10.98.0.{i}")), 24)
+            .await
+            .expect("address");
+        nl.set_up(ul).await.expect("up");
+        let br = nl.ensure_bridge("wvbr0", 1436).await.expect("bridge");
+        nl.set_mac(br, mac(i)).await.expect("bridge mac");
+        let spec = VxlanSpec {
+            vni: 0x77_6576,
+            port: 6784,
+            mtu: 1436,
+        };
+        let v = nl.ensure_vxlan("wvvx0", spec).await.expect("vxlan").index;
+        nl.set_master(v, br).await.expect("attach");
+        let other = 3 - i;
+        nl.fdb_add(&FdbEntry {
+            mac: mac(other),
+            ifindex: v,
+            target: FdbTarget::Remote {
+                dst: ip(&format!("10.98.0.{other}")),
+                port: None,
+            },
+        })
+        .await
+        .expect("remote entry");
+        vx.push((v, br));
+    }
+    let (vx_a, _) = vx[0];
+    let (_, br_b) = vx[1];
+    let rx = open_in(b.path(), move || {
+        PacketSocket::bind(br_b, ETHERTYPE).map_err(io::Error::other)
+    })
+    .expect("socket on b's bridge");
+    let rx = AsyncPacketSocket::new(rx).expect("register");
+    let tx = open_in(a.path(), move || {
+        PacketSocket::sender(vx_a).map_err(io::Error::other)
+    })
+    .expect("socket on a's vxlan");
+    let frame = |len: usize| {
+        let mut f = mac(2).to_vec();
+        f.extend_from_slice(&mac(1));
+        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        f.resize(len, 0x5a);
+        f
+    };
+    let rx = &rx;
+    let receive = |want: usize| async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = rx.recv(&mut buf).await.expect("recv");
+            if n == want {
+                return;
+            }
+        }
+    };
+    // A full overlay frame: MTU + Ethernet header, 1500 bytes outside.
+    tx.send_to(vx_a, &frame(1450)).expect("send full frame");
+    tokio::time::timeout(WAIT, receive(1450))
+        .await
+        .expect("the full frame crosses");
+    // The path to b shrinks to 1400: the outer header says "don't
+    // fragment", so full frames are lost and small ones still cross. (Not
+    // `mtu lock`: on a locked route the kernel clears DF on tunnel
+    // packets, `iptunnel_xmit`, and fragments them.)
+    let ul = "wvul0";
+    open_in(a.path(), move || {
+        let out = std::process::Command::new("ip")
+            .args(["route", "replace", "10.98.0.2/32", "dev", ul, "mtu", "1400"])
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    })
+    .expect("route mtu inside the test namespace");
+    let _ = tx.send_to(vx_a, &frame(1450));
+    tx.send_to(vx_a, &frame(60)).expect("send small frame");
+    let first = tokio::time::timeout(WAIT, async {
+        let mut buf = vec![0u8; 65536];
+        rx.recv(&mut buf).await.expect("recv")
+    })
+    .await
+    .expect("a frame arrives");
+    assert_eq!(first, 60, "only the small frame crossed");
+}
+
+/// A veth end is operationally up only once its peer is up too and the
+/// kernel's link watch has run; a missing link never comes up.
+#[tokio::test]
+async fn wait_oper_up_follows_the_link_watch() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let a = nl
+        .create_veth("wvop0", "wvop1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    let b = nl.link_index("wvop1").await.expect("lookup").expect("peer");
+    nl.set_up(a).await.expect("up");
+    let short = Duration::from_millis(300);
+    assert!(
+        !nl.wait_oper_up(a, short).await.expect("wait"),
+        "no carrier while the peer is down"
+    );
+    nl.set_up(b).await.expect("up");
+    assert!(nl.wait_oper_up(a, WAIT).await.expect("wait"));
+    assert!(nl.wait_oper_up(b, WAIT).await.expect("wait"));
+    assert!(!nl
+        .wait_oper_up(b + 1000, short)
+        .await
+        .expect("no such link"));
+}
+
+/// A pod's announcement leaves its interface as a gratuitous ARP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_leave_the_pod_interface() {
+    let ns = TestNetns::new();
+    let nl = ns.netlink();
+    let pod = nl
+        .create_veth("wvpod0", "wvpod1", ns.path(), 1500)
+        .await
+        .expect("veth");
+    let peer = nl
+        .link_index("wvpod1")
+        .await
+        .expect("lookup")
+        .expect("peer");
+    nl.set_up(pod).await.expect("up");
+    nl.set_up(peer).await.expect("up");
+    let rx = open_in(ns.path(), move || {
+        PacketSocket::bind(peer, 0x0806).map_err(io::Error::other)
+    })
+    .expect("arp socket");
+    let rx = AsyncPacketSocket::new(rx).expect("register");
+    let mac = nl.link_mac(pod).await.expect("mac").expect("mac");
+    nl.announce(pod, mac, &[ip("10.32.0.9")])
+        .await
+        .expect("announce");
+    let got = tokio::time::timeout(WAIT, async {
+        let mut buf = vec![0u8; 2048];
+        let n = rx.recv(&mut buf).await.expect("recv");
+        buf.truncate(n);
+        buf
+    })
+    .await
+    .expect("the announcement arrives");
+    assert_eq!(&got[..6], &[0xff; 6]);
+    assert_eq!(&got[22..28], &mac);
+    assert_eq!(&got[28..32], &[10, 32, 0, 9]);
+    assert_eq!(
+        &got[38..42],
+        &[10, 32, 0, 9],
+        "gratuitous: target is itself"
+    );
 }
 
 #[test]

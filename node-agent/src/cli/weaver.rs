@@ -64,6 +64,12 @@ pub struct Cli {
     /// Overlay MTU; default: the underlay MTU minus the encapsulation overhead.
     #[arg(long, env = "WEAVE_MTU", value_parser = clap::value_parser!(u32).range(576..=65000))]
     pub mtu: Option<u32>,
+    /// Carry all pod traffic in the sleeve: no kernel VXLAN fast path.
+    #[arg(long, env = "WEAVE_NO_FASTDP")]
+    pub no_fastdp: bool,
+    /// UDP port of the kernel fast path (VXLAN).
+    #[arg(long, env = "WEAVE_FASTDP_PORT", default_value_t = crate::fastdp::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub fastdp_port: u16,
     /// Address range IPAM allocates from ("off" disables IPAM).
     #[arg(long, env = "WEAVE_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
     pub ipalloc_range: String,
@@ -212,6 +218,15 @@ impl Cli {
             gossip_interval: self.gossip_interval,
             bridge,
             mtu: self.mtu,
+            fastdp_port: match (self.no_fastdp, self.fastdp_port) {
+                (true, _) => None,
+                (false, p) if p == self.port => {
+                    return Err(format!(
+                        "--fastdp-port {p} is the peers' port (--port): the sleeve's UDP socket uses it"
+                    ))
+                }
+                (false, p) => Some(p),
+            },
             ipam,
             password,
             kube,
@@ -305,6 +320,11 @@ mod tests {
         assert_eq!(cfg.nickname, "n1");
         assert_eq!(cfg.conn_limit, 100);
         assert!(cfg.password.is_none());
+        assert_eq!(cfg.fastdp_port, Some(6784));
+        let off = Cli::try_parse_from(["weaver", "--no-fastdp"]).unwrap();
+        assert_eq!(off.into_config().unwrap().fastdp_port, None);
+        let other = Cli::try_parse_from(["weaver", "--fastdp-port", "4789"]).unwrap();
+        assert_eq!(other.into_config().unwrap().fastdp_port, Some(4789));
         let dns = cfg.dns.unwrap();
         assert_eq!(dns.domain.name().as_str(), "weave.local.");
         assert_eq!(
@@ -358,6 +378,9 @@ mod tests {
             .into_config()
             .unwrap_err()
             .contains("invalid peer address"));
+        assert!(Cli::try_parse_from(["weaver", "--fastdp-port", "0"]).is_err());
+        let clash = Cli::try_parse_from(["weaver", "--fastdp-port", "6783"]).unwrap();
+        assert!(clash.into_config().unwrap_err().contains("--port"));
         let bad_http = Cli::try_parse_from(["weaver", "--http-addr", "x"]).unwrap();
         assert!(bad_http.into_config().is_err());
         let bad_domain = Cli::try_parse_from(["weaver", "--dns-domain", "a..b"]).unwrap();

@@ -80,6 +80,29 @@ pub fn overlay_mtu(
         .ok_or(MtuError::TooSmall(smallest))
 }
 
+/// The overlay MTU a path of underlay MTU `path_mtu` carries without IP
+/// fragments (`path_mtu` minus `overhead`), never below [`MIN_MTU`] (the
+/// kernel fragments what a narrower path cannot carry whole) nor above
+/// `overlay` (the MTU the sleeve was set up with).
+pub fn path_overlay_mtu(path_mtu: u32, overhead: u32, overlay: u32) -> u32 {
+    path_mtu
+        .saturating_sub(overhead)
+        .clamp(MIN_MTU, overlay.max(MIN_MTU))
+}
+
+/// Length of the IPv4 packets a frame puts on the overlay: its own for a
+/// plain frame, each segment's (`hdr_len` headers, Ethernet included, plus
+/// `gso_size` payload) for a super-frame (`gso_size` > 0).
+pub fn packet_len(frame_len: usize, hdr_len: u16, gso_size: u16) -> usize {
+    if gso_size == 0 {
+        frame_len.saturating_sub(ETH)
+    } else {
+        (usize::from(hdr_len) + usize::from(gso_size))
+            .saturating_sub(ETH)
+            .min(frame_len.saturating_sub(ETH))
+    }
+}
+
 /// The largest plain datagram of an overlay MTU: one whole frame (overlay
 /// MTU plus its Ethernet header) behind the datagram and frame headers.
 pub fn underlay_payload(mtu: u32) -> usize {
@@ -200,6 +223,28 @@ mod tests {
     fn a_full_frame_fits_the_underlay() {
         // 1436 + 64 = 1500: the datagram (payload of IPv4 + UDP) is 1472.
         assert_eq!(underlay_payload(1436), 1500 - 20 - 8);
+    }
+
+    #[test]
+    fn a_narrower_path_lowers_the_overlay_mtu_by_the_same_overhead() {
+        // a path of 1400 carries sleeve datagrams of 1400: frames of 1336
+        assert_eq!(path_overlay_mtu(1400, OVERHEAD, 1436), 1336);
+        assert_eq!(underlay_payload(1336) + 28, 1400);
+        assert_eq!(path_overlay_mtu(1400, overhead(true), 1400), 1300);
+        assert_eq!(path_overlay_mtu(9000, OVERHEAD, 1436), 1436, "never above");
+        assert_eq!(
+            path_overlay_mtu(600, OVERHEAD, 1436),
+            MIN_MTU,
+            "never below"
+        );
+    }
+
+    #[test]
+    fn super_frames_count_by_segment() {
+        assert_eq!(packet_len(1450, 0, 0), 1436);
+        // 66 bytes of headers (Ethernet, IPv4, TCP with options), 1384 payload
+        assert_eq!(packet_len(65000, 66, 1384), 1436);
+        assert_eq!(packet_len(500, 66, 1384), 486, "one short segment");
     }
 
     fn ipv4_frame(df: bool, len: usize) -> Vec<u8> {

@@ -11,8 +11,17 @@
 //! multicast and unknown unicast are flooded along the origin's broadcast
 //! tree (carried with the [`BROADCAST`] destination), so each peer gets
 //! exactly one copy and nothing loops. Pure: no I/O, time is passed in.
+//!
+//! When the kernel's fast path carries some neighbours (`kernel`), the
+//! bridge's VXLAN port has already flooded a local frame to them, and the
+//! bridge never passes frames between its VXLAN and TAP ports: the sleeve
+//! then sends one copy to each *other* reachable peer, addressed to it along
+//! its unicast route, so that every peer still gets exactly one. A frame for
+//! a MAC behind a kernel-carried peer reaches the TAP port only when the
+//! bridge flooded it (its own entries send such MACs to the VXLAN port), so
+//! the sleeve drops it: the kernel delivered it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -53,6 +62,8 @@ pub enum DropReason {
     NoRoute,
     /// A frame that came back to the peer that captured it.
     Loop,
+    /// For a peer the kernel's fast path carries, which delivered it.
+    Kernel,
 }
 
 impl DropReason {
@@ -64,6 +75,7 @@ impl DropReason {
             Self::Local => "local_destination",
             Self::NoRoute => "no_route",
             Self::Loop => "loop",
+            Self::Kernel => "kernel_carried",
         }
     }
 }
@@ -138,11 +150,13 @@ impl Switch {
         self.macs.insert(mac, MacEntry { peer, seen: now });
     }
 
-    /// A frame captured from the local bridge. Fills `hops`.
+    /// A frame captured from the local bridge. Fills `hops`. `kernel` are
+    /// the peers the kernel's fast path carries (see the module docs).
     pub fn from_local(
         &mut self,
         frame: &[u8],
         view: &OverlayView,
+        kernel: &BTreeSet<PeerName>,
         now: Instant,
         hops: &mut Vec<Hop>,
     ) -> Verdict {
@@ -157,6 +171,7 @@ impl Switch {
         self.learn(src_mac(frame), self.local, now);
         match self.macs.get(&dst).map(|e| e.peer) {
             Some(p) if !is_group(&dst) && p == self.local => Verdict::Drop(DropReason::Local),
+            Some(p) if !is_group(&dst) && kernel.contains(&p) => Verdict::Drop(DropReason::Kernel),
             Some(p) if !is_group(&dst) => match view.next_hop(&p) {
                 Some(next) => {
                     hops.push(Hop { next, dst: p });
@@ -164,13 +179,25 @@ impl Switch {
                 }
                 None => Verdict::Drop(DropReason::NoRoute),
             },
-            _ => {
+            _ if kernel.is_empty() => {
                 hops.extend(
                     view.broadcast_children(&self.local)
                         .iter()
                         .map(|&next| Hop {
                             next,
                             dst: BROADCAST,
+                        }),
+                );
+                Verdict::Forward
+            }
+            _ => {
+                hops.extend(
+                    view.unicast
+                        .iter()
+                        .filter(|(dst, _)| !kernel.contains(dst) && **dst != self.local)
+                        .map(|(dst, next)| Hop {
+                            next: *next,
+                            dst: *dst,
                         }),
                 );
                 Verdict::Forward
@@ -254,6 +281,7 @@ mod tests {
         }
     }
 
+    const NONE: BTreeSet<PeerName> = BTreeSet::new();
     const A: Mac = [0x0a, 0, 0, 0, 0, 1];
     const C: Mac = [0x0a, 0, 0, 0, 0, 3];
     const BCAST: Mac = [0xff; 6];
@@ -265,7 +293,7 @@ mod tests {
         let mut hops = Vec::new();
         for dst in [BCAST, C] {
             assert_eq!(
-                sw.from_local(&frame(dst, A), &view(), now, &mut hops),
+                sw.from_local(&frame(dst, A), &view(), &NONE, now, &mut hops),
                 Verdict::Forward
             );
             assert_eq!(
@@ -291,7 +319,7 @@ mod tests {
         );
         assert!(hops.is_empty());
         assert_eq!(
-            sw.from_local(&frame(C, A), &view(), now, &mut hops),
+            sw.from_local(&frame(C, A), &view(), &NONE, now, &mut hops),
             Verdict::Forward
         );
         assert_eq!(
@@ -362,14 +390,72 @@ mod tests {
         assert_eq!(sw.lookup(&C), Some(n(3)));
         sw.from_peer(n(2), n(1), &frame(A, C), &view(), now, &mut hops);
         assert_eq!(sw.lookup(&C), Some(n(2)), "moved to peer 2");
-        sw.from_local(&frame(BCAST, C), &view(), now, &mut hops);
+        sw.from_local(&frame(BCAST, C), &view(), &NONE, now, &mut hops);
         assert_eq!(sw.lookup(&C), Some(n(1)), "moved here");
         assert_eq!(
-            sw.from_local(&frame(C, A), &view(), now, &mut hops),
+            sw.from_local(&frame(C, A), &view(), &NONE, now, &mut hops),
             Verdict::Drop(DropReason::Local)
         );
         sw.expire(&view(), now + MAC_MAX_AGE);
         assert!(sw.is_empty());
+    }
+
+    /// Peer 1 in a mesh of four: 2 on the fast path, 3 by the sleeve, 4
+    /// relayed through 3.
+    fn mixed() -> OverlayView {
+        OverlayView {
+            local: n(1),
+            unicast: BTreeMap::from([(n(2), n(2)), (n(3), n(3)), (n(4), n(3))]),
+            broadcast: BTreeMap::from([(n(1), vec![n(2), n(3)])]),
+            ..OverlayView::default()
+        }
+    }
+
+    #[test]
+    fn with_kernel_peers_floods_go_once_to_each_other_peer() {
+        let mut sw = Switch::new(n(1));
+        let kernel = BTreeSet::from([n(2)]);
+        let now = Instant::now();
+        let mut hops = Vec::new();
+        let v = sw.from_local(&frame(BCAST, A), &mixed(), &kernel, now, &mut hops);
+        assert_eq!(v, Verdict::Forward);
+        assert_eq!(
+            hops,
+            vec![
+                Hop {
+                    next: n(3),
+                    dst: n(3)
+                },
+                Hop {
+                    next: n(3),
+                    dst: n(4)
+                }
+            ],
+            "none to the kernel-carried peer, one addressed copy to each other"
+        );
+        // each copy is injected only where it is addressed, relayed elsewhere
+        let mut relay = Switch::new(n(3));
+        let at3 = OverlayView {
+            local: n(3),
+            unicast: BTreeMap::from([(n(1), n(1)), (n(4), n(4))]),
+            ..OverlayView::default()
+        };
+        assert_eq!(
+            relay.from_peer(n(1), n(4), &frame(BCAST, A), &at3, now, &mut hops),
+            Verdict::Forward
+        );
+        assert_eq!(
+            relay.from_peer(n(1), n(3), &frame(BCAST, A), &at3, now, &mut hops),
+            Verdict::InjectAndForward
+        );
+        assert!(hops.is_empty());
+        // a MAC behind the kernel-carried peer: the kernel delivered it
+        sw.from_peer(n(2), n(1), &frame(A, C), &mixed(), now, &mut hops);
+        assert_eq!(
+            sw.from_local(&frame(C, A), &mixed(), &kernel, now, &mut hops),
+            Verdict::Drop(DropReason::Kernel)
+        );
+        assert!(hops.is_empty());
     }
 
     #[test]
@@ -378,11 +464,11 @@ mod tests {
         let mut hops = Vec::new();
         let stp = frame([0x01, 0x80, 0xc2, 0, 0, 0], A);
         assert_eq!(
-            sw.from_local(&stp, &view(), Instant::now(), &mut hops),
+            sw.from_local(&stp, &view(), &NONE, Instant::now(), &mut hops),
             Verdict::Drop(DropReason::LinkLocal)
         );
         assert_eq!(
-            sw.from_local(&[0u8; 10], &view(), Instant::now(), &mut hops),
+            sw.from_local(&[0u8; 10], &view(), &NONE, Instant::now(), &mut hops),
             Verdict::Drop(DropReason::Runt)
         );
     }

@@ -25,11 +25,11 @@ const SECONDS: &str = "5";
 
 /// Figures of one mode.
 #[derive(Debug, Default, Clone, Copy)]
-struct Figures {
-    tcp1_gbps: f64,
-    tcp4_gbps: f64,
-    udp64_pps: f64,
-    rtt_us: f64,
+pub(crate) struct Figures {
+    pub(crate) tcp1_gbps: f64,
+    pub(crate) tcp4_gbps: f64,
+    pub(crate) udp64_pps: f64,
+    pub(crate) rtt_us: f64,
 }
 
 /// Runs `args` in network namespace `ns`.
@@ -75,7 +75,7 @@ fn iperf(ns: &str, server_ip: &str, extra: &[&str]) -> Result<Value> {
     })
 }
 
-fn rtt_us(ns: &str, ip: &str) -> Result<f64> {
+pub(crate) fn rtt_us(ns: &str, ip: &str) -> Result<f64> {
     let out = ns_cmd(ns, &["ping", "-q", "-c", "50", "-i", "0.01", ip]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // rtt min/avg/max/mdev = 0.030/0.045/0.090/0.010 ms
@@ -91,7 +91,7 @@ fn rtt_us(ns: &str, ip: &str) -> Result<f64> {
     Ok(avg.parse::<f64>()? * 1000.0)
 }
 
-fn measure(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<Figures> {
+pub(crate) fn measure(client_ns: &str, server_ns: &str, server_ip: &str) -> Result<Figures> {
     let _server = Server::start(server_ns)?;
     let tcp1 = iperf(client_ns, server_ip, &[])?;
     let tcp4 = iperf(client_ns, server_ip, &["-P", "4"])?;
@@ -124,7 +124,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// Runs the data-plane benchmark and prints a table.
 /// CPU seconds both agents spend per GB of one TCP stream from `client_ns`
 /// to an iperf3 server in `server_ns`.
-fn weaver_cpu_per_gb(
+pub(crate) fn weaver_cpu_per_gb(
     hosts: &[&Host],
     client_ns: &str,
     server_ns: &str,
@@ -173,8 +173,8 @@ pub(crate) fn bench() -> Result<()> {
     }
     let vxlan = measure(h1.netns(), h2.netns(), "10.9.0.2")?;
 
-    // the sleeve, pod to pod
-    let (a, b) = start_sleeve(&bed, &[])?;
+    // the sleeve, pod to pod (the fast path off: `weave-bench fastdp` measures it)
+    let (a, b) = start_sleeve(&bed, &["--no-fastdp"])?;
     let pids = [
         h1.pid(WEAVER).context("weaver 1")?,
         h2.pid(WEAVER).context("weaver 2")?,
@@ -202,7 +202,7 @@ pub(crate) fn bench() -> Result<()> {
     bed.restore(1, 2)?;
     let heal = time_to_ping("pods to talk after the heal")?;
     h1.kill(WEAVER)?;
-    start_weaver(h1, &[], &[])?;
+    start_weaver(h1, &[], &["--no-fastdp"])?;
     let restart = time_to_ping("pods to talk after the restart")?;
 
     // the encrypted sleeve: both agents restarted with a password; the
@@ -271,7 +271,7 @@ pub(crate) fn bench() -> Result<()> {
 /// Starts `weaver` with `extra` flags on both hosts of `bed` and attaches
 /// a pod to each (10.2.1.1 on h1, 10.2.1.2 on h2); returns their namespaces
 /// once they talk.
-fn start_sleeve(bed: &TestBed, extra: &[&str]) -> Result<(String, String)> {
+pub(crate) fn start_sleeve(bed: &TestBed, extra: &[&str]) -> Result<(String, String)> {
     let h1 = bed.host(1);
     start_weaver(h1, &[], extra)?;
     start_weaver(bed.host(2), &[peer_addr(h1)], extra)?;

@@ -11,6 +11,9 @@
 //!   hosts), over a 20 s window: heartbeats plus anti-entropy gossip;
 //! - the data plane (`dataplane.rs`): iperf3 and ping between two hosts over
 //!   raw veth (the native reference), kernel VXLAN and the sleeve;
+//! - the kernel fast path (`fastdp.rs`): pod to pod against raw veth and a
+//!   plain kernel VXLAN set up without weave, interleaved; weaver CPU,
+//!   fallback and re-upgrade times, pings lost across an agent restart;
 //! - IPAM (`ipam.rs`): allocation latency, first allocation of a fresh
 //!   consensus, size of the gossiped state;
 //! - network policy (`npc.rs`): compile + apply time, API-to-rules latency and
@@ -28,7 +31,8 @@
 //! - weave on the real cluster (`kube.rs`): pod start latency against the reference CNI,
 //!   DaemonSet install time, agent and weave-npc memory, traffic gap of a rolling restart.
 //!
-//! `weave-bench mesh`, `dataplane`, `ipam`, `npc`, `cni`, `dns`, `cluster` or `kube` runs one part;
+//! `weave-bench mesh`, `dataplane`, `fastdp`, `ipam`, `npc`, `cni`, `dns`, `cluster` or `kube`
+//! runs one part;
 //! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
 //! `weave-bench wakeup` what a thread wake-up costs on this machine.
 
@@ -50,6 +54,7 @@ mod cluster;
 mod cni;
 mod dataplane;
 mod dns;
+mod fastdp;
 mod ipam;
 mod kube;
 mod npc;
@@ -163,6 +168,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "dataplane" {
         dataplane::bench()?;
+    }
+    if what == "all" || what == "fastdp" {
+        fastdp::bench()?;
     }
     if what == "all" || what == "wakeup" {
         wakeup::bench()?;

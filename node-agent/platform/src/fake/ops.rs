@@ -7,7 +7,10 @@ use std::{net::IpAddr, path::Path};
 use super::{FakeKind, FakeNetlink, FakeOp, FakePeer};
 use crate::{
     error::{netlink_error, Error, Result},
-    netlink::{addr_op, fmt_mac, network, route_op, validate_ifname, veth_op, Netlink, Route},
+    netlink::{
+        addr_op, fdb_op, fmt_mac, network, route_op, validate_ifname, veth_op, vxlan_op,
+        BridgePortFlags, FdbEntry, FdbTarget, Mac, Netlink, Route, VxlanLink, VxlanSpec,
+    },
 };
 
 /// Smallest MTU the kernel accepts on Ethernet-like links (`ETH_MIN_MTU`).
@@ -298,6 +301,149 @@ impl Netlink for FakeNetlink {
             || format!("get link {index}"),
             |w, netns| Ok(w.ns(netns).links.get(&index).map(|l| l.mac)),
         )
+    }
+    async fn ensure_vxlan(&self, name: &str, spec: VxlanSpec) -> Result<VxlanLink> {
+        let described = vxlan_op(name, spec)?;
+        let what = || described.clone();
+        self.op(FakeOp::EnsureVxlan, what, |w, netns| {
+            check_mtu(spec.mtu, what)?;
+            let mac = w.next_mac();
+            let ns = w.ns(netns);
+            match ns.by_name(name).map(|l| (l.index, l.kind)) {
+                Some((index, FakeKind::Vxlan(had)))
+                    if had.vni == spec.vni && had.port == spec.port =>
+                {
+                    let link = ns.get_mut(index, what)?;
+                    link.mtu = spec.mtu;
+                    link.up = true;
+                    link.kind = FakeKind::Vxlan(spec);
+                    return Ok(VxlanLink {
+                        index,
+                        adopted: true,
+                    });
+                }
+                Some((_, FakeKind::Vxlan(_))) => {
+                    ns.remove(name);
+                }
+                Some((_, kind)) => {
+                    return Err(Error::LinkKindMismatch {
+                        op: what(),
+                        name: name.to_owned(),
+                        expected: "vxlan",
+                        found: kind.name().to_owned(),
+                    })
+                }
+                None => {}
+            }
+            let index = ns.insert(name, FakeKind::Vxlan(spec), spec.mtu, mac);
+            ns.get_mut(index, what)?.up = true;
+            Ok(VxlanLink {
+                index,
+                adopted: false,
+            })
+        })
+    }
+
+    async fn set_bridge_port(&self, index: u32, flags: BridgePortFlags) -> Result<()> {
+        let what = || format!("set flags {flags:?} on bridge port {index}");
+        self.op(FakeOp::SetBridgePort, what, |w, netns| {
+            let link = w.ns(netns).get_mut(index, what)?;
+            if link.master.is_none() {
+                return Err(Error::netlink(what(), netlink_error(libc::EOPNOTSUPP)));
+            }
+            if let Some(on) = flags.isolated {
+                link.isolated = on;
+            }
+            if let Some(on) = flags.learning {
+                link.learning = on;
+            }
+            Ok(())
+        })
+    }
+
+    async fn fdb_entries(&self) -> Result<Vec<FdbEntry>> {
+        self.op(
+            FakeOp::FdbEntries,
+            || "list fdb entries".to_owned(),
+            |w, netns| Ok(w.ns(netns).fdb.clone()),
+        )
+    }
+
+    async fn fdb_add(&self, entry: &FdbEntry) -> Result<()> {
+        let described = fdb_op("add", entry)?;
+        let what = || described.clone();
+        self.op(FakeOp::FdbAdd, what, |w, netns| {
+            let ns = w.ns(netns);
+            let link = ns.get_mut(entry.ifindex, what)?.clone();
+            match entry.target {
+                FdbTarget::Bridge { bridge, .. } => {
+                    // br_fdb_add: the port must be one of that bridge's.
+                    if link.master != Some(bridge) {
+                        return Err(Error::netlink(what(), netlink_error(libc::EINVAL)));
+                    }
+                    ns.fdb.retain(|e| {
+                        !(e.mac == entry.mac
+                            && matches!(e.target, FdbTarget::Bridge { bridge: b, .. } if b == bridge))
+                    });
+                }
+                FdbTarget::Remote { .. } => {
+                    // vxlan_fdb_add: only VXLAN devices have remote entries.
+                    if !matches!(link.kind, FakeKind::Vxlan(_)) {
+                        return Err(Error::netlink(what(), netlink_error(libc::EOPNOTSUPP)));
+                    }
+                    if entry.mac == [0; 6] {
+                        if ns.fdb.contains(entry) {
+                            return Ok(());
+                        }
+                    } else {
+                        ns.fdb.retain(|e| {
+                            !(e.mac == entry.mac
+                                && e.ifindex == entry.ifindex
+                                && matches!(e.target, FdbTarget::Remote { .. }))
+                        });
+                    }
+                }
+            }
+            ns.fdb.push(*entry);
+            Ok(())
+        })
+    }
+
+    async fn fdb_del(&self, entry: &FdbEntry) -> Result<()> {
+        let described = fdb_op("delete", entry)?;
+        let what = || described.clone();
+        self.op(FakeOp::FdbDel, what, |w, netns| {
+            let ns = w.ns(netns);
+            ns.fdb.retain(|e| match (e.target, entry.target) {
+                (FdbTarget::Bridge { bridge: a, .. }, FdbTarget::Bridge { bridge: b, .. }) => {
+                    !(e.mac == entry.mac && e.ifindex == entry.ifindex && a == b)
+                }
+                (FdbTarget::Remote { dst: a, .. }, FdbTarget::Remote { dst: b, .. }) => {
+                    !(e.mac == entry.mac && e.ifindex == entry.ifindex && a == b)
+                }
+                _ => true,
+            });
+            Ok(())
+        })
+    }
+
+    async fn wait_oper_up(&self, index: u32, _limit: std::time::Duration) -> Result<bool> {
+        // No link watch here: a link is operationally up once it is set up.
+        self.op(
+            FakeOp::WaitOperUp,
+            || format!("wait for link {index} to be up"),
+            |w, netns| Ok(w.ns(netns).links.get(&index).is_some_and(|l| l.up)),
+        )
+    }
+
+    async fn announce(&self, index: u32, mac: Mac, addrs: &[IpAddr]) -> Result<()> {
+        let what = || format!("announce addresses on link {index}");
+        self.op(FakeOp::Announce, what, |w, netns| {
+            let ns = w.ns(netns);
+            ns.get_mut(index, what)?;
+            ns.announced.extend(addrs.iter().map(|a| (index, mac, *a)));
+            Ok(())
+        })
     }
 }
 

@@ -8,24 +8,41 @@
 //! spawned on the tokio runtime that was current when the handle was made and
 //! ends when the last clone of the handle is dropped.
 
-use std::{fs::File, net::IpAddr, os::fd::AsRawFd, path::Path};
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use futures_util::StreamExt;
 use rtnetlink::{
-    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST},
+    packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+        NLM_F_DUMP_INTR, NLM_F_REPLACE, NLM_F_REQUEST,
+    },
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{
+            InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+            LinkMessage, VxlanDf,
+        },
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType},
         AddressFamily, RouteNetlinkMessage,
     },
     proto::Connection,
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
     RouteMessageBuilder,
 };
 use tracing::debug;
 
-use super::{addr_op, fmt_mac, route_op, validate_ifname, veth_op, Netlink, Route};
+use super::{
+    addr_op, fdb_op, fmt_mac, route_op, validate_ifname, veth_op, vxlan_op, BridgeFdbState,
+    BridgePortFlags, FdbEntry, FdbTarget, Mac, Netlink, Route, VxlanLink, VxlanSpec,
+};
 use crate::{
     error::{netlink_errno, Error, Result},
     netns,
@@ -40,6 +57,9 @@ const DUMP_ATTEMPTS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct LinuxNetlink {
     handle: Handle,
+    /// The namespace the socket was opened in, when not the caller's own
+    /// (announcements open a packet socket there).
+    netns: Option<PathBuf>,
 }
 
 impl LinuxNetlink {
@@ -50,7 +70,7 @@ impl LinuxNetlink {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::NoRuntime { op: op.into() })?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::io(op, e))?;
-        Ok(Self::spawn(&runtime, conn, handle))
+        Ok(Self::spawn(&runtime, conn, handle, None))
     }
 
     /// A handle whose netlink socket lives in the namespace at `path`. The
@@ -73,18 +93,35 @@ impl LinuxNetlink {
             let _entered = reactor.enter();
             rtnetlink::new_connection()
         })?;
-        Ok(Self::spawn(&runtime, conn, handle))
+        Ok(Self::spawn(&runtime, conn, handle, Some(path.to_owned())))
     }
 
     fn spawn(
         runtime: &tokio::runtime::Handle,
         mut conn: Connection<RouteNetlinkMessage>,
         handle: Handle,
+        netns: Option<PathBuf>,
     ) -> LinuxNetlink {
         // Forward NLMSG_DONE so `dump` can see NLM_F_DUMP_INTR on it too.
         conn.set_forward_done(true);
         runtime.spawn(conn);
-        LinuxNetlink { handle }
+        LinuxNetlink { handle, netns }
+    }
+
+    /// Sends a request that changes something and waits for the kernel's
+    /// acknowledgement (`flags` besides `NLM_F_REQUEST | NLM_F_ACK`).
+    async fn ack(&self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut stream = self.handle.clone().request(req)?;
+        while let Some(msg) = stream.next().await {
+            if let NetlinkPayload::Error(err) = msg.payload {
+                if err.code.is_some() {
+                    return Err(rtnetlink::Error::NetlinkError(err));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends a request expecting one reply (`RTM_GETLINK` by name or index).
@@ -479,6 +516,372 @@ impl Netlink for LinuxNetlink {
             })
         }))
     }
+    async fn ensure_vxlan(&self, name: &str, spec: VxlanSpec) -> Result<VxlanLink> {
+        let op = vxlan_op(name, spec)?;
+        if let Some(link) = self.link_by_name(name).await? {
+            let kind = link_kind(&link);
+            if kind.as_ref() != Some(&InfoKind::Vxlan) {
+                return Err(Error::LinkKindMismatch {
+                    op,
+                    name: name.to_owned(),
+                    expected: "vxlan",
+                    found: kind_name(kind.as_ref()),
+                });
+            }
+            if vxlan_matches(&link, spec) {
+                let index = link.header.index;
+                if link_attr_mtu(&link) != Some(spec.mtu) {
+                    self.set_mtu(index, spec.mtu).await?;
+                }
+                if !link.header.flags.contains(LinkFlags::Up) {
+                    self.set_up(index).await?;
+                }
+                debug!(vxlan = name, index, "adopted vxlan device");
+                return Ok(VxlanLink {
+                    index,
+                    adopted: true,
+                });
+            }
+            debug!(
+                vxlan = name,
+                "vxlan device has other settings; replacing it"
+            );
+            self.delete_link(name).await?;
+        }
+        let msg = LinkVxlan::new(name, spec.vni)
+            .port(spec.port)
+            .learning(false)
+            .df(VxlanDf::Set)
+            .mtu(spec.mtu)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(op.clone(), e))?;
+        let index = self
+            .link_index(name)
+            .await?
+            .ok_or_else(|| Error::LinkNotFound {
+                op: op.clone(),
+                name: name.to_owned(),
+            })?;
+        // The UDP socket is opened when the device goes up: a taken port
+        // fails here, not later (weaveworks/weave#2375).
+        if let Err(e) = self.set_up(index).await {
+            let _ = self.delete_link(name).await;
+            return Err(e);
+        }
+        debug!(vxlan = name, index, "created vxlan device");
+        Ok(VxlanLink {
+            index,
+            adopted: false,
+        })
+    }
+
+    async fn set_bridge_port(&self, index: u32, flags: BridgePortFlags) -> Result<()> {
+        let mut msg = LinkBridgePort::new(index);
+        if let Some(on) = flags.isolated {
+            msg = msg.isolated(on);
+        }
+        if let Some(on) = flags.learning {
+            msg = msg.learning(on);
+        }
+        self.handle
+            .link()
+            .set_port(msg.build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("set flags {flags:?} on bridge port {index}"), e))
+    }
+
+    async fn fdb_entries(&self) -> Result<Vec<FdbEntry>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let replies = self
+            .dump("list fdb entries", RouteNetlinkMessage::GetNeighbour(req))
+            .await?;
+        Ok(replies
+            .iter()
+            .filter_map(|msg| match msg {
+                RouteNetlinkMessage::NewNeighbour(n) => fdb_entry(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn fdb_add(&self, entry: &FdbEntry) -> Result<()> {
+        let op = fdb_op("add", entry)?;
+        let msg = fdb_message(entry);
+        // The flood list holds one entry per destination; every other MAC
+        // has one destination, which a new one replaces.
+        let flags = match entry.target {
+            FdbTarget::Remote { .. } if entry.mac == [0; 6] => NLM_F_CREATE | NLM_F_APPEND,
+            _ => NLM_F_CREATE | NLM_F_REPLACE,
+        };
+        match self
+            .ack(RouteNetlinkMessage::NewNeighbour(msg), flags)
+            .await
+        {
+            Err(e) if netlink_errno(&e) != Some(libc::EEXIST) => Err(Error::netlink(op, e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn fdb_del(&self, entry: &FdbEntry) -> Result<()> {
+        let op = fdb_op("delete", entry)?;
+        let msg = fdb_message(entry);
+        match self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0).await {
+            Err(e) if !is_missing(&e) => Err(Error::netlink(op, e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn wait_oper_up(&self, index: u32, limit: std::time::Duration) -> Result<bool> {
+        let op = format!("wait for link {index} to be up");
+        let wait = move || oper_up_within(index, limit);
+        match &self.netns {
+            Some(path) => netns::open_in(path, wait),
+            None => wait().map_err(|e| Error::io(op.clone(), e)),
+        }
+        .map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(op, source),
+            other => other,
+        })
+    }
+
+    async fn announce(&self, index: u32, mac: Mac, addrs: &[IpAddr]) -> Result<()> {
+        let op = format!("announce addresses on link {index}");
+        let frames: Vec<Vec<u8>> = addrs
+            .iter()
+            .map(|a| crate::packet::announcement(mac, *a))
+            .collect();
+        let send = move || -> std::io::Result<()> {
+            let socket = crate::packet::PacketSocket::sender(index)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            for f in &frames {
+                socket.send_to(index, f)?;
+            }
+            Ok(())
+        };
+        // Like `in_netns`, a short-lived thread enters the namespace; the
+        // socket is used and closed there.
+        match &self.netns {
+            Some(path) => netns::open_in(path, send),
+            None => send().map_err(|e| Error::io(op.clone(), e)),
+        }
+        .map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(op, source),
+            other => other,
+        })
+    }
+}
+
+/// Blocks the calling thread (in the namespace of the link) until link
+/// `index` is operationally up or `limit` has passed: a netlink socket
+/// joins the link notification group first, then asks for the link once,
+/// then reads the notifications, so no change between the two is missed.
+fn oper_up_within(index: u32, limit: std::time::Duration) -> std::io::Result<bool> {
+    use rtnetlink::packet_route::link::State;
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+    /// `RTMGRP_LINK`: link notifications.
+    const LINK_GROUP: u32 = 1;
+    #[allow(clippy::disallowed_types)] // a deadline for a blocking socket, not tokio's
+    let deadline = std::time::Instant::now() + limit;
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, LINK_GROUP))?;
+    let mut get = LinkMessage::default();
+    get.header.index = index;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(get));
+    req.header.flags = NLM_F_REQUEST;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
+    let mut rx = vec![0u8; 32 * 1024];
+    loop {
+        #[allow(clippy::disallowed_types)]
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::from(libc::timeval {
+                tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
+            }),
+        )?;
+        let n = match socket.recv(&mut &mut rx[..], 0) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes([rx[off], rx[off + 1], rx[off + 2], rx[off + 3]]) as usize;
+            if len < 16 || off + len > n {
+                break;
+            }
+            let bytes = &rx[off..off + len];
+            off += (len + 3) & !3;
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
+                continue;
+            };
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                    if link.header.index == index =>
+                {
+                    let up = link
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+                    if up {
+                        return Ok(true);
+                    }
+                }
+                // the link does not exist
+                NetlinkPayload::Error(e) if e.code.is_some() => return Ok(false),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether an existing VXLAN device has the settings the fast path needs
+/// (VNI, port, learning off); its MTU may differ.
+fn vxlan_matches(link: &LinkMessage, spec: VxlanSpec) -> bool {
+    let infos = link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    });
+    let Some(data) = infos.and_then(|infos| {
+        infos.iter().find_map(|info| match info {
+            LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+            _ => None,
+        })
+    }) else {
+        return false;
+    };
+    let mut vni = None;
+    let mut port = None;
+    let mut learning = true;
+    for d in data {
+        match d {
+            InfoVxlan::Id(v) => vni = Some(*v),
+            InfoVxlan::Port(p) => port = Some(*p),
+            InfoVxlan::Learning(l) => learning = *l,
+            _ => {}
+        }
+    }
+    vni == Some(spec.vni) && port == Some(spec.port) && !learning
+}
+
+/// The netlink message for a forwarding entry (add or delete).
+fn fdb_message(e: &FdbEntry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = e.ifindex;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+    match e.target {
+        FdbTarget::Bridge { state, .. } => {
+            msg.header.flags = NeighbourFlags::Controller;
+            if state == BridgeFdbState::Sticky {
+                msg.header.flags |= NeighbourFlags::Sticky;
+            }
+            msg.header.state = match state {
+                BridgeFdbState::Local => NeighbourState::Permanent,
+                BridgeFdbState::Learned => NeighbourState::Reachable,
+                BridgeFdbState::Static | BridgeFdbState::Sticky => NeighbourState::Noarp,
+            };
+        }
+        FdbTarget::Remote { dst, port } => {
+            msg.header.flags = NeighbourFlags::Own;
+            msg.header.state = NeighbourState::Permanent;
+            msg.attributes
+                .push(NeighbourAttribute::Destination(match dst {
+                    IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                    IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+                }));
+            if let Some(port) = port {
+                msg.attributes.push(NeighbourAttribute::Port(port));
+            }
+        }
+    }
+    msg
+}
+
+/// A dumped `AF_BRIDGE` neighbour as a forwarding entry: entries of a
+/// bridge (`master`) and remote entries of a VXLAN device (`self` with a
+/// destination); `None` for the ports' own address lists and anything else.
+fn fdb_entry(n: &NeighbourMessage) -> Option<FdbEntry> {
+    let mut mac = None;
+    let mut dst = None;
+    let mut port = None;
+    let mut master = None;
+    for attr in &n.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(b) => mac = <Mac>::try_from(b.as_slice()).ok(),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                dst = Some(IpAddr::V4(*v4));
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                dst = Some(IpAddr::V6(*v6));
+            }
+            // In a bridge-family dump (ours) netlink-packet-route cannot
+            // tell the address family of NDA_DST and hands over its bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                };
+            }
+            NeighbourAttribute::Port(p) => port = Some(*p),
+            NeighbourAttribute::Controller(m) => master = Some(*m),
+            _ => {}
+        }
+    }
+    let mac = mac?;
+    let state = u16::from(n.header.state);
+    // Bridge entries name their bridge (NDA_MASTER); remote entries of a
+    // VXLAN device their destination (NDA_DST); the ports' own address
+    // lists have neither.
+    let target = if let Some(bridge) = master {
+        const NUD_PERMANENT: u16 = 0x80;
+        const NUD_NOARP: u16 = 0x40;
+        let state = if state & NUD_PERMANENT != 0 {
+            BridgeFdbState::Local
+        } else if state & NUD_NOARP != 0 {
+            if n.header.flags.contains(NeighbourFlags::Sticky) {
+                BridgeFdbState::Sticky
+            } else {
+                BridgeFdbState::Static
+            }
+        } else {
+            BridgeFdbState::Learned
+        };
+        FdbTarget::Bridge { bridge, state }
+    } else {
+        // The kernel lists a port only where it differs from the device's.
+        FdbTarget::Remote { dst: dst?, port }
+    };
+    Some(FdbEntry {
+        mac,
+        ifindex: n.header.ifindex,
+        target,
+    })
 }
 
 /// Whether a netlink error means "no such link/object" (ENODEV, ENOENT).

@@ -54,7 +54,11 @@ pub(super) fn reset(
     let links = runtime.block_on(async {
         let netlink = weave_platform::LinuxNetlink::new()?;
         let mut removed = Vec::new();
-        for name in [crate::router::sleeve::TAP_NAME, bridge] {
+        for name in [
+            crate::router::sleeve::TAP_NAME,
+            crate::router::fastdp::VXLAN_NAME,
+            bridge,
+        ] {
             if netlink.link_index(name).await?.is_some() {
                 netlink.delete_link(name).await?;
                 removed.push(name.to_owned());

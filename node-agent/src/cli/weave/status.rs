@@ -91,6 +91,19 @@ pub fn render_status(r: &Report) -> String {
         ],
     ];
     let mut rows = rows;
+    if let Some(f) = &r.fastdp {
+        let fastdp = match (&f.device, &f.unavailable) {
+            (Some(dev), _) => format!(
+                "{dev} on UDP {} ({} of {} connections)",
+                f.port,
+                f.connections,
+                r.connections.iter().filter(|c| c.mode.is_some()).count()
+            ),
+            (None, Some(why)) => format!("off ({why})"),
+            (None, None) => "off".into(),
+        };
+        rows.push(vec!["FastDP:".into(), fastdp]);
+    }
     match &r.ipam {
         Some(ipam) => {
             rows.push(vec!["IPAM:".into(), ipam.status.clone()]);
@@ -309,6 +322,7 @@ pub fn render_connections(r: &Report) -> String {
         "ADDRESS".into(),
         "STATE".into(),
         "PEER".into(),
+        "MODE".into(),
         "ENCRYPTED".into(),
         "INFO".into(),
     ]];
@@ -321,6 +335,11 @@ pub fn render_connections(r: &Report) -> String {
                 .as_deref()
                 .map(|n| peer_label(r, n))
                 .unwrap_or_default(),
+            match (&c.mode, &c.mode_reason) {
+                (Some(m), Some(why)) => format!("{m} ({why})"),
+                (Some(m), None) => m.clone(),
+                (None, _) => String::new(),
+            },
             c.encrypted.to_string(),
             c.info.clone(),
         ]);
@@ -388,7 +407,8 @@ mod tests {
                 address: "10.0.0.2:6783".into(),
                 state: ConnectionState::Established,
                 outbound: true,
-                mode: None,
+                mode: Some("sleeve".into()),
+                mode_reason: Some("heartbeat timeout".into()),
                 encrypted: false,
                 info: String::new(),
                 bytes_in: 1,
@@ -406,6 +426,12 @@ mod tests {
             }],
             stats: MeshStats::default(),
             sleeve: None,
+            fastdp: Some(FastdpReport {
+                device: None,
+                unavailable: Some("fastdp disabled".into()),
+                port: 6784,
+                ..FastdpReport::default()
+            }),
             dns: None,
             ipam: Some(IpamReport {
                 status: "ready".into(),
@@ -467,6 +493,7 @@ mod tests {
              Connections:    1 (1 established, 0 pending, 0 failed)\n\
              Targets:        1\n\
              Encryption:     disabled\n\
+             FastDP:         off (fastdp disabled)\n\
              IPAM:           ready\n\
              Range:          10.32.0.0/12\n\
              DefaultSubnet:  10.32.0.0/12\n"
@@ -502,12 +529,30 @@ mod tests {
     }
 
     #[test]
+    fn fastdp_line() {
+        let s = render_status(&report());
+        assert!(s.contains("FastDP:         off (fastdp disabled)"), "{s}");
+        let mut on = report();
+        on.fastdp = Some(FastdpReport {
+            device: Some("vxlan-weave".into()),
+            port: 6784,
+            connections: 1,
+            ..FastdpReport::default()
+        });
+        let s = render_status(&on);
+        assert!(
+            s.contains("FastDP:         vxlan-weave on UDP 6784 (1 of 1 connections)"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn tables_are_aligned() {
         let s = render_connections(&report());
         assert_eq!(
             s,
-            "    ADDRESS        STATE        PEER                   ENCRYPTED  INFO\n\
-             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)  false\n"
+            "    ADDRESS        STATE        PEER                   MODE                        ENCRYPTED  INFO\n\
+             ->  10.0.0.2:6783  established  02:00:00:00:00:02(h2)  sleeve (heartbeat timeout)  false\n"
         );
         let p = render_peers(&report());
         assert!(

@@ -76,6 +76,7 @@ impl Mesh {
                     state,
                     outbound: c.outbound,
                     mode: self.cfg.overlay.then(|| "sleeve".to_string()),
+                    mode_reason: None,
                     encrypted: matches!(c.crypto, Crypto::Sealed { .. }),
                     info,
                     bytes_in: c.bytes_in,
@@ -98,6 +99,7 @@ impl Mesh {
                     state: ConnectionState::Failed,
                     outbound: true,
                     mode: None,
+                    mode_reason: None,
                     encrypted: false,
                     info: format!(
                         "{err}, retry in {:.1}s",
@@ -151,6 +153,7 @@ impl Mesh {
                 decrypt_failures: self.stats.decrypt_failures,
             },
             sleeve: None,
+            fastdp: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use tracing::{info, warn};
-use weave_platform::{Netlink, Tap};
+use weave_platform::{BridgePortFlags, Netlink, Tap};
 
 use super::state::Sleeve;
 use crate::mesh::overlay::OverlayView;
@@ -131,6 +131,17 @@ pub async fn setup(
     // vanishing at the port (the bridge drops frames above a port's MTU).
     netlink.set_mtu(tap_index, TAP_MTU).await?;
     netlink.set_master(tap_index, bridge).await?;
+    // Isolated from the fast path's VXLAN port: the bridge never passes a
+    // frame from one overlay to the other (no loops, one copy per host).
+    netlink
+        .set_bridge_port(
+            tap_index,
+            BridgePortFlags {
+                isolated: Some(true),
+                learning: None,
+            },
+        )
+        .await?;
     netlink.set_up(tap_index).await?;
     tap.set_nonblocking(true)?;
     let socket = UdpSocket::bind(cfg.addr).map_err(|source| SleeveError::Socket {
@@ -158,16 +169,20 @@ pub async fn setup(
             local,
             ..OverlayView::default()
         })),
+        kernel: RwLock::new(Arc::default()),
         switch: Mutex::new(Switch::new(local)),
         paths: Mutex::new(Paths::new(local)),
         socket,
         tap,
+        tap_index,
         stop: AtomicBool::new(false),
         peers: Mutex::new(HashMap::new()),
         drops: Mutex::new(BTreeMap::new()),
         injected: AtomicU64::new(0),
         sealer: cfg.encrypted.then(Sealer::new),
         udp_gso: AtomicBool::new(true),
+        path_mtus: Mutex::new(HashMap::new()),
+        narrowed: AtomicBool::new(false),
         offload,
         superframes_out: AtomicU64::new(0),
         superframes_in: AtomicU64::new(0),

@@ -9,7 +9,7 @@
 //! a system call that can block; counters only grow; the overlay view is
 //! replaced whole, never edited in place.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
@@ -17,20 +17,24 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 use weave_platform::Tap;
 
 use crate::mesh::overlay::OverlayView;
 use crate::mesh::PeerName;
-use crate::sleeve::offload;
 use crate::sleeve::path::Paths;
 use crate::sleeve::sealer::Sealer;
 use crate::sleeve::switch::{DropReason, Switch, Verdict};
+use crate::sleeve::{mtu, offload};
 
 /// The virtio-net header of a frame that needs nothing done.
 const PLAIN_VNET_HDR: [u8; offload::LEN] = [0; offload::LEN];
 
 /// Datagram-level drop reasons beyond the switch's.
+/// How long a learnt path MTU holds (the kernel's own default,
+/// `net.ipv4.route.mtu_expires`); a path still narrow is learnt again.
+pub(super) const PATH_MTU_EXPIRY: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub(super) const DROP_MALFORMED: &str = "malformed";
 pub(super) const DROP_UNKNOWN_SENDER: &str = "unknown_sender";
 pub(super) const DROP_NO_PATH: &str = "no_path";
@@ -60,10 +64,13 @@ pub struct Sleeve {
     pub(super) mtu: u32,
     pub(super) bridge: String,
     pub(super) view: RwLock<Arc<OverlayView>>,
+    /// Peers the kernel's fast path carries (see `sleeve::switch`).
+    pub(super) kernel: RwLock<Arc<BTreeSet<PeerName>>>,
     pub(super) switch: Mutex<Switch>,
     pub(super) paths: Mutex<Paths>,
     pub(super) socket: UdpSocket,
     pub(super) tap: Tap,
+    pub(super) tap_index: u32,
     pub(super) stop: AtomicBool,
     pub(super) peers: Mutex<HashMap<PeerName, PeerCounters>>,
     pub(super) drops: Mutex<BTreeMap<&'static str, u64>>,
@@ -72,6 +79,11 @@ pub struct Sleeve {
     pub(super) sealer: Option<Sealer>,
     /// Whether `UDP_SEGMENT` works here (cleared at the first refusal).
     pub(super) udp_gso: AtomicBool,
+    /// Overlay MTUs of underlay paths narrower than the devices said (the
+    /// kernel refused a datagram as larger than the path MTU), by address,
+    /// with when they were learnt; `narrowed` says whether there are any.
+    pub(super) path_mtus: Mutex<HashMap<SocketAddr, (u32, Instant)>>,
+    pub(super) narrowed: AtomicBool,
     /// Whether the TAP port took the offloads.
     pub(super) offload: bool,
     /// Super-frames sent and received.
@@ -150,6 +162,31 @@ impl Sleeve {
         self.sealer.is_some()
     }
 
+    /// Sets the peers the kernel's fast path carries: flooded frames go
+    /// to them through the VXLAN device, not the sleeve.
+    pub fn set_kernel_peers(&self, peers: BTreeSet<PeerName>) {
+        let mut k = self
+            .kernel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **k != peers {
+            *k = Arc::new(peers);
+        }
+    }
+
+    /// The peers the kernel's fast path carries.
+    pub fn kernel_peers(&self) -> Arc<BTreeSet<PeerName>> {
+        self.kernel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ifindex of the TAP port (looked up when the sleeve was set up).
+    pub fn tap_index(&self) -> u32 {
+        self.tap_index
+    }
+
     pub(super) fn drop_frame(&self, reason: &'static str) {
         *lock(&self.drops).entry(reason).or_insert(0) += 1;
     }
@@ -158,7 +195,7 @@ impl Sleeve {
     /// frame meant for this host only is no drop).
     pub(super) fn record_verdict(&self, v: Verdict) {
         if let Verdict::Drop(reason) = v {
-            if reason != DropReason::Local {
+            if !matches!(reason, DropReason::Local | DropReason::Kernel) {
                 self.drop_frame(reason.as_str());
             }
         }
@@ -205,6 +242,59 @@ impl Sleeve {
             .write_parts(&[IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(frame)])
     }
 
+    /// The kernel refused a datagram to `addr` as larger than the path MTU
+    /// it knows (a route's `mtu`, or an ICMP "fragmentation needed" from a
+    /// router on the way): asks it for that MTU and keeps the overlay MTU
+    /// the path carries whole ([`mtu::path_overlay_mtu`]), so DF senders
+    /// behind the bridge are told to shrink ([`Sleeve::path_mtu`]).
+    pub(super) fn learn_path_mtu(&self, addr: SocketAddr) {
+        use nix::sys::socket::{getsockopt, sockopt};
+        if !addr.is_ipv4() {
+            return;
+        }
+        let probe = UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| {
+            s.connect(addr)?;
+            Ok(s)
+        });
+        let path = match probe.map(|s| getsockopt(&s, sockopt::IpMtu)) {
+            Ok(Ok(m)) => u32::try_from(m).unwrap_or(u32::MAX),
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "cannot read the path MTU");
+                return;
+            }
+            Err(e) => {
+                debug!(%addr, error = %e, "cannot read the path MTU");
+                return;
+            }
+        };
+        let overlay = mtu::path_overlay_mtu(path, mtu::overhead(self.encrypted()), self.mtu);
+        let before = lock(&self.path_mtus).insert(addr, (overlay, Instant::now()));
+        self.narrowed.store(true, Ordering::Relaxed);
+        if before.map(|b| b.0) != Some(overlay) {
+            info!(%addr, path_mtu = path, overlay_mtu = overlay, "the underlay path to a peer is narrower than its devices: DF senders are told to shrink");
+        }
+    }
+
+    /// The overlay MTU the path to neighbour `peer` carries whole, when it
+    /// was learnt narrower than the sleeve's within [`PATH_MTU_EXPIRY`].
+    pub(super) fn path_mtu(&self, peer: &PeerName, now: Instant) -> Option<u32> {
+        if !self.narrowed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let addr = lock(&self.paths).addr(peer)?;
+        let mut mtus = lock(&self.path_mtus);
+        match mtus.get(&addr) {
+            Some((m, at)) if now.saturating_duration_since(*at) < PATH_MTU_EXPIRY => {
+                (*m < self.mtu).then_some(*m)
+            }
+            Some(_) => {
+                mtus.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Sends `count` datagrams laid end to end in `buf`, all `seg` bytes
     /// long but the last, to `addr`: with one `sendmsg` and `UDP_SEGMENT`
     /// where the kernel allows it, else one by one. Returns the bytes sent.
@@ -231,6 +321,11 @@ impl Sleeve {
                     Some(&dst),
                 ) {
                     Ok(n) => return Ok(n),
+                    // A segment is larger than the path MTU the kernel knows
+                    // (unlike a single datagram, it does not fragment them):
+                    // learn the path's MTU, then send one by one, which the
+                    // kernel fragments, so nothing is lost.
+                    Err(Errno::EMSGSIZE) => self.learn_path_mtu(addr),
                     Err(
                         e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP),
                     ) => {

@@ -60,6 +60,7 @@ impl TapReader {
     pub(super) fn drain(&mut self, sleeve: &Sleeve) -> usize {
         let TapReader { buf, hops, outbox } = self;
         let view = sleeve.current_view();
+        let kernel = sleeve.kernel_peers();
         let now = Instant::now();
         let mut read = 0;
         for _ in 0..BURST {
@@ -81,10 +82,17 @@ impl TapReader {
             };
             if hdr.is_gso() {
                 // A TCP super-frame: it travels whole, header included.
-                let verdict =
-                    lock(&sleeve.switch).from_local(&buf[offload::LEN..n], &view, now, hops);
+                let verdict = lock(&sleeve.switch).from_local(
+                    &buf[offload::LEN..n],
+                    &view,
+                    &kernel,
+                    now,
+                    hops,
+                );
                 sleeve.record_verdict(verdict);
                 for hop in hops.iter() {
+                    let segment = mtu::packet_len(n - offload::LEN, hdr.hdr_len, hdr.gso_size);
+                    shrink_if_narrow(sleeve, hop, &buf[offload::LEN..n], segment, now);
                     outbox.push_large(sleeve, *hop, sleeve.local, &buf[..n]);
                 }
                 continue;
@@ -110,14 +118,31 @@ impl TapReader {
                 }
                 continue;
             }
-            let verdict = lock(&sleeve.switch).from_local(data, &view, now, hops);
+            let verdict = lock(&sleeve.switch).from_local(data, &view, &kernel, now, hops);
             sleeve.record_verdict(verdict);
             for hop in hops.iter() {
+                shrink_if_narrow(sleeve, hop, data, mtu::packet_len(data.len(), 0, 0), now);
                 outbox.push(sleeve, *hop, sleeve.local, data);
             }
         }
         outbox.flush(sleeve);
         read
+    }
+}
+
+/// A frame whose packets (`packet` bytes each) are larger than the path to
+/// `hop` carries whole: a DF sender gets "fragmentation needed" with that
+/// path's overlay MTU. The frame still goes (the kernel fragments the
+/// datagrams), so nothing is lost while the sender adapts.
+fn shrink_if_narrow(sleeve: &Sleeve, hop: &Hop, frame: &[u8], packet: usize, now: Instant) {
+    let Some(limit) = sleeve.path_mtu(&hop.next, now) else {
+        return;
+    };
+    if packet > limit as usize {
+        let limit = u16::try_from(limit).unwrap_or(u16::MAX);
+        if let Some(icmp) = mtu::frag_needed(frame, limit) {
+            let _ = sleeve.inject_plain(&icmp);
+        }
     }
 }
 
