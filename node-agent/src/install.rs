@@ -69,7 +69,9 @@ pub enum InstallError {
     #[error("{0} not found: the image is incomplete")]
     Missing(PathBuf),
     /// Reset found pods still attached.
-    #[error("pods are still attached to bridge {bridge} ({ports}); stop them first or reset with --force")]
+    #[error(
+        "pods are still attached to bridge {bridge} ({ports}); stop them first or use --force"
+    )]
     PodsAttached {
         /// The bridge.
         bridge: String,
@@ -169,8 +171,8 @@ pub fn remove_files(paths: &Paths) -> (Vec<PathBuf>, Vec<InstallError>) {
     (removed, errors)
 }
 
-/// The ports of bridge `bridge` other than weave's own TAP, from sysfs (empty when the
-/// bridge does not exist).
+/// The ports of bridge `bridge` other than weave's own devices (the sleeve's TAP, the fast
+/// datapath's VXLAN device), from sysfs (empty when the bridge does not exist).
 pub fn attached_ports(bridge: &str) -> Vec<String> {
     let dir = Path::new("/sys/class/net").join(bridge).join("brif");
     let mut ports: Vec<String> = std::fs::read_dir(dir)
@@ -178,7 +180,7 @@ pub fn attached_ports(bridge: &str) -> Vec<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|p| p != crate::router::sleeve::TAP_NAME)
+        .filter(|p| p != crate::router::sleeve::TAP_NAME && p != crate::router::fastdp::VXLAN_NAME)
         .collect();
     ports.sort();
     ports
