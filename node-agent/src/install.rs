@@ -31,6 +31,8 @@ const STATE_FILES: &[&str] = &[
     crate::state::PEER_NAME_FILE,
     crate::ipam::persist::FILE,
     crate::services::FILE,
+    crate::dns::service::STATE_FILE,
+    crate::state::ATTACHMENTS_FILE,
     "kube-registered",
     RECORD,
 ];
@@ -287,6 +289,16 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::create_dir_all(&p.run_dir).expect("run dir");
         std::fs::write(p.state_dir.join("peer-name"), "aa:bb:cc:dd:ee:ff").expect("state");
+        // Every file the agent keeps there (found on a real node: `dns.json` and
+        // `attachments.json` once kept the directory alive).
+        for f in [
+            crate::ipam::persist::FILE,
+            crate::services::FILE,
+            crate::dns::service::STATE_FILE,
+            crate::state::ATTACHMENTS_FILE,
+        ] {
+            std::fs::write(p.state_dir.join(f), "{}").expect("state");
+        }
         let (removed, errors) = remove_files(&p);
         assert!(errors.is_empty(), "{errors:?}");
         assert!(removed.contains(&p.state_dir));

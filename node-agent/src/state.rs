@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// File holding the peer name, inside the state directory.
 pub const PEER_NAME_FILE: &str = "peer-name";
 
+/// File holding where each attachment lives (for `weave ps`), inside the state directory.
+pub const ATTACHMENTS_FILE: &str = "attachments.json";
+
 /// The peer name: `explicit` if given (and then persisted), else the
 /// persisted one, else a fresh random one (persisted).
 pub fn load_or_create_peer_name(

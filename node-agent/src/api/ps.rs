@@ -26,11 +26,10 @@ use weave_platform::Netlink;
 use super::{error, host_netlink, ipam, Api, ApiError};
 use crate::ipam::allocator::Request;
 use crate::ipam::space::Allocation;
+use crate::state::ATTACHMENTS_FILE as FILE;
 
 /// Attachments remembered at most; more are served from IPAM alone.
 pub(crate) const MAX_ATTACHMENTS: usize = 4096;
-/// The file in the state directory.
-const FILE: &str = "attachments.json";
 /// The id `weave ps` shows the bridge under.
 const BRIDGE_ID: &str = "weave:expose";
 
