@@ -32,6 +32,7 @@ mod error;
 pub mod fake;
 #[cfg(feature = "nft")]
 pub mod firewall;
+pub mod malloc;
 pub mod netlink;
 pub mod netns;
 pub mod nflog;

@@ -15,6 +15,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Before any thread starts: see `weave_platform::malloc`.
+    weave_platform::malloc::limit_arenas(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,6 +5,7 @@
 //! could get wrong (format, names, holders, bounds) before the zone sees it.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,7 @@ pub const MAX_VERSION: u64 = 1 << 62;
 /// `weave:extern` (`weave dns-add` without one), `weave:expose`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Holder(String);
+pub struct Holder(Arc<str>);
 
 impl Holder {
     /// The holder of records added by hand.
@@ -42,7 +43,7 @@ impl Holder {
                 "invalid id {s:?}: 1 to {MAX_HOLDER} printable characters without spaces"
             ));
         }
-        Ok(Self(s.to_string()))
+        Ok(Self(s.into()))
     }
 
     /// The id.
@@ -61,7 +62,7 @@ impl TryFrom<String> for Holder {
 
 impl From<Holder> for String {
     fn from(h: Holder) -> Self {
-        h.0
+        h.0.to_string()
     }
 }
 

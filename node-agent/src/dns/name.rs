@@ -11,6 +11,7 @@
 //! must end in the domain (`web.weave.local` or `web.weave.local.`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,10 +43,12 @@ pub enum NameError {
     },
 }
 
-/// A lower-cased fully qualified name with a trailing dot.
+/// A lower-cased fully qualified name with a trailing dot. Shared, not
+/// copied, between the zone's records and the lookup table's indexes
+/// (cloning bumps a count).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct DnsName(String);
+pub struct DnsName(Arc<str>);
 
 impl DnsName {
     /// Parses a fully qualified name (the final dot optional), checking
@@ -69,7 +72,7 @@ impl DnsName {
                 return Err(NameError::BadChar(s.to_string()));
             }
         }
-        Ok(Self(format!("{}.", bare.to_ascii_lowercase())))
+        Ok(Self(format!("{}.", bare.to_ascii_lowercase()).into()))
     }
 
     /// The name with its trailing dot.
@@ -81,7 +84,7 @@ impl DnsName {
     pub fn is_in(&self, domain: &DnsName) -> bool {
         self.0 == domain.0
             || (self.0.len() > domain.0.len()
-                && self.0.ends_with(&domain.0)
+                && self.0.ends_with(&*domain.0)
                 && self.0.as_bytes()[self.0.len() - domain.0.len() - 1] == b'.')
     }
 
@@ -101,7 +104,7 @@ impl TryFrom<String> for DnsName {
 
 impl From<DnsName> for String {
     fn from(n: DnsName) -> Self {
-        n.0
+        n.0.to_string()
     }
 }
 
@@ -148,7 +151,7 @@ impl Domain {
 
 impl Default for Domain {
     fn default() -> Self {
-        Self(DnsName("weave.local.".to_string()))
+        Self(DnsName("weave.local.".into()))
     }
 }
 

@@ -43,13 +43,27 @@ impl Table {
     pub fn apply(&mut self, transitions: Vec<Transition>) {
         for (key, live) in transitions {
             if live {
-                hold(self.names.entry(key.name.clone()).or_default(), key.addr);
-                hold(self.addrs.entry(key.addr).or_default(), key.name);
+                // Most names have one address and most addresses one name:
+                // room for one (a plain `Vec` starts with four).
+                hold(
+                    self.names
+                        .entry(key.name.clone())
+                        .or_insert_with(|| Vec::with_capacity(1)),
+                    key.addr,
+                );
+                hold(
+                    self.addrs
+                        .entry(key.addr)
+                        .or_insert_with(|| Vec::with_capacity(1)),
+                    key.name,
+                );
             } else {
                 release(&mut self.names, &key.name, &key.addr);
                 release(&mut self.addrs, &key.addr, &key.name);
             }
         }
+        shrink(&mut self.names);
+        shrink(&mut self.addrs);
     }
 
     /// Addresses of `name`, ascending; `None` when the name is unknown.
@@ -98,6 +112,15 @@ pub fn apply(table: &SharedTable, transitions: Vec<Transition>) {
         .write()
         .unwrap_or_else(PoisonError::into_inner)
         .apply(transitions);
+}
+
+/// Gives back a map's room once three quarters of it stand empty, so a
+/// burst of names does not hold its memory after they go (rehashing then
+/// costs O(len), paid at most once per halving).
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len() + 64 {
+        map.shrink_to_fit();
+    }
 }
 
 fn release<A: std::hash::Hash + Eq, B: Ord>(map: &mut HashMap<A, Counted<B>>, a: &A, b: &B) {
