@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod cni;
 mod command;
 pub mod conformance;
+pub mod echo;
 mod faults;
 mod host;
 pub mod kube;

@@ -4,13 +4,18 @@
 //! h1.
 //!
 //! - expose/hide: h2's own processes reach pods on h1 and h3 once exposed (twice: the same
-//!   address), and no longer once hidden;
+//!   address), and no longer once hidden; a fixed `ADDR/CIDR` (outside the range, and inside
+//!   it, claimed in IPAM) is hidden exactly, twice a no-op, and a pod's address is neither
+//!   claimed nor freed;
 //! - export: h4 → h2:2211 → the container a1 on h1, port 4422 (the container sees h2's
 //!   weave address as the peer);
 //! - import: a container on h2 → h1's weave address:3322 → a service on h5:2211 that h2
 //!   cannot reach;
 //! - rebind: the import moved to h6 with one command while a client loop connects over and
 //!   over: at most the in-flight connection fails, and no connection reaches h5 afterwards;
+//! - UDP: `--udp` exports and imports on the same ports carry datagrams both ways (the
+//!   echo names the peer the server saw); a TCP front does not answer UDP and a UDP-only
+//!   front does not answer TCP;
 //! - bad input is refused and changes no rule; a kube-proxy-style `ip nat` table of the
 //!   test's own keeps working beside ours;
 //! - an agent restart keeps it all (h1's table is deleted while its agent is down and comes
@@ -19,13 +24,13 @@
 
 #![allow(clippy::disallowed_types)] // wall-clock timing of real processes
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use weave_e2e::echo::{ask, ask_udp, connect, serve, serve_udp, wait_answer, wait_answer_udp};
 use weave_e2e::weave::{attach_allocated, start_weaver, state_dir, wait_for_mesh, weave, WEAVER};
 use weave_e2e::{in_netns, wait_until, Host, TestBed, Topology};
 
@@ -35,48 +40,6 @@ const LINKS: [(usize, usize); 6] = [(1, 2), (1, 3), (2, 3), (2, 4), (1, 5), (1, 
 /// Host `h`'s address on link `k`.
 fn link_addr(k: u8, h: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 251, k, h)
-}
-
-/// Serves TCP on `port` in namespace `ns` from a thread of this process: each connection is
-/// answered with `tag` and the peer's address, then closed.
-fn serve(ns: &str, port: u16, tag: &'static str) -> Result<()> {
-    let listener = in_netns(ns, move || {
-        TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind {port}"))
-    })?;
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let peer = conn
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = writeln!(conn, "{tag} {peer}");
-        }
-    });
-    Ok(())
-}
-
-/// Connects from namespace `ns` to `dst` and returns what the server said.
-fn ask(ns: &str, dst: SocketAddrV4) -> Result<String> {
-    in_netns(ns, move || connect(dst))
-}
-
-fn connect(dst: SocketAddrV4) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(2))
-        .with_context(|| format!("connect to {dst}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .with_context(|| format!("read from {dst}"))?;
-    Ok(out.trim().to_string())
-}
-
-/// Waits until `ns` gets an answer from `dst` that starts with `tag`; returns it.
-fn wait_answer(ns: &str, dst: SocketAddrV4, tag: &str) -> Result<String> {
-    wait_until(
-        Duration::from_secs(15),
-        &format!("{ns} to get {tag:?} from {dst}"),
-        || Ok(ask(ns, dst).ok().filter(|a| a.starts_with(tag))),
-    )
 }
 
 /// `weave ARGS` on `h`, which must fail with a message containing `want`.
@@ -147,6 +110,35 @@ fn export_import_rebind_expose_hide_restart_reset() -> Result<()> {
     assert!(!bridge_addrs(h2).contains(&x2), "{}", bridge_addrs(h2));
     assert!(ask(h2.netns(), SocketAddrV4::new(a1_ip, 4422)).is_err());
     assert_eq!(weave(h2, &["hide"])?.trim(), "not exposed");
+    // A fixed address, outside the range and inside it (claimed in IPAM): hide takes exactly
+    // it; hiding again is a no-op. An address a pod of h1 has cannot be claimed, and a hide
+    // of it on h1 (where it is not on the bridge) takes nothing and frees nothing.
+    for fixed in ["10.2.1.1/24", "10.32.200.1/12"] {
+        assert_eq!(weave(h2, &["expose", fixed])?.trim(), fixed);
+        assert_eq!(weave(h2, &["expose", fixed])?.trim(), fixed, "idempotent");
+        assert!(bridge_addrs(h2).contains(fixed), "{}", bridge_addrs(h2));
+        if fixed.starts_with("10.32.") {
+            let got = wait_answer(h2.netns(), SocketAddrV4::new(a1_ip, 4422), "a1")?;
+            assert_eq!(got, "a1 10.32.200.1");
+            refused(h2, &["expose", "10.32.200.2/12"], "weave hide it first")?;
+        }
+        assert_eq!(weave(h2, &["hide", fixed])?.trim(), fixed);
+        assert!(!bridge_addrs(h2).contains(fixed), "{}", bridge_addrs(h2));
+        assert_eq!(weave(h2, &["hide", fixed])?.trim(), "not exposed");
+    }
+    assert!(bridge_addrs(h2).is_empty(), "{}", bridge_addrs(h2));
+    let a1_cidr = format!("{a1_ip}/12");
+    refused(h2, &["expose", &a1_cidr], "in use")?;
+    let used = weave_e2e::weave::ipam(h1)?.used;
+    assert_eq!(
+        weave(h1, &["hide", "--force", &a1_cidr])?.trim(),
+        "not exposed"
+    );
+    assert_eq!(
+        weave_e2e::weave::ipam(h1)?.used,
+        used,
+        "hide freed a pod's address"
+    );
 
     // A kube-proxy-style table of our own: h4 → h2:5555 → a1:4422.
     let theirs = format!(
@@ -196,6 +188,78 @@ fn export_import_rebind_expose_hide_restart_reset() -> Result<()> {
         started.elapsed()
     );
     assert_eq!(got, format!("h5 {}", link_addr(4, 1)), "h5 sees h1");
+
+    // UDP. A TCP front carries no UDP: nothing listens on h2:2211/udp or h1's 3322/udp, so
+    // the datagram meets a port unreachable (or nothing) and no echo comes back.
+    serve_udp(&a1, 4422, "a1")?;
+    serve_udp(bed.host(5).netns(), 2211, "h5")?;
+    assert!(
+        ask_udp(h4.netns(), h2_outside).is_err(),
+        "the TCP export answers UDP"
+    );
+    assert!(ask_udp(&a2, front).is_err(), "the TCP import answers UDP");
+    // Export and import with --udp on the same ports: datagrams both ways, TCP unchanged.
+    let out = weave(h2, &["service", "export", "--udp", "2211", &a1_target])?;
+    assert_eq!(out.trim(), format!("export udp :2211 -> {a1_target}"));
+    assert_eq!(
+        wait_answer_udp(h4.netns(), h2_outside, "a1")?,
+        format!("a1 {x2}"),
+        "a1 sees h2's weave address over UDP"
+    );
+    assert_eq!(ask(h4.netns(), h2_outside)?, format!("a1 {x2}"));
+    let out = weave(
+        h1,
+        &[
+            "service",
+            "import",
+            "--udp",
+            "3322",
+            &h5_service.to_string(),
+        ],
+    )?;
+    assert_eq!(out.trim(), format!("import udp {front} -> {h5_service}"));
+    assert_eq!(
+        wait_answer_udp(&a2, front, "h5")?,
+        format!("h5 {}", link_addr(4, 1)),
+        "h5 sees h1 over UDP"
+    );
+    assert_eq!(ask(&a2, front)?, format!("h5 {}", link_addr(4, 1)));
+    // A UDP-only front does not answer TCP.
+    let udp_only_export = SocketAddrV4::new(link_addr(3, 2), 2212);
+    let udp_only_import = SocketAddrV4::new(*front.ip(), 3325);
+    weave(h2, &["service", "export", "--udp", "2212", &a1_target])?;
+    weave(
+        h1,
+        &[
+            "service",
+            "import",
+            "--udp",
+            "3325",
+            &h5_service.to_string(),
+        ],
+    )?;
+    wait_answer_udp(h4.netns(), udp_only_export, "a1")?;
+    wait_answer_udp(&a2, udp_only_import, "h5")?;
+    assert!(
+        ask(h4.netns(), udp_only_export).is_err(),
+        "the UDP export answers TCP"
+    );
+    assert!(
+        ask(&a2, udp_only_import).is_err(),
+        "the UDP import answers TCP"
+    );
+    // Removed: no UDP rule left, the TCP services still answer.
+    for (h, port) in [(h2, "2211"), (h2, "2212"), (h1, "3322"), (h1, "3325")] {
+        let out = weave(h, &["service", "remove", "--udp", port])?;
+        assert!(
+            out.starts_with("removed ") && out.contains(" udp "),
+            "{out}"
+        );
+    }
+    assert!(!table(h1).contains("udp") && !table(h2).contains("udp"));
+    assert!(ask_udp(h4.netns(), h2_outside).is_err());
+    assert!(ask_udp(&a2, front).is_err());
+    assert_eq!(ask(h4.netns(), h2_outside)?, format!("a1 {x2}"));
 
     // Bad input: refused, no rule changed.
     let (t1, t2) = (table(h1), table(h2));

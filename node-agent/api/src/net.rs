@@ -70,6 +70,13 @@ pub fn net_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Net, D::Error> {
     parse_net_v4(&s, "address").map_err(serde::de::Error::custom)
 }
 
+/// `deserialize_with` for an optional IPv4 address with prefix (`"address"` in errors).
+pub fn opt_net_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_net_v4(&s, "address").map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// `deserialize_with` for an optional IPv4 address, bare or with a prefix
 /// (`"address"` in errors).
 pub fn opt_addr_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {

@@ -691,6 +691,10 @@ pub struct ExposeRequest {
     /// A subnet inside the allocation range; the default subnet when absent.
     #[serde(default, deserialize_with = "net::opt_subnet_v4")]
     pub subnet: Option<Ipv4Net>,
+    /// A fixed address with its network's prefix (`10.2.1.1/24`) instead of one from IPAM
+    /// (claimed in IPAM when it lies in the range); not with `subnet`.
+    #[serde(default, deserialize_with = "net::opt_net_v4")]
+    pub address: Option<Ipv4Net>,
     /// A DNS name for the bridge's address.
     #[serde(default)]
     pub dns_name: Option<String>,
@@ -710,6 +714,9 @@ pub struct HideRequest {
     /// A subnet inside the allocation range; the default subnet when absent.
     #[serde(default, deserialize_with = "net::opt_subnet_v4")]
     pub subnet: Option<Ipv4Net>,
+    /// Exactly this fixed address (as exposed with `address`); not with `subnet`.
+    #[serde(default, deserialize_with = "net::opt_net_v4")]
+    pub address: Option<Ipv4Net>,
 }
 
 /// Reply to `POST /hide`.

@@ -54,7 +54,7 @@ impl Gateways {
             .remove(&(bridge.to_string(), subnet));
     }
 
-    fn insert(&self, bridge: &str, subnet: Subnet, gateway: IpAddr) {
+    pub(super) fn insert(&self, bridge: &str, subnet: Subnet, gateway: IpAddr) {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

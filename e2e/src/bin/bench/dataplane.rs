@@ -40,10 +40,10 @@ fn ns_cmd(ns: &str, args: &[&str]) -> Command {
 }
 
 /// An iperf3 server in `ns`, killed on drop.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Server {
-    fn start(ns: &str) -> Result<Self> {
+    pub(crate) fn start(ns: &str) -> Result<Self> {
         let child = ns_cmd(ns, &["iperf3", "-s", "-p", "5201"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -60,7 +60,7 @@ impl Drop for Server {
     }
 }
 
-fn iperf(ns: &str, server_ip: &str, extra: &[&str]) -> Result<Value> {
+pub(crate) fn iperf(ns: &str, server_ip: &str, extra: &[&str]) -> Result<Value> {
     let mut args = vec!["iperf3", "-c", server_ip, "-p", "5201", "-t", SECONDS, "-J"];
     args.extend_from_slice(extra);
     // The server may need a moment to listen; iperf3 then reports an

@@ -25,13 +25,17 @@
 //!   the same names, for local and forwarded names; agent RSS with 10,000
 //!   entries.
 //!
+//! - services (`services.rs`): iperf3 TCP through a `weave service export` and an import
+//!   against direct pod traffic over the same mesh, interleaved; time from the command to
+//!   traffic flowing.
+//!
 //! - the real cluster (`cluster.rs`): tools build time and size, 3-node start to
 //!   registered and to Ready, memory at rest per machine.
 //!
 //! - weave on the real cluster (`kube.rs`): pod start latency against the reference CNI,
 //!   DaemonSet install time, agent and weave-npc memory, traffic gap of a rolling restart.
 //!
-//! `weave-bench mesh`, `dataplane`, `fastdp`, `ipam`, `npc`, `cni`, `dns`, `cluster` or `kube`
+//! `weave-bench mesh`, `dataplane`, `fastdp`, `ipam`, `npc`, `cni`, `dns`, `services`, `cluster` or `kube`
 //! runs one part;
 //! `weave-bench rtt` only the data plane's ping RTT, over several rounds;
 //! `weave-bench wakeup` what a thread wake-up costs on this machine.
@@ -58,6 +62,7 @@ mod fastdp;
 mod ipam;
 mod kube;
 mod npc;
+mod services;
 mod wakeup;
 
 fn client(h: &Host) -> Client {
@@ -191,6 +196,9 @@ fn main() -> Result<()> {
     }
     if what == "all" || what == "dns" {
         dns::bench()?;
+    }
+    if what == "all" || what == "services" {
+        services::bench()?;
     }
     if what == "all" || what == "cluster" {
         cluster::bench()?;

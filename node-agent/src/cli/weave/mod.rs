@@ -118,9 +118,11 @@ pub enum Command {
         /// Print help.
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
-        /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
-        #[arg(value_parser = parse_subnet)]
-        subnet: Option<Ipv4Net>,
+        /// `net:CIDR` or CIDR of a subnet inside the range (an address from IPAM), or a
+        /// fixed `ADDR/CIDR` (host bits set, claimed in IPAM when inside the range); the
+        /// default subnet if absent.
+        #[arg(value_parser = parse_where)]
+        subnet: Option<Where>,
         /// A DNS name for the host's address.
         #[arg(long, short = 'h')]
         hostname: Option<String>,
@@ -129,9 +131,10 @@ pub enum Command {
     /// route, IPAM allocation, weaveDNS names). Pods of this host in the subnet use it as
     /// their gateway, so it refuses while pods are attached, unless --force.
     Hide {
-        /// `net:CIDR` or CIDR of a subnet inside the range; default subnet if absent.
-        #[arg(value_parser = parse_subnet)]
-        subnet: Option<Ipv4Net>,
+        /// `net:CIDR` or CIDR of a subnet (its address goes), or a fixed `ADDR/CIDR` given
+        /// to expose (exactly that address goes); the default subnet if absent.
+        #[arg(value_parser = parse_where)]
+        subnet: Option<Where>,
         /// Hide even while pods are attached to the bridge (they lose their gateway).
         #[arg(long)]
         force: bool,
@@ -274,6 +277,46 @@ pub enum IpamCommand {
 /// A subnet argument, `net:CIDR` or `CIDR`.
 fn parse_subnet(s: &str) -> Result<Ipv4Net, String> {
     parse_net_v4(s.trim_start_matches("net:"), "subnet")
+}
+
+/// What `weave expose`/`hide` is about: a subnet (its address comes from IPAM) or a fixed
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Where {
+    /// `net:CIDR`, or a CIDR without host bits.
+    Subnet(Ipv4Net),
+    /// `ADDR/CIDR` with host bits set.
+    Address(Ipv4Net),
+}
+
+impl Where {
+    /// The request fields: `(subnet, address)`.
+    fn fields(w: Option<Self>) -> (Option<Ipv4Net>, Option<Ipv4Net>) {
+        match w {
+            None => (None, None),
+            Some(Self::Subnet(n)) => (Some(n), None),
+            Some(Self::Address(a)) => (None, Some(a)),
+        }
+    }
+}
+
+fn parse_where(s: &str) -> Result<Where, String> {
+    if s.starts_with("net:") {
+        let n = parse_subnet(s)?;
+        if n.trunc() != n {
+            return Err(format!(
+                "subnet {n} has bits set after the prefix (did you mean net:{}, or the fixed address {n} without net:?)",
+                n.trunc()
+            ));
+        }
+        return Ok(Where::Subnet(n));
+    }
+    let n = parse_net_v4(s, "address")?;
+    Ok(if n.trunc() == n {
+        Where::Subnet(n)
+    } else {
+        Where::Address(n)
+    })
 }
 
 /// A list of addresses as the CLI prints it: space-separated.
@@ -432,10 +475,12 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Expose {
             subnet, hostname, ..
         } => {
+            let (subnet, address) = Where::fields(subnet);
             let reply: ExposeReply = client.post_json(
                 "/expose",
                 &ExposeRequest {
                     subnet,
+                    address,
                     dns_name: hostname,
                 },
             )?;
@@ -447,7 +492,8 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             bridge,
         } => {
             crate::install::check_detached(&bridge, force)?;
-            let reply: HideReply = client.post_json("/hide", &HideRequest { subnet })?;
+            let (subnet, address) = Where::fields(subnet);
+            let reply: HideReply = client.post_json("/hide", &HideRequest { subnet, address })?;
             match reply.address {
                 Some(a) => writeln!(out, "{a}")?,
                 None => writeln!(out, "not exposed")?,
@@ -586,4 +632,37 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `weave expose`/`hide` tell a subnet (from IPAM) from a fixed address by `net:` or by
+    /// host bits.
+    #[test]
+    fn expose_argument() {
+        let net = |s: &str| s.parse::<Ipv4Net>().expect("net");
+        assert_eq!(
+            parse_where("net:10.32.0.0/12"),
+            Ok(Where::Subnet(net("10.32.0.0/12")))
+        );
+        assert_eq!(
+            parse_where("10.40.0.0/16"),
+            Ok(Where::Subnet(net("10.40.0.0/16")))
+        );
+        assert_eq!(
+            parse_where("10.2.1.1/24"),
+            Ok(Where::Address(net("10.2.1.1/24")))
+        );
+        assert!(
+            parse_where("net:10.2.1.1/24").is_err(),
+            "net: with host bits"
+        );
+        assert!(parse_where("10.2.1.1").is_err(), "no prefix");
+        assert_eq!(
+            Where::fields(Some(Where::Address(net("10.2.1.1/24")))),
+            (None, Some(net("10.2.1.1/24")))
+        );
+    }
 }
