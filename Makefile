@@ -65,8 +65,11 @@ endif
 # fresh 2-core machine), reused at once afterwards. Prints the tools directory.
 K8S_CACHE ?= /var/cache/weave-cluster
 K8S_TOOLS = WEAVE_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh
+# nerdctl for kube_nerdctl_3, keyed apart from the Kubernetes set (e2e/nerdctl/build.sh).
+NERDCTL_TOOLS = WEAVE_K8S_CACHE=$(K8S_CACHE) bash e2e/nerdctl/build.sh
 
 k8s-tools:
+	@$(NERDCTL_TOOLS) >/dev/null
 	@$(K8S_TOOLS)
 
 # Rewrites manifests/weave-daemonset.yaml from the chart (e2e test chart_0 fails when they differ).
@@ -77,7 +80,8 @@ manifests:
 # among them: need root, run the real binaries (built by build-tests) in
 # network namespaces.
 e2e: deps build-tests
-	@tools=$$($(K8S_TOOLS)) && export WEAVE_K8S_TOOLS=$$tools E2E_BIN_DIR=$(CURDIR)/target/debug && \
+	@tools=$$($(K8S_TOOLS)) && nerdctl=$$($(NERDCTL_TOOLS)) && \
+	export WEAVE_K8S_TOOLS=$$tools WEAVE_NERDCTL=$$nerdctl/bin/nerdctl E2E_BIN_DIR=$(CURDIR)/target/debug && \
 	if [ "$(NEXTEST)" = yes ]; then \
 	  $(CARGO) nextest run --workspace -E 'package(weave-e2e)' --no-fail-fast; \
 	else \

@@ -262,7 +262,27 @@ fn a_narrow_underlay_path_is_learnt_and_no_black_hole() -> Result<()> {
         h2.log(WEAVER).contains("narrower than its devices"),
         "the agent says what it learnt"
     );
+    // and reports it as the MTU of its connection to h1
+    let h1_name = report(h1)?.peer.name;
+    let series = format!("weave_connection_mtu{{peer=\"{h1_name}\"}} 1336\n");
+    let page = metrics(h2)?;
+    ensure!(page.contains(&series), "no {series:?} in {page}");
     Ok(())
+}
+
+/// `host`'s agent's metrics page, checked by the Prometheus parser.
+fn metrics(host: &Host) -> Result<String> {
+    let page = weave_e2e::metrics::fetch(host.netns(), "127.0.0.1:6782".parse()?)?;
+    weave_e2e::metrics::check(&page)?;
+    Ok(page)
+}
+
+/// The value of the series `series` (name and labels as rendered) on a
+/// metrics page; 0 when it is absent.
+fn sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn send_udp(from: &Host, ip: &str, printf: &str) -> Result<()> {
@@ -306,10 +326,7 @@ fn restarts_and_garbage_do_not_stop_traffic() -> Result<()> {
         "{drops:?}"
     );
     // the same counters on the Prometheus endpoint
-    let metrics = bed.host(1).run(
-        "bash",
-        &["-c", "exec 3<>/dev/tcp/127.0.0.1/6782 && printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"],
-    )?;
+    let metrics = metrics(bed.host(1))?;
     ensure!(
         metrics.contains("weave_sleeve_drops_total{reason=\"unknown_sender\"}"),
         "{metrics}"
@@ -318,6 +335,36 @@ fn restarts_and_garbage_do_not_stop_traffic() -> Result<()> {
         metrics.contains("weave_connections{state=\"established\"} 2"),
         "{metrics}"
     );
+    // ... and per peer: every connection's MTU (the overlay's, on these full
+    // paths), and the garbage put down to h2, which sent it from its own
+    // address, none to h3
+    let r1 = report(bed.host(1))?;
+    let overlay = r1.sleeve.as_ref().context("sleeve report")?.mtu;
+    let peer = |i: usize| -> Result<String> { Ok(report(bed.host(i))?.peer.name) };
+    let (h2, h3) = (peer(2)?, peer(3)?);
+    for p in [&h2, &h3] {
+        let series = format!("weave_connection_mtu{{peer=\"{p}\"}} {overlay}\n");
+        ensure!(metrics.contains(&series), "no {series:?} in {metrics}");
+    }
+    let from_h2 = sample(
+        &metrics,
+        &format!("weave_sleeve_peer_drops_total{{peer=\"{h2}\",reason=\"malformed\"}}"),
+    );
+    ensure!(from_h2 >= 1, "no malformed drop put down to h2: {metrics}");
+    ensure!(
+        from_h2 <= sample(&metrics, "weave_sleeve_drops_total{reason=\"malformed\"}"),
+        "a part larger than the whole: {metrics}"
+    );
+    ensure!(
+        !metrics.contains(&format!("weave_sleeve_peer_drops_total{{peer=\"{h3}\"")),
+        "h3 sent no garbage: {metrics}"
+    );
+    let c2 = r1
+        .connections
+        .iter()
+        .find(|c| c.peer.as_deref() == Some(h2.as_str()))
+        .context("h1's connection to h2")?;
+    ensure!(c2.drops.get("malformed") == Some(&from_h2), "{c2:?}");
     wait_ping(a1, b1_ip)?;
 
     // kill -9 of h1's agent: pods on h1 keep talking to each other

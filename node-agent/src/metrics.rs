@@ -83,6 +83,17 @@ pub fn render(r: &Report) -> String {
     if let Some(s) = &r.sleeve {
         family(&mut out, "weave_sleeve_mtu", "gauge", "Overlay MTU.");
         let _ = writeln!(out, "weave_sleeve_mtu {}", s.mtu);
+        family(
+            &mut out,
+            "weave_connection_mtu",
+            "gauge",
+            "Overlay MTU each connection carries whole (narrower where the underlay path is).",
+        );
+        for c in &r.connections {
+            if let (Some(peer), Some(mtu)) = (&c.peer, c.mtu) {
+                let _ = writeln!(out, "weave_connection_mtu{{peer=\"{peer}\"}} {mtu}");
+            }
+        }
         type Pair = fn(&ConnectionReport) -> (u64, u64);
         let per_peer: [(&str, &str, Pair); 2] = [
             (
@@ -113,6 +124,21 @@ pub fn render(r: &Report) -> String {
         );
         for (reason, n) in &s.drops {
             let _ = writeln!(out, "weave_sleeve_drops_total{{reason=\"{reason}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "weave_sleeve_peer_drops_total",
+            "counter",
+            "The drops of weave_sleeve_drops_total that came from or were going to a connected peer, by peer and reason.",
+        );
+        for c in &r.connections {
+            let Some(peer) = &c.peer else { continue };
+            for (reason, n) in &c.drops {
+                let _ = writeln!(
+                    out,
+                    "weave_sleeve_peer_drops_total{{peer=\"{peer}\",reason=\"{reason}\"}} {n}"
+                );
+            }
         }
         family(
             &mut out,
@@ -344,9 +370,9 @@ mod tests {
     use super::*;
     use weave_api::*;
 
-    #[test]
-    fn renders_families_and_labels() {
-        let r = Report {
+    /// A report with one established connection, a sleeve, the fast path, IPAM and DNS.
+    fn sample() -> Report {
+        Report {
             version: "0".into(),
             protocol: "1..1".into(),
             peer: LocalPeer {
@@ -373,6 +399,7 @@ mod tests {
                 frames_out: 0,
                 data_bytes_in: 0,
                 data_bytes_out: 0,
+                drops: [("malformed".to_string(), 1)].into_iter().collect(),
             }],
             targets: vec![],
             routes: vec![],
@@ -437,7 +464,12 @@ mod tests {
                 upstream_failures: 1,
                 ..DnsReport::default()
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn renders_families_and_labels() {
+        let r = sample();
         let text = render(&r);
         assert!(
             text.contains("weave_dns_entries{origin=\"all\"} 5\n"),
@@ -460,6 +492,13 @@ mod tests {
         assert!(text.contains("weave_control_bytes_total{direction=\"out\"} 7\n"));
         assert!(text.contains("weave_sleeve_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("weave_sleeve_mtu 1436\n"));
+        assert!(text.contains(
+            "# TYPE weave_connection_mtu gauge\nweave_connection_mtu{peer=\"02:00:00:00:00:02\"} 1400\n"
+        ));
+        assert!(
+            text.contains("# TYPE weave_sleeve_peer_drops_total counter\nweave_sleeve_peer_drops_total{peer=\"02:00:00:00:00:02\",reason=\"malformed\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("weave_ipam_owned_ips{state=\"owned\"} 524288\n"));
         assert!(text.contains("weave_ipam_owned_ips{state=\"free\"} 524284\n"));
         assert!(text.contains("weave_sleeve_superframes_total{direction=\"in\"} 4\n"));
@@ -474,5 +513,54 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weave_auth_failures_total 0\n"));
+    }
+
+    #[test]
+    fn per_peer_series_follow_the_connections() {
+        let mut r = sample();
+        let mut fast = r.connections[0].clone();
+        fast.peer = Some("02:00:00:00:00:03".into());
+        fast.mode = Some("fastdp".into());
+        fast.mtu = Some(1376);
+        fast.drops = [("no_path".to_string(), 4), ("send_failed".to_string(), 5)]
+            .into_iter()
+            .collect();
+        let mut failed = r.connections[0].clone();
+        failed.peer = None;
+        failed.state = ConnectionState::Failed;
+        failed.mtu = None;
+        r.connections.extend([fast, failed]);
+        let text = render(&r);
+        let series = |name: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")))
+                .collect()
+        };
+        assert_eq!(
+            series("weave_connection_mtu"),
+            [
+                "weave_connection_mtu{peer=\"02:00:00:00:00:02\"} 1400",
+                "weave_connection_mtu{peer=\"02:00:00:00:00:03\"} 1376",
+            ],
+            "one series per connected peer, none for a connection without one"
+        );
+        assert_eq!(
+            series("weave_sleeve_peer_drops_total"),
+            [
+                "weave_sleeve_peer_drops_total{peer=\"02:00:00:00:00:02\",reason=\"malformed\"} 1",
+                "weave_sleeve_peer_drops_total{peer=\"02:00:00:00:00:03\",reason=\"no_path\"} 4",
+                "weave_sleeve_peer_drops_total{peer=\"02:00:00:00:00:03\",reason=\"send_failed\"} 5",
+            ]
+        );
+        // the global counter stays the whole
+        assert_eq!(
+            series("weave_sleeve_drops_total"),
+            ["weave_sleeve_drops_total{reason=\"malformed\"} 2"]
+        );
+        // a peer that left has no series any more
+        r.connections.truncate(1);
+        let text = render(&r);
+        assert!(!text.contains("02:00:00:00:00:03"), "{text}");
+        assert!(text.contains("# TYPE weave_sleeve_peer_drops_total counter\n"));
     }
 }

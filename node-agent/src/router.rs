@@ -295,7 +295,12 @@ fn add_sleeve_figures(report: &mut weave_api::Report, s: &sleeve::Sleeve) {
             continue;
         };
         let counters = s.peer_counters(&peer);
-        c.mtu = Some(s.mtu());
+        c.mtu = Some(s.peer_mtu(&peer));
+        c.drops = s
+            .peer_drops(&peer)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         c.frames_in = counters.frames_in;
         c.frames_out = counters.frames_out;
         c.data_bytes_in = counters.bytes_in;
@@ -331,6 +336,8 @@ fn add_fastdp_figures(report: &mut weave_api::Report, f: &fastdp::Fastdp) {
         let mode = f.mode(&peer);
         if mode == crate::fastdp::Mode::Fastdp {
             carried += 1;
+            // full-size frames were seen to cross: the overlay MTU
+            c.mtu = Some(f.mtu());
         }
         c.mode = Some(mode.name().to_string());
         c.mode_reason = mode.reason().map(|r| r.to_string());

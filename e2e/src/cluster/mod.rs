@@ -42,7 +42,7 @@ use self::forward::Forward;
 use self::machine::Machine;
 use self::pki::{Pki, Usage};
 pub use self::state::{down, CLUSTER_BIN};
-pub use self::tools::{tools_size, Tools, TOOLS_ENV};
+pub use self::tools::{nerdctl, tools_size, Tools, NERDCTL_ENV, TOOLS_ENV};
 use crate::command::{ip, run, run_with_input};
 use crate::wait::wait_until;
 use crate::{bin, bin_dir, TestBed, Topology};
@@ -533,6 +533,12 @@ impl Cluster {
     pub fn process_rss(&self, i: usize, comm: &str) -> Result<Vec<u64>> {
         let node = self.node(i);
         node.rss_of(&self.cgroup_root(node), comm)
+    }
+
+    /// The cgroup root of node `i` (`/NAME` in every hierarchy), removed with everything
+    /// below it when the cluster goes: where a runtime beside the kubelet puts its containers.
+    pub fn node_cgroup_root(&self, i: usize) -> String {
+        format!("/{}", self.cgroup_root(self.node(i)))
     }
 
     /// The cgroup root of machine `m`.

@@ -111,6 +111,31 @@ impl Tools {
     }
 }
 
+/// Environment variable naming the nerdctl built by `e2e/nerdctl/build.sh`.
+pub const NERDCTL_ENV: &str = "WEAVE_NERDCTL";
+
+/// nerdctl, built apart from the Kubernetes set (so that its pin does not change that set's
+/// key): from `$WEAVE_NERDCTL`, else by running `e2e/nerdctl/build.sh`, which returns at once
+/// when it is built.
+pub fn nerdctl() -> Result<PathBuf> {
+    let path = match std::env::var_os(NERDCTL_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nerdctl/build.sh");
+            let out = run(Command::new("bash").arg(&script))
+                .context("build nerdctl (e2e/nerdctl/build.sh)")?;
+            Path::new(out.lines().last().unwrap_or_default().trim()).join("bin/nerdctl")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "{} is not nerdctl: build it with `make k8s-tools` or point {NERDCTL_ENV} at one",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Bytes of every file in the tools directory.
 pub fn tools_size(tools: &Tools) -> Result<u64> {
     fn walk(dir: &Path) -> Result<u64> {

@@ -206,7 +206,9 @@ pub struct ConnectionReport {
     pub bytes_in: u64,
     /// Control bytes sent on this connection.
     pub bytes_out: u64,
-    /// Overlay MTU on this connection, when a data plane runs.
+    /// Overlay MTU on this connection, when a data plane runs: what the
+    /// sleeve carries whole to this peer (narrower when the underlay path
+    /// was learnt narrower), or the overlay MTU on the fast path.
     #[serde(default)]
     pub mtu: Option<u32>,
     /// Frames received from this peer.
@@ -221,6 +223,10 @@ pub struct ConnectionReport {
     /// Data-plane bytes sent to this peer.
     #[serde(default)]
     pub data_bytes_out: u64,
+    /// Sleeve drops of what this peer sent (known by its address) or of
+    /// what was going to it, by reason; a part of the sleeve's drops.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// A unicast route of the data plane.

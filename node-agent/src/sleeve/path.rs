@@ -97,6 +97,19 @@ impl Paths {
             .is_some_and(|p| p.addr.ip() == src.ip())
     }
 
+    /// The neighbour a datagram from `src` came from, judged by its IP
+    /// alone: `None` when no neighbour, or more than one (behind one NAT),
+    /// has that IP. What the datagram claims is not trusted.
+    pub fn sender_at(&self, src: SocketAddr) -> Option<PeerName> {
+        let mut at = self
+            .paths
+            .iter()
+            .filter(|(_, p)| p.addr.ip() == src.ip())
+            .map(|(peer, _)| *peer);
+        let first = at.next()?;
+        at.next().is_none().then_some(first)
+    }
+
     /// A heartbeat arrived from `src`; returns the ack to send back to
     /// `src` and, while our own direction is unverified, a heartbeat of ours
     /// to send right away (the peer is evidently ready for it), so that both
@@ -270,6 +283,31 @@ mod tests {
             }
         }
         events
+    }
+
+    #[test]
+    fn a_sender_is_known_by_its_ip_alone_and_only_when_unambiguous() {
+        let now = Instant::now();
+        let mut a = Paths::new(n(1));
+        let mut two = neighbours(2, 5);
+        two.extend(neighbours(3, 6));
+        a.sync(&two, now);
+        assert_eq!(a.sender_at(addr(2, 40000)), Some(n(2)), "any source port");
+        assert_eq!(a.sender_at(addr(3, 6783)), Some(n(3)));
+        assert_eq!(a.sender_at(addr(9, 6783)), None, "no neighbour there");
+        // n(4) behind the same address as n(3): neither is named
+        let mut nat = two.clone();
+        nat.insert(
+            n(4),
+            Neighbour {
+                addr: addr(3, 6784),
+                conn_uid: 7,
+                keys: None,
+            },
+        );
+        a.sync(&nat, now);
+        assert_eq!(a.sender_at(addr(3, 6783)), None);
+        assert_eq!(a.sender_at(addr(2, 6783)), Some(n(2)));
     }
 
     #[test]

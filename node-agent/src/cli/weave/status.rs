@@ -418,6 +418,7 @@ mod tests {
                 frames_out: 0,
                 data_bytes_in: 0,
                 data_bytes_out: 0,
+                drops: Default::default(),
             }],
             targets: vec!["10.0.0.2:6783".into()],
             routes: vec![RouteReport {

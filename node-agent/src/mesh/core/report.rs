@@ -86,6 +86,7 @@ impl Mesh {
                     frames_out: 0,
                     data_bytes_in: 0,
                     data_bytes_out: 0,
+                    drops: Default::default(),
                 }
             })
             .collect();
@@ -112,6 +113,7 @@ impl Mesh {
                     frames_out: 0,
                     data_bytes_in: 0,
                     data_bytes_out: 0,
+                    drops: Default::default(),
                 });
             }
         }

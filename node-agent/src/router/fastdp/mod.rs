@@ -105,6 +105,12 @@ impl Fastdp {
         self.available.ok().map(|p| p.vxlan)
     }
 
+    /// The overlay MTU it carries (the pods'; full-size heartbeats prove
+    /// a connection's path carries it before the fast path takes it).
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
     /// Its UDP port.
     pub fn port(&self) -> u16 {
         self.port

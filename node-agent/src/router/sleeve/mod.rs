@@ -137,6 +137,7 @@ pub async fn run(
                     paths.sync(&view.neighbours, now);
                     paths.tick(now, &mut out, &mut events);
                 }
+                shared.forget_peers(&view.neighbours);
                 send_heartbeats(&shared, &mut out, &mut scratch);
                 *shared.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = view;
             }

@@ -44,7 +44,7 @@ impl Outbox {
         match self.batcher.push(hop, origin, data) {
             Ok(None) => {}
             Ok(Some(full)) => self.send(sleeve, full),
-            Err(_) => sleeve.drop_frame(DROP_OVERSIZED),
+            Err(_) => sleeve.drop_for(Some(hop.next), DROP_OVERSIZED),
         }
     }
 
@@ -62,11 +62,11 @@ impl Outbox {
             self.send(sleeve, pending);
         }
         if frame::chunk_for(payload.len(), self.batcher.max()).is_none() {
-            sleeve.drop_frame(DROP_OVERSIZED);
+            sleeve.drop_for(Some(hop.next), DROP_OVERSIZED);
             return;
         }
         let Some(addr) = lock(&sleeve.paths).addr(&hop.next) else {
-            sleeve.drop_frame(DROP_NO_PATH);
+            sleeve.drop_for(Some(hop.next), DROP_NO_PATH);
             return;
         };
         let id = sleeve.next_fragment_id.fetch_add(1, Ordering::Relaxed);
@@ -87,11 +87,11 @@ impl Outbox {
         {
             Ok(()) => {}
             Err(FragmentError::Oversized) => {
-                sleeve.drop_frame(DROP_OVERSIZED);
+                sleeve.drop_for(Some(hop.next), DROP_OVERSIZED);
                 return;
             }
             Err(FragmentError::NoSession) => {
-                sleeve.drop_frame(DROP_SEND_FAILED);
+                sleeve.drop_for(Some(hop.next), DROP_SEND_FAILED);
                 return;
             }
         }
@@ -101,7 +101,7 @@ impl Outbox {
                 Ok(n) => sent += n,
                 Err(e) => {
                     trace!(peer = %hop.next, error = %e, "send failed");
-                    sleeve.drop_frame(DROP_SEND_FAILED);
+                    sleeve.drop_for(Some(hop.next), DROP_SEND_FAILED);
                     return;
                 }
             }
@@ -125,11 +125,11 @@ impl Outbox {
                     Ok(n) => sleeve.count_out(ready.next, ready.frames, n),
                     Err(e) => {
                         trace!(peer = %ready.next, error = %e, "send failed");
-                        sleeve.drop_frame(DROP_SEND_FAILED);
+                        sleeve.drop_for(Some(ready.next), DROP_SEND_FAILED);
                     }
                 }
             }
-            None => sleeve.drop_frame(DROP_NO_PATH),
+            None => sleeve.drop_for(Some(ready.next), DROP_NO_PATH),
         }
         self.batcher.recycle(ready);
     }

@@ -178,6 +178,7 @@ pub async fn setup(
         stop: AtomicBool::new(false),
         peers: Mutex::new(HashMap::new()),
         drops: Mutex::new(BTreeMap::new()),
+        peer_drops: Mutex::new(HashMap::new()),
         injected: AtomicU64::new(0),
         sealer: cfg.encrypted.then(Sealer::new),
         udp_gso: AtomicBool::new(true),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 use weave_platform::Tap;
 
-use crate::mesh::overlay::OverlayView;
+use crate::mesh::overlay::{Neighbour, OverlayView};
 use crate::mesh::PeerName;
 use crate::sleeve::path::Paths;
 use crate::sleeve::sealer::Sealer;
@@ -74,6 +74,9 @@ pub struct Sleeve {
     pub(super) stop: AtomicBool,
     pub(super) peers: Mutex<HashMap<PeerName, PeerCounters>>,
     pub(super) drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// The drops of `drops` that a neighbour sent or that were going to
+    /// it, by neighbour and reason (gone neighbours are forgotten).
+    pub(super) peer_drops: Mutex<HashMap<PeerName, BTreeMap<&'static str, u64>>>,
     pub(super) injected: AtomicU64,
     /// Sessions per neighbour when a password is set.
     pub(super) sealer: Option<Sealer>,
@@ -133,6 +136,28 @@ impl Sleeve {
         lock(&self.drops).clone()
     }
 
+    /// The drops a neighbour sent or that were going to it, by reason.
+    pub fn peer_drops(&self, peer: &PeerName) -> BTreeMap<&'static str, u64> {
+        lock(&self.peer_drops)
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The overlay MTU the sleeve carries whole to neighbour `peer`: the
+    /// sleeve's, or narrower when the underlay path to it was learnt
+    /// narrower within [`PATH_MTU_EXPIRY`].
+    pub fn peer_mtu(&self, peer: &PeerName) -> u32 {
+        self.path_mtu(peer, Instant::now()).unwrap_or(self.mtu)
+    }
+
+    /// Forgets the counters of peers that are no longer neighbours, so
+    /// that what is kept (and reported per peer) stays bounded by the mesh.
+    pub(super) fn forget_peers(&self, neighbours: &BTreeMap<PeerName, Neighbour>) {
+        lock(&self.peers).retain(|p, _| neighbours.contains_key(p));
+        lock(&self.peer_drops).retain(|p, _| neighbours.contains_key(p));
+    }
+
     /// Frames handed to the local bridge.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
@@ -187,16 +212,32 @@ impl Sleeve {
         self.tap_index
     }
 
+    /// Counts a drop whose neighbour is not known (a local frame, or a
+    /// datagram from an address no neighbour has).
     pub(super) fn drop_frame(&self, reason: &'static str) {
         *lock(&self.drops).entry(reason).or_insert(0) += 1;
     }
 
+    /// Counts a drop of what neighbour `peer` sent or what was going to
+    /// it; `None` when it is not known.
+    pub(super) fn drop_for(&self, peer: Option<PeerName>, reason: &'static str) {
+        self.drop_frame(reason);
+        if let Some(peer) = peer {
+            *lock(&self.peer_drops)
+                .entry(peer)
+                .or_default()
+                .entry(reason)
+                .or_insert(0) += 1;
+        }
+    }
+
     /// Counts a switching decision that dropped the frame (dropping a
-    /// frame meant for this host only is no drop).
-    pub(super) fn record_verdict(&self, v: Verdict) {
+    /// frame meant for this host only is no drop); `from` is the neighbour
+    /// it came from, `None` for a local frame.
+    pub(super) fn record_verdict(&self, v: Verdict, from: Option<PeerName>) {
         if let Verdict::Drop(reason) = v {
             if !matches!(reason, DropReason::Local | DropReason::Kernel) {
-                self.drop_frame(reason.as_str());
+                self.drop_for(from, reason.as_str());
             }
         }
     }
@@ -217,10 +258,10 @@ impl Sleeve {
         c.bytes_in += bytes as u64;
     }
 
-    /// Writes a frame into the bridge: `frame` whole (offload header
-    /// included) or, with `plain`, a complete frame behind a header that
-    /// asks for nothing. Counts it, or its failure.
-    pub(super) fn inject(&self, frame: &[u8], plain: bool) {
+    /// Writes a frame from neighbour `from` into the bridge: `frame` whole
+    /// (offload header included) or, with `plain`, a complete frame behind
+    /// a header that asks for nothing. Counts it, or its failure.
+    pub(super) fn inject(&self, frame: &[u8], plain: bool, from: PeerName) {
         let written = if plain {
             self.tap
                 .write_parts(&[IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(frame)])
@@ -231,7 +272,7 @@ impl Sleeve {
             Ok(_) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => self.drop_frame(DROP_INJECT_FAILED),
+            Err(_) => self.drop_for(Some(from), DROP_INJECT_FAILED),
         }
     }
 

@@ -89,7 +89,7 @@ impl TapReader {
                     now,
                     hops,
                 );
-                sleeve.record_verdict(verdict);
+                sleeve.record_verdict(verdict, None);
                 for hop in hops.iter() {
                     let segment = mtu::packet_len(n - offload::LEN, hdr.hdr_len, hdr.gso_size);
                     shrink_if_narrow(sleeve, hop, &buf[offload::LEN..n], segment, now);
@@ -119,7 +119,7 @@ impl TapReader {
                 continue;
             }
             let verdict = lock(&sleeve.switch).from_local(data, &view, &kernel, now, hops);
-            sleeve.record_verdict(verdict);
+            sleeve.record_verdict(verdict, None);
             for hop in hops.iter() {
                 shrink_if_narrow(sleeve, hop, data, mtu::packet_len(data.len(), 0, 0), now);
                 outbox.push(sleeve, *hop, sleeve.local, data);

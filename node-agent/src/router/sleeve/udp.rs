@@ -198,12 +198,15 @@ impl DatagramHandler {
         paths: &mpsc::Sender<PathEvent>,
     ) {
         let now = Instant::now();
+        // A datagram refused before it names a verified sender counts
+        // against the neighbour at its source address, if there is one.
+        let sender = || lock(&sleeve.paths).sender_at(src);
         let datagram = match &sleeve.sealer {
             Some(sealer) => match sealer.open(data, &mut self.opened) {
                 Ok(plain) => plain,
                 Err(e) => {
                     trace!(%src, error = %e, "dropping datagram");
-                    sleeve.drop_frame(e.reason());
+                    sleeve.drop_for(sender(), e.reason());
                     return;
                 }
             },
@@ -212,7 +215,7 @@ impl DatagramHandler {
         match frame::decode(datagram) {
             Err(e) => {
                 trace!(%src, error = %e, "dropping malformed datagram");
-                sleeve.drop_frame(DROP_MALFORMED);
+                sleeve.drop_for(sender(), DROP_MALFORMED);
             }
             Ok(Datagram::Heartbeat { hop, to, conn_uid }) => {
                 let answer = lock(&sleeve.paths).on_heartbeat(hop, to, conn_uid, src, now);
@@ -223,7 +226,7 @@ impl DatagramHandler {
                             let _ = sleeve.send_to_peer(&hop, &probe, src, &mut self.scratch);
                         }
                     }
-                    None => sleeve.drop_frame(DROP_UNKNOWN_SENDER),
+                    None => sleeve.drop_for(sender(), DROP_UNKNOWN_SENDER),
                 }
             }
             Ok(Datagram::HeartbeatAck { hop, to, conn_uid }) => {
@@ -234,7 +237,7 @@ impl DatagramHandler {
             }
             Ok(Datagram::Frames { hop, frames }) => {
                 if !lock(&sleeve.paths).is_known_sender(&hop, src) {
-                    sleeve.drop_frame(DROP_UNKNOWN_SENDER);
+                    sleeve.drop_for(sender(), DROP_UNKNOWN_SENDER);
                     return;
                 }
                 let view = sleeve.current_view();
@@ -244,16 +247,16 @@ impl DatagramHandler {
                     let f = match f {
                         Ok(f) => f,
                         Err(_) => {
-                            sleeve.drop_frame(DROP_MALFORMED);
+                            sleeve.drop_for(Some(hop), DROP_MALFORMED);
                             break;
                         }
                     };
                     count += 1;
                     let verdict =
                         lock(&sleeve.switch).from_peer(f.origin, f.dst, f.data, &view, now, hops);
-                    sleeve.record_verdict(verdict);
+                    sleeve.record_verdict(verdict, Some(hop));
                     if verdict == Verdict::InjectAndForward {
-                        sleeve.inject(f.data, true);
+                        sleeve.inject(f.data, true, hop);
                     }
                     for h in hops.iter() {
                         outbox.push(sleeve, *h, f.origin, f.data);
@@ -263,7 +266,7 @@ impl DatagramHandler {
             }
             Ok(Datagram::Fragment { hop, fragment }) => {
                 if !lock(&sleeve.paths).is_known_sender(&hop, src) {
-                    sleeve.drop_frame(DROP_UNKNOWN_SENDER);
+                    sleeve.drop_for(sender(), DROP_UNKNOWN_SENDER);
                     return;
                 }
                 let completed = self.frames.on_fragment(sleeve, hop, &fragment, now);
@@ -289,12 +292,12 @@ impl Forwarding {
             Outcome::Kept => {
                 if self.reassembly.evicted() != evicted {
                     // A frame still missing pieces made room for this one.
-                    sleeve.drop_frame(DROP_FRAGMENTS_INCOMPLETE);
+                    sleeve.drop_for(Some(hop), DROP_FRAGMENTS_INCOMPLETE);
                 }
                 return false;
             }
             Outcome::Duplicate => {
-                sleeve.drop_frame(DROP_FRAGMENT_DUPLICATE);
+                sleeve.drop_for(Some(hop), DROP_FRAGMENT_DUPLICATE);
                 return false;
             }
         };
@@ -303,7 +306,7 @@ impl Forwarding {
             .filter(|_| whole.data.len() >= offload::LEN + 14)
             .is_some_and(|h| h.validate(whole.data.len() - offload::LEN).is_ok());
         if !valid {
-            sleeve.drop_frame(DROP_MALFORMED);
+            sleeve.drop_for(Some(hop), DROP_MALFORMED);
             return false;
         }
         sleeve.superframes_in.fetch_add(1, Ordering::Relaxed);
@@ -316,9 +319,9 @@ impl Forwarding {
             now,
             &mut self.hops,
         );
-        sleeve.record_verdict(verdict);
+        sleeve.record_verdict(verdict, Some(hop));
         if verdict == Verdict::InjectAndForward {
-            sleeve.inject(whole.data, false);
+            sleeve.inject(whole.data, false, hop);
         }
         for h in &self.hops {
             self.outbox.push_large(sleeve, *h, whole.origin, whole.data);
