@@ -146,7 +146,7 @@ impl Sleeve {
 
     /// The overlay MTU the sleeve carries whole to neighbour `peer`: the
     /// sleeve's, or narrower when the underlay path to it was learnt
-    /// narrower within [`PATH_MTU_EXPIRY`].
+    /// narrower within `PATH_MTU_EXPIRY`.
     pub fn peer_mtu(&self, peer: &PeerName) -> u32 {
         self.path_mtu(peer, Instant::now()).unwrap_or(self.mtu)
     }
