@@ -174,6 +174,17 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
     );
     let kept: AddressesReply = c.post_json("/ipam/lookup", &serde_json::json!({"id": "keep"}))?;
     assert_eq!(kept.addresses, ok.addresses);
+    // Every allocation of the peer, as weave-npc reads them: the kept one, nothing of the
+    // failed attaches, and as many addresses as IPAM counts.
+    let all: weave_api::AllocationsReply = c.get_json("/ipam/allocations")?;
+    assert!(
+        all.entries
+            .iter()
+            .any(|e| e.id == "keep" && e.addresses == ok.addresses),
+        "{all:?}"
+    );
+    let listed: usize = all.entries.iter().map(|e| e.addresses.len()).sum();
+    assert_eq!(listed as u64, after.used, "{all:?}");
     Ok(())
 }
 

@@ -6,10 +6,9 @@
 //!
 //! - the container gets an address from weave's range, which `weave ps` on node-1 lists under
 //!   the container's ID;
-//! - it exchanges no IPv4 with the pods, either way, though ARP crosses: weave-npc's guard on
-//!   the bridge's pod ports drops IPv4 of any address that is not a pod it knows, and this
-//!   container is none (closed by default; a container outside Kubernetes does not yet join
-//!   the pods' network where weave-npc runs);
+//! - weave-npc learns its address from the agent's allocations (it is no pod) and lets it
+//!   through the bridge guard: the container reaches a pod on node-2 over TCP, and pods on
+//!   node-2 and node-1 reach it;
 //! - `nerdctl rm -f` gives the address back (gone from `weave ps` and from IPAM's count) and
 //!   leaves no veth on the node.
 //!
@@ -28,7 +27,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use weave_e2e::cluster::{nerdctl, Cluster, ClusterOptions, Cni};
 use weave_e2e::kube::{self, apply, pods, weave};
-use weave_e2e::run_with_input;
+use weave_e2e::{run_with_input, wait_until};
 
 const NODES: usize = 3;
 /// The node nerdctl runs on.
@@ -112,43 +111,47 @@ fn kube_nerdctl_3() -> Result<()> {
     );
 
     // weave-npc guards every pod port of the bridge (`vethwepl*`, which the plugin names
-    // every attachment's host end): IPv4 of an address that is no pod it knows is dropped
-    // there, so a container outside Kubernetes resolves its neighbours (ARP passes) but
-    // exchanges no IPv4 with anyone, either way. That guard, not the path, is what stops it:
-    // its address is missing from node-1's set of local pods, where the pod's is.
-    let local_pods = cluster
-        .node_cmd(NODE, "nft")
-        .args(["list", "set", "bridge", "weave-npc", "local-pods"])
-        .output()?;
-    let local_pods = String::from_utf8_lossy(&local_pods.stdout).into_owned();
+    // every attachment's host end): IPv4 of an address that is neither a local pod nor one
+    // the agent handed out is dropped there. The container is no pod; weave-npc learns its
+    // address from the agent's allocations (asked every 2 s), and then it talks both ways.
     let local_web = web
         .iter()
         .find(|p| p.node == format!("node-{NODE}"))
         .context("a web pod on node-1")?;
-    ensure!(
-        local_pods.contains(&local_web.ip) && !local_pods.contains(&ip),
-        "node-1's local pods should hold {} and not {ip}: {local_pods}",
-        local_web.ip
-    );
+    wait_until(
+        Duration::from_secs(20),
+        "the container's address in node-1's guard set",
+        || {
+            let out = cluster
+                .node_cmd(NODE, "nft")
+                .args(["list", "set", "bridge", "weave-npc", "local-pods"])
+                .output()?;
+            let set = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok((set.contains(&local_web.ip) && set.contains(&ip)).then_some(()))
+        },
+    )?;
     let out = nerd.run(&[
         "exec",
         NAME,
-        "sh",
-        "-c",
-        &format!("ping -c 2 -W 2 {} || true; ip neigh", remote.ip),
-    ])?;
+        "/agnhost",
+        "connect",
+        &format!("{}:8080", remote.ip),
+        "--timeout=5s",
+    ]);
     ensure!(
-        out.contains("100% packet loss")
-            && out
-                .lines()
-                .any(|l| l.starts_with(&format!("{} ", remote.ip)) && l.contains("lladdr")),
-        "the container should resolve {} but get no answer past weave-npc: {out}",
-        remote.ip
+        out.is_ok(),
+        "the container does not reach {} on node-2: {out:?}",
+        remote.name
     );
     ensure!(
-        !kube::pings(&cluster, remote, &ip),
-        "{} reached the container past weave-npc's guard",
+        kube::connects(&cluster, remote, &format!("{ip}:8080"), "tcp"),
+        "{} on node-2 does not reach the container at {ip}:8080",
         remote.name
+    );
+    ensure!(
+        kube::pings(&cluster, local_web, &ip),
+        "{} on node-1 does not reach the container at {ip}",
+        local_web.name
     );
 
     // rm -f: no veth, no attachment, no address left

@@ -127,6 +127,7 @@ fn routes(commands: mpsc::Sender<ApiCommand>, port: u16, services: Services) -> 
     axum::Router::new()
         .route("/report", get(report))
         .route("/ipam", get(ipam::report))
+        .route("/ipam/allocations", get(ipam::allocations))
         .route("/ipam/allocate", post(ipam::allocate))
         .route("/ipam/claim", post(ipam::claim))
         .route("/ipam/release", post(ipam::release))

@@ -58,6 +58,11 @@ pub struct Cli {
     /// Read the nflog group and log one line per dropped connection attempt.
     #[arg(long, env = "WEAVE_NPC_DROP_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub drop_log: bool,
+    /// The node agent's API socket, asked every 2 s which addresses it handed out: containers
+    /// it wired outside Kubernetes (nerdctl, `weave attach`, other CNI runtimes) may then use
+    /// their pod ports. Empty: only pods may.
+    #[arg(long, env = "WEAVE_API_SOCKET", default_value = weave_api::DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
     /// Remove everything weave-npc created (its two `weave-npc` tables) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -118,6 +123,7 @@ impl Cli {
             nft: self.nft.clone(),
             nft_limit: Duration::from_secs(self.nft_timeout_secs),
             drop_log: self.drop_log,
+            api_socket: (!self.api_socket.as_os_str().is_empty()).then(|| self.api_socket.clone()),
         })
     }
 }

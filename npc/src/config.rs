@@ -26,4 +26,6 @@ pub struct Config {
     pub nft_limit: Duration,
     /// Whether to log dropped connections.
     pub drop_log: bool,
+    /// The node agent's API socket, for the addresses it handed out (`None`: pods only).
+    pub api_socket: Option<PathBuf>,
 }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 use weave_platform::firewall::{Firewall, NftFirewall};
 
+use crate::attached::{self, Attached};
 use crate::cluster_policy::{self, ClusterNetworkPolicy};
 use crate::compile::{Compiled, NodeConfig, Objects};
 use crate::config::Config;
@@ -92,6 +93,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         tasks.spawn(async move {
             crate::droplog::run(group, shared, m, c).await;
             ("drop log", Ok(()))
+        });
+    }
+    if let Some(socket) = config.api_socket.clone() {
+        let (a, n, c) = (controller.attached(), controller.changed(), cancel.clone());
+        tasks.spawn(async move {
+            attached::poll(socket, a, n, c).await;
+            ("agent allocations", Ok(()))
         });
     }
     let c = cancel.clone();
@@ -239,6 +247,10 @@ pub struct Controller {
     started: Instant,
     /// Posts Events about rejected policies (none in tests).
     recorder: Option<Recorder>,
+    /// Addresses the node's agent handed out ([`attached`]).
+    attached: Attached,
+    /// Wakes the loop: a cache or the agent's allocations changed.
+    changed: Arc<Notify>,
 }
 
 impl Controller {
@@ -259,7 +271,19 @@ impl Controller {
             compiled: Arc::new(RwLock::new(None)),
             started: Instant::now(),
             recorder: None,
+            attached: Attached::default(),
+            changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// The agent's allocations as the controller reads them, for [`attached::poll`].
+    pub fn attached(&self) -> Attached {
+        Arc::clone(&self.attached)
+    }
+
+    /// What wakes the controller's loop.
+    pub fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
     }
 
     /// The compiled state, shared (the drop log reads it).
@@ -269,7 +293,7 @@ impl Controller {
 
     /// Runs until `cancel` or until a watch ends for good.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
-        let changed = Arc::new(Notify::new());
+        let changed = Arc::clone(&self.changed);
         let mut watches: JoinSet<Result<()>> = JoinSet::new();
         let served = cluster_policies_served(&self.client).await;
         let pods = spawn_watch::<Pod>(&mut watches, &self.client, &changed, "pods");
@@ -371,6 +395,11 @@ impl Controller {
     #[instrument(skip_all, fields(pods = stores.pods.len(), policies = stores.policies.len()))]
     async fn reconcile(&self, state: &mut Reconciler, stores: &Stores) -> Result<()> {
         let now = Instant::now();
+        let attached = self
+            .attached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let (script, full, rejected, counters, rules) = {
             let mut guard = self.write();
             let rebuild = guard.is_none() || now >= state.next_full;
@@ -384,6 +413,7 @@ impl Controller {
                         namespaces: &stores.namespaces,
                         nodes: &stores.nodes,
                         pods: &stores.pods,
+                        attached: &attached,
                     },
                 );
                 for kind in Kind::ALL {
@@ -405,6 +435,7 @@ impl Controller {
                     }
                     *seen = now;
                 }
+                compiled.set_attached(&attached);
                 compiled.update()
             };
             let compiled = guard.as_ref().expect("compiled above");

@@ -12,6 +12,7 @@
 //! [`droplog`] (the nflog reader), [`controller`] (reflectors, debounce, apply),
 //! [`metrics`], [`config`] (validated settings), [`cli`] (flags and one-shot commands).
 
+pub mod attached;
 pub mod cli;
 pub mod cluster_policy;
 pub mod compile;

@@ -319,8 +319,8 @@ fn incremental_updates_match_a_full_compile() {
     assert!(local_pods_gone > 0);
 }
 
-#[test]
-fn a_new_local_pod_is_an_element_update() {
+/// Node n1 with pod x/a (10.32.0.2) and the test policies, compiled.
+fn pod_a_on_n1() -> Compiled {
     let node = NodeConfig {
         node_name: "n1".into(),
         ..NodeConfig::default()
@@ -331,7 +331,12 @@ fn a_new_local_pod_is_an_element_update() {
         policies: policies(),
         ..Snapshot::default()
     };
-    let mut c = compile(&snap, &node);
+    compile(&snap, &node)
+}
+
+#[test]
+fn a_new_local_pod_is_an_element_update() {
+    let mut c = pod_a_on_n1();
     c.set_pod(&pod("x", "b", 5));
     let script = c.update();
     assert!(
@@ -385,4 +390,38 @@ fn long_pod_names_still_fit_nftables_limits() {
         }
     }
     assert!(script.contains("add counter inet weave-npc ingress-denied/x/ppp"));
+}
+
+#[test]
+fn addresses_the_agent_handed_out_join_the_guard_set_and_leave_it() {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+    let mut c = pod_a_on_n1();
+    // The pod's own address (10.32.0.2) and a container outside Kubernetes (10.32.0.40).
+    let pod_ip = Ipv4Addr::new(10, 32, 0, 2);
+    let other = Ipv4Addr::new(10, 32, 0, 40);
+    c.set_attached(&BTreeSet::from([pod_ip, other]));
+    let script = c.update();
+    assert!(
+        script.contains("add element bridge weave-npc local-pods { 10.32.0.40 }"),
+        "{script}"
+    );
+    assert!(
+        !script.contains("10.32.0.2 "),
+        "the pod's address is there already: {script}"
+    );
+    assert_eq!(c.update(), "");
+    // The container goes; the pod stays although the agent no longer lists it.
+    c.set_attached(&BTreeSet::new());
+    let script = c.update();
+    assert!(
+        script.contains("delete element bridge weave-npc local-pods { 10.32.0.40 }"),
+        "{script}"
+    );
+    assert!(!script.contains("10.32.0.2 "), "{script}");
+    let full = c.full();
+    assert!(
+        full.contains("10.32.0.2") && !full.contains("10.32.0.40"),
+        "{full}"
+    );
 }

@@ -400,6 +400,16 @@ pub struct AddressesReply {
     pub addresses: Vec<IpNet>,
 }
 
+/// Reply to `GET /ipam/allocations`: every address this peer handed out,
+/// by identifier, as IPAM holds them (not as the containers configured
+/// them). weave-npc lets exactly these, and the local pods, send from the
+/// node's pod ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationsReply {
+    /// One entry per identifier, by identifier.
+    pub entries: Vec<AddressesReply>,
+}
+
 /// `POST /cni/add`: everything a CNI ADD needs from the agent, in one
 /// request: an address for `id` (as `/ipam/allocate` gives it), the bridge
 /// and overlay MTU the pod is wired with and, if asked, the pod subnet's

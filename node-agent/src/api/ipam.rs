@@ -16,8 +16,8 @@ use axum::Json;
 use tokio::sync::oneshot;
 use weave_api::net::{parse_net, IpNet, Ipv4Net};
 use weave_api::{
-    AddressesReply, AllocateRequest, ClaimRequest, GcReply, GcRequest, IpamReport, LookupRequest,
-    ReleaseRequest, RmPeerReply, RmPeerRequest,
+    AddressesReply, AllocateRequest, AllocationsReply, ClaimRequest, GcReply, GcRequest,
+    IpamReport, LookupRequest, ReleaseRequest, RmPeerReply, RmPeerRequest,
 };
 
 use super::{error, parse, Api, ApiError};
@@ -178,6 +178,21 @@ fn addresses(id: &Ident, list: &[Allocation]) -> Json<AddressesReply> {
         id: id.to_string(),
         addresses: list.iter().map(Allocation::net).collect(),
     })
+}
+
+/// `GET /ipam/allocations`: every allocation of this peer, by identifier.
+pub(crate) async fn allocations(
+    State(api): State<Api>,
+) -> Result<Json<AllocationsReply>, ApiError> {
+    if api.ipam.is_none() {
+        return Err(disabled());
+    }
+    let held = call(&api, DEFAULT_TIMEOUT, |reply| Request::List { reply }).await?;
+    let entries = held
+        .iter()
+        .map(|(id, list)| addresses(id, list).0)
+        .collect();
+    Ok(Json(AllocationsReply { entries }))
 }
 
 pub(crate) async fn report(State(api): State<Api>) -> Result<Json<IpamReport>, ApiError> {

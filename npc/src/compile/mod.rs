@@ -239,6 +239,8 @@ pub struct Compiled {
     dirty_policy_chains: BTreeSet<String>,
     /// The kernel's state.
     applied: Applied,
+    /// Addresses the node's agent handed out, pods' or not.
+    attached: BTreeSet<Ipv4Addr>,
 }
 
 /// Builds the ruleset for `node` from `snapshot`.
@@ -251,6 +253,7 @@ pub fn compile(snapshot: &Snapshot, node: &NodeConfig) -> Compiled {
             namespaces: &snapshot.namespaces,
             nodes: &snapshot.nodes,
             pods: &snapshot.pods,
+            attached: &BTreeSet::new(),
         },
     )
 }
@@ -269,6 +272,8 @@ pub struct Objects<'a, P, N, S, O> {
     pub nodes: &'a [O],
     /// Pods.
     pub pods: &'a [N],
+    /// Addresses the node's agent handed out ([`Compiled::set_attached`]).
+    pub attached: &'a BTreeSet<Ipv4Addr>,
 }
 
 impl Compiled {
@@ -295,6 +300,7 @@ impl Compiled {
         for pod in objects.pods {
             c.set_pod(pod.borrow());
         }
+        c.set_attached(objects.attached);
         c.applied();
         c
     }
@@ -319,6 +325,7 @@ impl Compiled {
             touched: HashMap::new(),
             dirty_policy_chains: BTreeSet::new(),
             applied: Applied::default(),
+            attached: BTreeSet::new(),
         };
         // Held for good.
         c.acquire(SetDef::LocalPods);
@@ -474,6 +481,32 @@ impl Compiled {
             .or_default()
             .insert(key.clone());
         self.pods.insert(key, info);
+    }
+
+    /// Replaces the addresses the node's agent handed out (`GET /ipam/allocations`): they
+    /// join the local pods' addresses in the bridge guard's set, so that a container the
+    /// agent wired outside Kubernetes (`weave attach`, nerdctl or another CNI runtime) may
+    /// send and receive on its pod port. No policy selects such a container; policies of the
+    /// pods it talks to apply as to any address.
+    pub fn set_attached(&mut self, addrs: &BTreeSet<Ipv4Addr>) {
+        if *addrs == self.attached {
+            return;
+        }
+        let Some(&id) = self.set_ids.get(&SetDef::LocalPods) else {
+            return;
+        };
+        let gone = self
+            .attached
+            .difference(addrs)
+            .map(|a| (id, Elem::Addr(*a)));
+        let gone: Vec<_> = gone.collect();
+        let new: Vec<_> = addrs
+            .difference(&self.attached)
+            .map(|a| (id, Elem::Addr(*a)))
+            .collect();
+        self.count(gone, false);
+        self.count(new, true);
+        self.attached.clone_from(addrs);
     }
 
     /// Removes pod `namespace/name`.
