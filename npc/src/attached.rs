@@ -24,12 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weave_api::net::IpNet;
 use weave_api::AllocationsReply;
-use weave_api::{Client, Endpoint};
+use weave_api::{Client, Endpoint, BRIDGE_ID};
 
 /// How often the agent is asked.
 pub const PERIOD: Duration = Duration::from_secs(2);
-/// The identifier of the bridge's own addresses.
-const BRIDGE_ID: &str = "weave:expose";
 
 /// The last answer, shared with the controller.
 pub type Attached = Arc<RwLock<BTreeSet<Ipv4Addr>>>;

@@ -448,6 +448,10 @@ pub struct CniAddRequest {
     pub ifname: Option<String>,
 }
 
+/// The IPAM identifier of the bridge's own addresses (`weave expose`), and the prefix of
+/// the per-subnet identifiers the gateway addresses are held under.
+pub const BRIDGE_ID: &str = "weave:expose";
+
 /// Reply to `GET /ps`: what is attached to this peer's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PsReply {

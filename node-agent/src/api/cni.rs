@@ -115,7 +115,7 @@ pub(crate) async fn add(
 
 /// The IPAM identifier of the bridge's address in `subnet`.
 pub(crate) fn expose_ident(api: &Api, subnet: Subnet) -> Result<Ident, ApiError> {
-    Ident::new(&format!("weave:expose:{}:{subnet}", api.peer))
+    Ident::new(&format!("{}:{}:{subnet}", weave_api::BRIDGE_ID, api.peer))
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 

@@ -20,7 +20,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use weave_api::net::IpNet;
-use weave_api::{PsEntry, PsReply};
+use weave_api::{PsEntry, PsReply, BRIDGE_ID};
 use weave_platform::Netlink;
 
 use super::{error, host_netlink, ipam, Api, ApiError};
@@ -30,8 +30,6 @@ use crate::state::ATTACHMENTS_FILE as FILE;
 
 /// Attachments remembered at most; more are served from IPAM alone.
 pub(crate) const MAX_ATTACHMENTS: usize = 4096;
-/// The id `weave ps` shows the bridge under.
-const BRIDGE_ID: &str = "weave:expose";
 
 /// Where an attachment lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

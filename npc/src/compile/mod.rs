@@ -498,8 +498,8 @@ impl Compiled {
         let gone = self
             .attached
             .difference(addrs)
-            .map(|a| (id, Elem::Addr(*a)));
-        let gone: Vec<_> = gone.collect();
+            .map(|a| (id, Elem::Addr(*a)))
+            .collect::<Vec<_>>();
         let new: Vec<_> = addrs
             .difference(&self.attached)
             .map(|a| (id, Elem::Addr(*a)))
